@@ -1,0 +1,52 @@
+# bpfscope: two commands.  `make run` sets up and starts; `make test` sets up and tests.
+# Every step leaves a stamp so a second run skips what is done.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMPS := .stamps
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev \
+                make gcc iproute2 postgresql linux-perf
+BPFSCOPE := $(VENV)/bin/bpfscope
+ARGS ?=
+
+.PHONY: setup run test bench bpf mounts clean
+
+setup: $(STAMPS)/apt $(STAMPS)/venv bpf mounts
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@if [ "$$(id -u)" != 0 ]; then echo "bpfscope: make must run as root (it installs packages and loads BPF)"; exit 2; fi
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Debian starts the packaged postgresql service; tests start their own server.
+	@-systemctl disable --now postgresql >/dev/null 2>&1 || true
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+bpf: $(STAMPS)/apt
+	@$(MAKE) -s -C bpf
+
+mounts:
+	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+run: setup
+	$(BPFSCOPE) up $(ARGS)
+
+test: setup
+	$(VENV)/bin/pytest -q -ra $(ARGS)
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	@$(MAKE) -s -C bpf clean
+	rm -rf $(STAMPS) $(VENV)

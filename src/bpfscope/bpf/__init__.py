@@ -1,0 +1,14 @@
+"""libbpf through ctypes: objects, programs, links, maps, ring buffers.
+
+Every failure raises BpfError (an OSError with errno text and, for a failed load, the
+verifier log).
+"""
+
+from .btf import Btf, to_python
+from .libbpf import BpfError
+from .object import BPF_ANY, BPF_EXIST, BPF_NOEXIST, BpfObject, Link, Map, Program, object_path
+from .perf import online_cpus
+from .ringbuf import RingBuffer
+
+__all__ = ["BPF_ANY", "BPF_EXIST", "BPF_NOEXIST", "BpfError", "BpfObject", "Btf", "Link", "Map", "Program",
+           "RingBuffer", "object_path", "online_cpus", "to_python"]

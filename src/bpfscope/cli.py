@@ -1,0 +1,215 @@
+"""The bpfscope command line: one sub-command per domain, plus up, doctor, collector, query.
+
+User mistakes (not root, bad flag, bad URL, ...) end in one line on stderr and a
+non-zero exit; a traceback means a bug in bpfscope.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.24 vendors click; its exceptions live there
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
+
+from . import __version__
+
+DEFAULT_DB = "sqlite:////var/lib/bpfscope/bpfscope.db"
+DEFAULT_LISTEN = "127.0.0.1:9380"
+DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False, help="eBPF observability for Linux hosts.")
+
+
+class UserError(Exception):
+    """Printed as `bpfscope: <message>`; exit_code is the process status."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---- shared options of every exporter -------------------------------------------------
+Interval = Annotated[float, typer.Option(help="Seconds between map reads (the refresh of the view).", min=0.1)]
+Duration = Annotated[Optional[float], typer.Option(help="Stop after this many seconds.", min=0.1)]
+Json = Annotated[bool, typer.Option("--json", help="One JSON record per line instead of the live table.")]
+Collector = Annotated[Optional[str], typer.Option(help="Send records to this collector URL, e.g. http://127.0.0.1:9380.")]
+MetricsPort = Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on 127.0.0.1:PORT.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No table (used under `bpfscope up`).")]
+
+
+def _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet) -> None:
+    from .exporters.base import ExporterLoop
+    from .hostenv import prepare_bpf
+
+    prepare_bpf()
+    loop = ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json,
+                        collector_url=collector, metrics_addr=f"127.0.0.1:{metrics_port}" if metrics_port else None,
+                        view=not quiet)
+    loop.run()
+
+
+@app.command()
+def sys_(
+    pid: Annotated[Optional[int], typer.Option(help="Only this process (tgid).")] = None,
+    comm: Annotated[Optional[str], typer.Option(help="Only processes with this command name.")] = None,
+    top: Annotated[int, typer.Option(help="Rows per interval (0: all).", min=0)] = 20,
+    interval: Interval = 5.0,
+    duration: Duration = None,
+    as_json: Json = False,
+    collector: Collector = None,
+    metrics_port: MetricsPort = None,
+    quiet: Quiet = False,
+) -> None:
+    """System calls per process and syscall, counted in the kernel (top N per interval)."""
+    from .exporters.sys import SysExporter
+
+    if pid is not None and not os.path.exists(f"/proc/{pid}"):
+        raise UserError(f"no process with pid {pid}", 2)
+    _run_exporter(SysExporter(pid=pid, comm=comm, top=top), interval, duration, as_json, collector,
+                  metrics_port, quiet)
+
+
+@app.command()
+def doctor(as_json: Json = False) -> None:
+    """Measure what this kernel can do: load and attach a tiny program of each hook type."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import doctor as doc
+    from .hostenv import ensure_mounts, require_root
+
+    require_root()
+    ensure_mounts()
+    checks = doc.run_checks()
+    if as_json:
+        print(json.dumps(doc.as_json(checks), indent=2))
+    else:
+        colours = {"ok": "green", "absent": "yellow", "refused": "yellow", "missing": "red", "failed": "red"}
+        t = Table(title=f"bpfscope doctor: kernel {os.uname().release}", title_justify="left")
+        for col in ("CHECK", "STATUS", "CORE", "DETAIL"):
+            t.add_column(col)
+        for c in checks:
+            t.add_row(c.name, f"[{colours[c.status]}]{c.status}[/]", "yes" if c.core else "", c.detail)
+        Console().print(t)
+        print("core (BTF, tracepoint, ring buffer, perf_event):", "works" if doc.core_ok(checks) else "BROKEN")
+    raise typer.Exit(0 if doc.core_ok(checks) else 1)
+
+
+@app.command()
+def collector(
+    db: Annotated[str, typer.Option(help="SQLAlchemy URL of the store.")] = DEFAULT_DB,
+    listen: Annotated[str, typer.Option(help="host:port to serve the API, metrics and web page on.")] = DEFAULT_LISTEN,
+    retention: Annotated[str, typer.Option(help="Delete records older than this (e.g. 7d, 12h; 0: keep).")] = "7d",
+    max_rows: Annotated[Optional[int], typer.Option(help="Keep at most this many records.", min=1)] = None,
+) -> None:
+    """Run the collector alone: ingest, REST query API, /metrics and the web page."""
+    from .collector.server import serve
+
+    serve(db, listen, retention, max_rows)
+
+
+@app.command()
+def up(
+    domains: Annotated[str, typer.Option(help="Comma-separated exporters to run.")] = "sys",
+    db: Annotated[str, typer.Option(help="SQLAlchemy URL of the store.")] = DEFAULT_DB,
+    listen: Annotated[str, typer.Option(help="host:port of the collector.")] = DEFAULT_LISTEN,
+    interval: Interval = 5.0,
+) -> None:
+    """Start the collector and the exporters as supervised processes, until Ctrl-C."""
+    from .hostenv import prepare_bpf
+    from .storage.store import Store
+    from .supervisor import EXPORTER_DOMAINS, Supervisor, child_commands
+
+    chosen = [d.strip() for d in domains.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in EXPORTER_DOMAINS]
+    if unknown:
+        raise UserError(f"unknown domain {unknown[0]!r} (have: {', '.join(EXPORTER_DOMAINS)})", 2)
+    prepare_bpf()
+    Store(db).close()  # a bad --db fails here, in one line, before anything starts
+    print(f"bpfscope up: collector and web page on http://{listen}  db {db}  exporters {', '.join(chosen)}",
+          flush=True)
+    raise typer.Exit(Supervisor(child_commands(db, listen, chosen, interval)).run())
+
+
+@app.command()
+def query(
+    url: Annotated[str, typer.Option(help="Collector URL.")] = DEFAULT_URL,
+    domain: Annotated[Optional[str], typer.Option()] = None,
+    kind: Annotated[Optional[str], typer.Option()] = None,
+    since: Annotated[str, typer.Option(help="Start of the range: -15m, -2h, ISO time or epoch ms.")] = "-15m",
+    pid: Annotated[Optional[int], typer.Option()] = None,
+    comm: Annotated[Optional[str], typer.Option()] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="key:value, repeatable.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_json: Json = False,
+) -> None:
+    """Query the collector's stored records from the terminal."""
+    from .querycli import run_query
+
+    raise typer.Exit(run_query(url, domain, kind, since, pid, comm, label or [], limit, as_json))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(f"bpfscope {__version__}")
+
+
+def _rename_commands() -> None:
+    # `sys` is a Python module name; the function is sys_ and the command is `sys`.
+    for cmd in app.registered_commands:
+        if cmd.callback is sys_:
+            cmd.name = "sys"
+
+
+_rename_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .bpf import BpfError
+    from .hostenv import HostError
+
+    try:
+        from .storage.store import StoreError
+    except ImportError:  # pragma: no cover
+        StoreError = UserError  # type: ignore[misc,assignment]
+    prog = "bpfscope"
+    try:
+        app(args=argv, prog_name=prog, standalone_mode=False)
+        return 0
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        return 130
+    except click_exc.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        print(f"{prog}: {e.format_message()}{hint}", file=sys.stderr)
+        return 2
+    except click_exc.ClickException as e:
+        print(f"{prog}: {e.format_message()}", file=sys.stderr)
+        return e.exit_code
+    except (UserError, HostError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_code
+    except StoreError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except BpfError as e:
+        print(f"{prog}: {str(e).splitlines()[0]}", file=sys.stderr)
+        if e.log and os.environ.get("BPFSCOPE_DEBUG"):
+            print(e.log, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

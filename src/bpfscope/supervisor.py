@@ -1,0 +1,95 @@
+"""bpfscope up: the collector and the chosen exporters as separate processes.
+
+A crashed child is restarted with exponential backoff (1 s doubling to 30 s, reset after
+it has run for a minute); Ctrl-C or SIGTERM stops every child, then `up` itself.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+EXPORTER_DOMAINS = ("sys",)  # grows as domains land
+METRICS_BASE_PORT = 9390     # exporter i serves /metrics on 9390 + i
+HEALTHY_AFTER_S = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start: float = 0.0
+    backoff_s: float = 1.0
+    history: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def child_commands(db: str, listen: str, domains: list[str], interval: float) -> list[Child]:
+    py = [sys.executable, "-m", "bpfscope"]
+    url = f"http://{listen}"
+    children = [Child("collector", py + ["collector", "--db", db, "--listen", listen])]
+    for i, domain in enumerate(domains):
+        children.append(Child(domain, py + [domain, "--collector", url, "--quiet", "--interval", str(interval),
+                                            "--metrics-port", str(METRICS_BASE_PORT + i)]))
+    return children
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], log=print):
+        self.children = children
+        self.stop_event = threading.Event()
+        self.log = log
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        for child in self.children:
+            child.start()
+        try:
+            while not self.stop_event.wait(0.5):
+                self.tick()
+        finally:
+            for child in reversed(self.children):
+                child.stop()
+        return 0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None:
+                if now >= child.next_start:
+                    child.start()
+                continue
+            code = child.proc.poll()
+            if code is None:
+                if now - child.started_at > HEALTHY_AFTER_S:
+                    child.backoff_s = 1.0
+                continue
+            child.history.append(code)
+            child.proc = None
+            child.restarts += 1
+            child.next_start = now + child.backoff_s
+            self.log(f"bpfscope up: {child.name} exited with {code}; restarting in {child.backoff_s:.0f} s")
+            child.backoff_s = min(child.backoff_s * 2, 30.0)
