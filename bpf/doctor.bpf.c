@@ -7,7 +7,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfscope.h"
 #include "doctor.h"
+
+BTF_EXPORT_STRUCT(doctor_event);
 
 const volatile __u32 self_tgid = 0;
 

@@ -111,9 +111,12 @@ def collector(
     max_rows: Annotated[Optional[int], typer.Option(help="Keep at most this many records.", min=1)] = None,
 ) -> None:
     """Run the collector alone: ingest, REST query API, /metrics and the web page."""
-    from .collector.server import serve
+    from .collector.server import ServeError, serve
 
-    serve(db, listen, retention, max_rows)
+    try:
+        serve(db, listen, retention, max_rows)
+    except ServeError as e:
+        raise UserError(str(e), 2) from None
 
 
 @app.command()
@@ -122,6 +125,8 @@ def up(
     db: Annotated[str, typer.Option(help="SQLAlchemy URL of the store.")] = DEFAULT_DB,
     listen: Annotated[str, typer.Option(help="host:port of the collector.")] = DEFAULT_LISTEN,
     interval: Interval = 5.0,
+    metrics_port: Annotated[int, typer.Option(help="Exporter i serves /metrics on PORT+i (0: none).",
+                                              min=0, max=65000)] = 9390,
 ) -> None:
     """Start the collector and the exporters as supervised processes, until Ctrl-C."""
     from .hostenv import prepare_bpf
@@ -136,7 +141,7 @@ def up(
     Store(db).close()  # a bad --db fails here, in one line, before anything starts
     print(f"bpfscope up: collector and web page on http://{listen}  db {db}  exporters {', '.join(chosen)}",
           flush=True)
-    raise typer.Exit(Supervisor(child_commands(db, listen, chosen, interval)).run())
+    raise typer.Exit(Supervisor(child_commands(db, listen, chosen, interval, metrics_port)).run())
 
 
 @app.command()

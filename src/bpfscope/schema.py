@@ -16,18 +16,20 @@ SCHEMA_VERSION = 1
 DOMAINS = ("net", "stack", "proc", "lb", "fuse", "system")
 
 Number = StrictInt | StrictFloat
+# ts, pid and tid are stored as 64-bit integers (SQLite INTEGER, PostgreSQL BIGINT).
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     v: Literal[1]
-    ts: Annotated[StrictInt, Field(ge=0)]
+    ts: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
     host: Annotated[StrictStr, Field(min_length=1, max_length=255)]
     domain: Literal["net", "stack", "proc", "lb", "fuse", "system"]
     kind: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    pid: StrictInt | None = None
-    tid: StrictInt | None = None
+    pid: Int64 | None = None
+    tid: Int64 | None = None
     comm: StrictStr | None = None
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     values: dict[StrictStr, Number | StrictStr] = Field(default_factory=dict)

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 EXPORTER_DOMAINS = ("sys",)  # grows as domains land
-METRICS_BASE_PORT = 9390     # exporter i serves /metrics on 9390 + i
 HEALTHY_AFTER_S = 60.0
 
 
@@ -43,13 +42,16 @@ class Child:
                 self.proc.wait()
 
 
-def child_commands(db: str, listen: str, domains: list[str], interval: float) -> list[Child]:
+def child_commands(db: str, listen: str, domains: list[str], interval: float, metrics_port: int = 0) -> list[Child]:
+    """The collector first, then one exporter per domain; exporter i serves /metrics on metrics_port + i."""
     py = [sys.executable, "-m", "bpfscope"]
     url = f"http://{listen}"
     children = [Child("collector", py + ["collector", "--db", db, "--listen", listen])]
     for i, domain in enumerate(domains):
-        children.append(Child(domain, py + [domain, "--collector", url, "--quiet", "--interval", str(interval),
-                                            "--metrics-port", str(METRICS_BASE_PORT + i)]))
+        argv = py + [domain, "--collector", url, "--quiet", "--interval", str(interval)]
+        if metrics_port:
+            argv += ["--metrics-port", str(metrics_port + i)]
+        children.append(Child(domain, argv))
     return children
 
 

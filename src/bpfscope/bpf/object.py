@@ -37,6 +37,29 @@ def object_path(name: str) -> Path:
     return path
 
 
+def _copy(ctype: type, array, i: int):
+    """Element i of a ctypes array as a detached value (ints come back as Python ints)."""
+    if issubclass(ctype, ctypes._SimpleCData):
+        return ctype(array[i])
+    return ctype.from_buffer_copy(array[i])
+
+
+def prog_info(fd: int) -> L.ProgInfo:
+    info = L.ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    L.check_int(L.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "read program info")
+    return info
+
+
+def prog_exists(prog_id: int) -> bool:
+    """Is a program with this id still loaded anywhere in the kernel?"""
+    fd = L.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
 class Link:
     def __init__(self, ptr: int, what: str):
         self.ptr = ptr
@@ -68,6 +91,11 @@ class Program:
     @property
     def fd(self) -> int:
         return L.bpf_program__fd(self.ptr)
+
+    @property
+    def id(self) -> int:
+        """The kernel's id of the loaded program (what `bpftool prog show` lists)."""
+        return prog_info(self.fd).id
 
     @property
     def autoload(self) -> bool:
@@ -294,7 +322,7 @@ class Map:
             if ret < 0 and err != 2:
                 L.check_int(ret, f"batch {'lookup-and-delete' if delete else 'lookup'} in map {self.name}")
             for i in range(count.value):
-                out.append((kt.from_buffer_copy(keys[i]), vt.from_buffer_copy(vals[i])))
+                out.append((_copy(kt, keys, i), _copy(vt, vals, i)))
             if err == 2:  # ENOENT: the last chunk
                 break
             ctypes.memmove(token_in, token_out, ctypes.sizeof(token_in))
@@ -370,6 +398,11 @@ class BpfObject:
             obj.close()
             raise
         return obj
+
+    def struct(self, name: str) -> type:
+        """The ctypes view of a struct declared in the object's C (e.g. a ring-buffer event)."""
+        from .btf import KIND_STRUCT
+        return self.btf.ctype(self.btf.find(name, KIND_STRUCT))
 
     def _rodata_map(self) -> Map:
         for m in self.maps.values():

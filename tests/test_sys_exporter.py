@@ -1,0 +1,106 @@
+"""bpfscope sys against a workload whose syscall count is known."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import BPFSCOPE
+
+pytestmark = pytest.mark.bpf
+
+# Waits for "go" on stdin, then makes exactly N getppid() calls and exits. Until then it
+# makes one getpid() every 20 ms so the exporter has something to report.
+WORKLOAD = """
+import os, select, sys
+n = int(sys.argv[1])
+while not select.select([sys.stdin], [], [], 0.02)[0]:
+    os.getpid()
+sys.stdin.readline()
+for _ in range(n):
+    os.getppid()
+"""
+
+
+def _run_sys_with_workload(n_calls: int, extra: list[str]) -> tuple[list[dict], int]:
+    work = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(n_calls)], stdin=subprocess.PIPE, text=True)
+    exporter = subprocess.Popen(BPFSCOPE + ["sys", "--json", "--interval", "0.5", "--duration", "6",
+                                            "--top", "0", "--pid", str(work.pid)] + extra,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records, started = [], False
+    try:
+        for line in exporter.stdout:
+            rec = json.loads(line)
+            records.append(rec)
+            if not started and rec["pid"] == work.pid:
+                work.stdin.write("go\n")  # the exporter sees this process: start counting
+                work.stdin.flush()
+                started = True
+        exporter.wait(30)
+        work.wait(30)
+    finally:
+        exporter.kill()
+        work.kill()
+    assert started, f"exporter never reported the workload: {exporter.stderr.read()}"
+    return records, work.pid
+
+
+def test_getppid_count_matches_the_workload_within_1pct():
+    n = 200_000
+    records, pid = _run_sys_with_workload(n, [])
+    got = sum(r["values"]["count"] for r in records
+              if r["pid"] == pid and r["labels"]["syscall"] == "getppid")
+    assert abs(got - n) <= n * 0.01, f"counted {got} getppid calls, the workload made {n}"
+    assert all(r["comm"] == "python3" or r["comm"].startswith("python") for r in records if r["pid"] == pid)
+
+
+def test_records_are_schema_v1_with_rates():
+    from bpfscope.schema import validate_records
+
+    records, pid = _run_sys_with_workload(10_000, [])
+    validate_records(records)
+    getppid = [r for r in records if r["labels"]["syscall"] == "getppid"]
+    assert getppid and all(r["domain"] == "system" and r["kind"] == "syscall" for r in getppid)
+    assert all(r["values"]["rate_per_s"] > 0 for r in getppid)
+
+
+def test_top_limits_rows_per_interval():
+    proc = subprocess.run(BPFSCOPE + ["sys", "--json", "--interval", "1", "--duration", "2.5", "--top", "3"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    by_ts: dict[int, int] = {}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        by_ts[rec["ts"] // 10**8] = by_ts.get(rec["ts"] // 10**8, 0) + 1
+    assert by_ts and max(by_ts.values()) <= 3
+
+
+def test_exporter_serves_its_own_metrics():
+    import httpx
+
+    from conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(BPFSCOPE + ["sys", "--json", "--interval", "0.5", "--duration", "8",
+                                        "--metrics-port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        text = ""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                if 'bpfscope_syscalls_total{syscall="' in text:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert 'bpfscope_up{exporter="sys"} 1.0' in text
+        assert 'bpfscope_syscalls_total{syscall="' in text
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
