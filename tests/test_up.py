@@ -132,3 +132,20 @@ def _metrics(port: int) -> str | None:
         return text if 'bpfscope_up{exporter="sys"} 1.0' in text else None
     except httpx.HTTPError:
         return None
+
+
+def test_collector_port_in_use_stops_up_with_one_clear_line(tmp_path):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        proc = run_cli("up", "--db", f"sqlite:///{tmp_path}/x.db", "--listen", f"127.0.0.1:{port}",
+                       "--metrics-port", "0", timeout=30)
+    finally:
+        busy.close()
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr

@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         StoreError = UserError  # type: ignore[misc,assignment]
     prog = "bpfscope"
     try:
-        app(args=argv, prog_name=prog, standalone_mode=False)
-        return 0
+        # without standalone mode, click returns a typer.Exit's code instead of raising it
+        rv = app(args=argv, prog_name=prog, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

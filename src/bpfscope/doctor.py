@@ -42,6 +42,8 @@ def _status_of(err: BpfError) -> str:
 
 
 def _one_line(err: BaseException) -> str:
+    if isinstance(err, BpfError):
+        return f"{err.what.split(' (')[0]}: {os.strerror(err.errno)}"
     return str(err).splitlines()[0]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 EXPORTER_DOMAINS = ("sys",)  # grows as domains land
 HEALTHY_AFTER_S = 60.0
+USAGE_ERROR = 2  # a child that exits 2 was misconfigured (bad port, bad URL): restarting cannot help
 
 
 @dataclass
@@ -69,13 +70,14 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         for child in self.children:
             child.start()
+        self.exit_code = 0
         try:
             while not self.stop_event.wait(0.5):
                 self.tick()
         finally:
             for child in reversed(self.children):
                 child.stop()
-        return 0
+        return self.exit_code
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -91,6 +93,11 @@ class Supervisor:
                 continue
             child.history.append(code)
             child.proc = None
+            if code == USAGE_ERROR:
+                self.log(f"bpfscope up: {child.name} refused its configuration; stopping")
+                self.exit_code = USAGE_ERROR
+                self.stop_event.set()
+                return
             child.restarts += 1
             child.next_start = now + child.backoff_s
             self.log(f"bpfscope up: {child.name} exited with {code}; restarting in {child.backoff_s:.0f} s")
