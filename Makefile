@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMPS := .stamps
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev \
-                make gcc python3-venv iproute2 postgresql linux-perf
+                make gcc python3-venv iproute2 postgresql prometheus chromium linux-perf
 BPFSCOPE := $(VENV)/bin/bpfscope
 ARGS ?=
 
@@ -22,8 +22,8 @@ $(STAMPS)/apt:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@# Debian starts the packaged postgresql service; tests start their own server.
-	@-systemctl disable --now postgresql >/dev/null 2>&1 || true
+	@# Debian may start the packaged services; tests start their own servers on free ports.
+	@-for s in postgresql prometheus; do service $$s stop >/dev/null 2>&1; done; true
 	@touch $@
 
 $(STAMPS)/venv: pyproject.toml $(STAMPS)/apt

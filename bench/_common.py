@@ -32,7 +32,8 @@ def records(n: int, start_ns: int, step_ns: int = 1_000_000, seed: int = 1) -> l
             "pid": pid, "tid": pid + rnd.randrange(4), "comm": COMMS[pid % len(COMMS)],
             "labels": {"direction": rnd.choice(("in", "out")), "state": rnd.choice(("ESTABLISHED", "CLOSE_WAIT")),
                        "service": f"svc-{pid % 16}"},
-            "values": {"bytes_acked": rnd.randrange(10**9), "srtt_us": rnd.random() * 1000, "retrans_total": rnd.randrange(10)},
+            "values": {"bytes_acked": rnd.randrange(10**9), "srtt_us": rnd.random() * 1000,
+                       "retrans_total": rnd.randrange(10)},
             "stack": None,
         })
     return out

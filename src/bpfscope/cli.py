@@ -43,6 +43,14 @@ Json = Annotated[bool, typer.Option("--json", help="One JSON record per line ins
 Collector = Annotated[Optional[str], typer.Option(help="Send records to this collector URL, e.g. http://127.0.0.1:9380.")]
 MetricsPort = Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on 127.0.0.1:PORT.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No table (used under `bpfscope up`).")]
+Host = Annotated[Optional[str], typer.Option(help="Node name the records carry (default: this host's name).")]
+
+
+def _set_host(host: str | None) -> None:
+    if host is not None:
+        if not host.strip() or len(host) > 255:
+            raise UserError(f"bad --host {host!r}", 2)
+        os.environ["BPFSCOPE_HOST"] = host  # inherited by the children of `up`
 
 
 def _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet) -> None:
@@ -67,10 +75,12 @@ def sys_(
     collector: Collector = None,
     metrics_port: MetricsPort = None,
     quiet: Quiet = False,
+    host: Host = None,
 ) -> None:
     """System calls per process and syscall, counted in the kernel (top N per interval)."""
     from .exporters.sys import SysExporter
 
+    _set_host(host)
     if pid is not None and not os.path.exists(f"/proc/{pid}"):
         raise UserError(f"no process with pid {pid}", 2)
     _run_exporter(SysExporter(pid=pid, comm=comm, top=top), interval, duration, as_json, collector,
@@ -127,8 +137,10 @@ def up(
     interval: Interval = 5.0,
     metrics_port: Annotated[int, typer.Option(help="Exporter i serves /metrics on PORT+i (0: none).",
                                               min=0, max=65000)] = 9390,
+    host: Host = None,
 ) -> None:
     """Start the collector and the exporters as supervised processes, until Ctrl-C."""
+    _set_host(host)
     from .hostenv import prepare_bpf
     from .storage.store import Store
     from .supervisor import EXPORTER_DOMAINS, Supervisor, child_commands

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import date, datetime
 
 import httpx
 import orjson
@@ -31,15 +31,26 @@ def _label_param(text: str) -> str:
     return f"{key}:{value}"
 
 
+def _when(ts_ns: int, today: date) -> str:
+    t = datetime.fromtimestamp(ts_ns / 1e9)
+    stamp = t.strftime("%H:%M:%S.%f")[:-3]
+    return stamp if t.date() == today else t.strftime("%m-%d ") + stamp
+
+
 def _table(rows: list[dict]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in (("time", "left"), ("host", "left"), ("domain", "left"), ("kind", "left"),
-                          ("pid", "right"), ("comm", "left"), ("labels", "left"), ("values", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
+    # identity columns never wrap; the free-form labels/values fold onto more lines instead
+    for name in ("time", "host", "domain", "kind"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("comm", no_wrap=True)
+    table.add_column("labels", overflow="fold", ratio=1)
+    table.add_column("values", overflow="fold", ratio=1)
+    today = date.today()
     for r in rows:
-        when = datetime.fromtimestamp(r["ts"] / 1e9).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        table.add_row(when, r["host"], r["domain"], r["kind"], "" if r.get("pid") is None else str(r["pid"]),
-                      r.get("comm") or "", _kv(r.get("labels")), _kv(r.get("values")))
+        table.add_row(_when(r["ts"], today), r["host"], r["domain"], r["kind"],
+                      "" if r.get("pid") is None else str(r["pid"]), r.get("comm") or "",
+                      _kv(r.get("labels")), _kv(r.get("values")))
     return table
 
 

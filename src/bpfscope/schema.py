@@ -57,7 +57,9 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-HOST = os.uname().nodename
+def host_name() -> str:
+    """The node name records carry: $BPFSCOPE_HOST (set by --host) or the kernel's nodename."""
+    return os.environ.get("BPFSCOPE_HOST") or os.uname().nodename
 
 
 def make_record(domain: str, kind: str, *, ts: int | None = None, pid: int | None = None,
@@ -67,7 +69,7 @@ def make_record(domain: str, kind: str, *, ts: int | None = None, pid: int | Non
     return {
         "v": SCHEMA_VERSION,
         "ts": ts if ts is not None else time.time_ns(),
-        "host": HOST,
+        "host": host_name(),
         "domain": domain,
         "kind": kind,
         "pid": pid,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Annotated
 
 import orjson
 from fastapi import FastAPI, Query, Request
@@ -22,6 +23,8 @@ from bpfscope.storage import AGGREGATES, Store, StoreError
 from bpfscope.timeparse import parse_time
 
 MiB = 1024 * 1024
+Labels = Annotated[list[str], Query()]  # label=key:value, repeatable
+From = Annotated[str | None, Query(alias="from")]
 MAX_LIMIT = 100_000
 INDEX_HTML = Path(__file__).resolve().parent.parent / "web" / "index.html"
 
@@ -85,12 +88,13 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
     index_html = INDEX_HTML.read_text(encoding="utf-8") if INDEX_HTML.exists() else "<h1>bpfscope</h1>"
 
     async def retention_loop() -> None:
+        # First pass at startup (a collector restarted on an old database trims it at once).
         while True:
-            await asyncio.sleep(retention_interval_s)
             try:
                 stats.retained(await run_in_threadpool(store.apply_retention))
-            except StoreError as exc:
-                log.warning("bpfscope collector: %s", exc)
+            except Exception as exc:  # keep the loop alive; the next pass may succeed
+                log.warning("bpfscope collector: retention: %s", exc)
+            await asyncio.sleep(retention_interval_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -123,13 +127,11 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
         except BodyError as exc:
             stats.rejected(exc.records, time.perf_counter() - started)
             return _error(exc.status, exc.message)
-        except StoreError as exc:
-            stats.rejected(0, time.perf_counter() - started)
-            return _error(503, str(exc))
         stats.stored(stored, time.perf_counter() - started)
         return _json({"stored": stored})
 
     def _decode_and_store(body: bytes, content_type: str | None, content_encoding: str | None) -> int:
+        # In a worker thread: parsing, validation and the SQLite write never block the loop.
         batch = decode_batch(body, content_type, content_encoding, max_body_bytes)
         try:
             return store.insert(batch)
@@ -138,8 +140,8 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
 
     @app.get("/api/v1/records")
     def get_records(domain: str | None = None, kind: str | None = None, host: str | None = None,
-                    pid: int | None = None, comm: str | None = None, label: list[str] = Query(default=[]),
-                    from_: str | None = Query(default=None, alias="from"), to: str | None = None,
+                    pid: int | None = None, comm: str | None = None, label: Labels = (),
+                    from_: From = None, to: str | None = None,
                     limit: int = 1000, order: str = "desc") -> Response:
         try:
             if not 0 <= limit <= MAX_LIMIT:
@@ -158,8 +160,8 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
 
     @app.get("/api/v1/series")
     def get_series(field: str, domain: str | None = None, kind: str | None = None, host: str | None = None,
-                   pid: int | None = None, comm: str | None = None, label: list[str] = Query(default=[]),
-                   from_: str | None = Query(default=None, alias="from"), to: str | None = None,
+                   pid: int | None = None, comm: str | None = None, label: Labels = (),
+                   from_: From = None, to: str | None = None,
                    bucket: float = 60, agg: str = "avg", group_by: str | None = None) -> Response:
         try:
             if agg not in AGGREGATES:
