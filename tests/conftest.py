@@ -4,7 +4,9 @@ BPFSCOPE_REQUIRE_BPF=1 (CI) such a skip is a failure instead."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import tempfile
 import socket
 import subprocess
 import sys
@@ -99,3 +101,55 @@ def getppid_loop(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(BPFSCOPE + list(args), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _pg_bin() -> Path:
+    if os.environ.get("BPFSCOPE_PG_BIN"):
+        return Path(os.environ["BPFSCOPE_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
+
+
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; as root we drop to the postgres user.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """(host, port) of a private PostgreSQL server for this module."""
+    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
+        skip_or_fail(f"no PostgreSQL server binaries in {PG_BIN}")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            skip_or_fail("no 'postgres' user to run the PostgreSQL server as")
+    tmp = Path(tempfile.mkdtemp(prefix="bpfscope-pg-"))
+    data, log = tmp / "data", tmp / "server.log"
+    port = free_port()
+    started = False
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(tmp, "postgres", "postgres")
+        run = lambda cmd: subprocess.run(_as_postgres(cmd), capture_output=True, text=True, timeout=120)  # noqa: E731
+        p = run([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                 "--no-sync"])
+        assert p.returncode == 0, f"initdb failed: {p.stderr}"
+        options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
+        p = run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
+        started = p.returncode == 0
+        assert started, f"pg_ctl start failed: {p.stderr}\n{log.read_text() if log.exists() else ''}"
+        yield "127.0.0.1", port
+    finally:
+        if started or (data / "postmaster.pid").exists():
+            subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                           capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+

@@ -9,61 +9,16 @@ BPFSCOPE_REQUIRE_BPF=1 (CI) that skip is a failure instead.
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from bpfscope.schema import make_record, validate_records
 from bpfscope.storage import Store, StoreError
-from conftest import free_port, skip_or_fail
+from conftest import pg_server  # noqa: F401  (the fixture)
 
-PG_BIN = Path(os.environ.get("BPFSCOPE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 T0 = 1_700_000_040 * 10**9  # a whole minute
 S = 10**9
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; as root we drop to the postgres user.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    """(host, port) of a private PostgreSQL server for this module."""
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        skip_or_fail(f"no PostgreSQL server binaries in {PG_BIN}")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            skip_or_fail("no 'postgres' user to run the PostgreSQL server as")
-    tmp = Path(tempfile.mkdtemp(prefix="bpfscope-pg-"))
-    data, log = tmp / "data", tmp / "server.log"
-    port = free_port()
-    started = False
-    try:
-        if os.geteuid() == 0:
-            shutil.chown(tmp, "postgres", "postgres")
-        run = lambda cmd: subprocess.run(_as_postgres(cmd), capture_output=True, text=True, timeout=120)  # noqa: E731
-        p = run([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                 "--no-sync"])
-        assert p.returncode == 0, f"initdb failed: {p.stderr}"
-        options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
-        p = run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
-        started = p.returncode == 0
-        assert started, f"pg_ctl start failed: {p.stderr}\n{log.read_text() if log.exists() else ''}"
-        yield "127.0.0.1", port
-    finally:
-        if started or (data / "postmaster.pid").exists():
-            subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           capture_output=True, timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
-
 
 _db_counter = iter(range(1_000_000))
 
