@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -353,11 +354,166 @@ def test_metrics_counters_move(api):
     assert m["bpfscope_collector_retention_deleted_total"] == 0
 
 
-def test_web_page(api):
+def test_web_page_and_its_assets(api):
     r = api.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert "<title>bpfscope</title>" in r.text and "api/v1/records" in r.text
-    assert "<script src" not in r.text and "://" not in r.text  # self-contained: no CDN, no external fetch
+    assert "<title>bpfscope</title>" in r.text and r.headers["cache-control"] == "no-cache"
+    assert "://" not in r.text  # self-contained: no CDN, no external fetch
+    assets = re.findall(r'(?:src|href)="(web/[^"]+)"', r.text)
+    assert "web/app.js" in assets and "web/app.css" in assets
+    seen, todo = set(), list(assets)
+    while todo:  # the modules app.js imports, and theirs
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        a = api.get("/" + path)
+        assert a.status_code == 200, path
+        assert a.headers["cache-control"] == "no-cache"
+        assert "://" not in a.text, path
+        if path.endswith(".js"):
+            assert a.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")
+            todo += ["web/" + m for m in re.findall(r'from "\./([\w.-]+\.js)"', a.text)]
+    assert {"web/api.js", "web/pages.js", "web/page-records.js"} <= seen
+    assert "api/v1/records" in api.get("/web/page-records.js").text
+    assert api.get("/web/no-such-file.js").status_code == 404
+    assert api.get("/web/../collector/app.py").status_code == 404
+
+
+# -- overview, flame graph, timeline ------------------------------------------------------------
+
+
+def syscall(ts, host="node-a", pid=4242, comm="getppid_loop", name="getppid", count=1000):
+    return rec("system", "syscall", ts, host, pid=pid, comm=comm, labels={"syscall": name},
+               values={"count": count, "rate_per_s": count / 5})
+
+
+def test_overview_counts_rates_and_ingest_totals(api):
+    now = time.time_ns()
+    post(api, [syscall(now - i * 5 * S, name=n) for i, n in enumerate(["getppid", "read", "write"])]
+         + [syscall(now - 60 * S, host="node-b")]
+         + [syscall(now - 3600 * S)]  # outside the window
+         + [rec("stack", "cpu_stack", now - 30 * S, values={"count": 3}, stack=["main"])]).raise_for_status()
+    post(api, [rec(ts="bad")])
+    o = get(api, "/api/v1/overview")
+    assert o["window_s"] == pytest.approx(300, abs=1) and o["to"] - o["from"] == pytest.approx(300_000, abs=1000)
+    rows = {(s["host"], s["domain"], s["kind"]): s for s in o["streams"]}
+    assert list(rows) == [("node-a", "stack", "cpu_stack"), ("node-a", "system", "syscall"),
+                          ("node-b", "system", "syscall")]
+    a = rows[("node-a", "system", "syscall")]
+    assert a["records"] == 3 and a["exporter"] == "sys" and a["last_seen"] == now // 10**6
+    assert a["rate_per_s"] == pytest.approx(3 / 300, rel=0.01) and 0 <= a["age_s"] < 10
+    assert rows[("node-b", "system", "syscall")]["age_s"] == pytest.approx(60, abs=10)
+    assert o["totals"] == {"hosts": 2, "streams": 3, "records": 5, "rate_per_s": pytest.approx(5 / 300, rel=0.05)}
+    c = o["collector"]
+    assert c["records_ingested"] == 6 and c["batches_stored"] == 1 and c["batches_rejected"] == 1
+    assert c["records_rejected"] == 1 and c["stored_records"] == 6 and c["db"] == "sqlite" and c["version"]
+    assert 0 <= c["uptime_s"] < 600 and c["started"] <= time.time() * 1000
+    wider = get(api, "/api/v1/overview", **{"from": "-2h", "host": "node-a"})
+    assert [(s["kind"], s["records"]) for s in wider["streams"]] == [("cpu_stack", 1), ("syscall", 4)]
+
+
+STACK_RECORDS = [
+    rec("stack", "cpu_stack", T0 + 1 * S, pid=100, comm="nginx", values={"count": 5},
+        stack=["_start", "main", "serve", "read"]),
+    rec("stack", "cpu_stack", T0 + 2 * S, pid=100, comm="nginx", values={"count": 3},
+        stack=["_start", "main", "serve"]),
+    rec("stack", "cpu_stack", T0 + 3 * S, pid=100, comm="nginx", values={"count": 2}, stack=["_start", "main", "gc"]),
+    rec("stack", "cpu_stack", T0 + 4 * S, pid=100, comm="nginx", values={"count": 1},
+        stack=["_start", "main", "serve", "read"]),
+    rec("stack", "cpu_stack", T0 + 5 * S, pid=200, comm="curl", values={"count": 7}, stack=["_start", "main"]),
+    rec("stack", "alloc_stack", T0 + 6 * S, pid=100, comm="nginx", values={"count": 1, "bytes": 4096},
+        stack=["_start", "main", "malloc"]),
+    rec("stack", "cpu_stack", T0 + 7 * S, pid=100, values={"count": "n/a"}, stack=["x"]),  # not a number
+    syscall(T0 + 8 * S),  # no stack at all
+]
+
+
+def test_flamegraph_nested_set_for_grafana(api):
+    post(api, STACK_RECORDS).raise_for_status()
+    assert get(api, "/api/v1/flamegraph", domain="stack", kind="cpu_stack") == [
+        {"level": 0, "value": 18, "self": 0, "label": "total"},
+        {"level": 1, "value": 18, "self": 0, "label": "_start"},
+        {"level": 2, "value": 18, "self": 7, "label": "main"},
+        {"level": 3, "value": 2, "self": 2, "label": "gc"},
+        {"level": 3, "value": 9, "self": 3, "label": "serve"},
+        {"level": 4, "value": 6, "self": 6, "label": "read"},
+    ]
+    rows = get(api, "/api/v1/flamegraph", pid=100, **{"from": str((T0 + 2 * S) // 10**6)})
+    assert [(r["label"], r["value"]) for r in rows] == [
+        ("total", 7), ("_start", 7), ("main", 7), ("gc", 2), ("malloc", 1), ("serve", 4), ("read", 1)]
+    rows = get(api, "/api/v1/flamegraph", field="bytes")
+    assert [(r["level"], r["label"], r["value"], r["self"]) for r in rows] == [
+        (0, "total", 4096, 0), (1, "_start", 4096, 0), (2, "main", 4096, 0), (3, "malloc", 4096, 4096)]
+    assert get(api, "/api/v1/flamegraph", comm="nobody") == [{"level": 0, "value": 0, "self": 0, "label": "total"}]
+
+
+def test_flamegraph_tree_for_the_page(api):
+    post(api, STACK_RECORDS).raise_for_status()
+    tree = get(api, "/api/v1/flamegraph", kind="cpu_stack", comm="curl", format="tree")
+    assert tree == {"name": "total", "value": 7, "self": 0, "children": [
+        {"name": "_start", "value": 7, "self": 0, "children": [
+            {"name": "main", "value": 7, "self": 7, "children": []}]}]}
+
+
+def test_flamegraph_deep_stacks_both_formats(api):
+    frames = [f"frame_{i}" for i in range(300)]  # kernel + user stacks reach a few hundred frames
+    post(api, [rec("stack", "cpu_stack", T0, values={"count": 2}, stack=frames)]).raise_for_status()
+    rows = get(api, "/api/v1/flamegraph")
+    assert len(rows) == 301 and rows[-1] == {"level": 300, "value": 2, "self": 2, "label": "frame_299"}
+    node, depth = get(api, "/api/v1/flamegraph", format="tree"), 0
+    while node["children"]:
+        node, depth = node["children"][0], depth + 1
+    assert depth == 300 and node["name"] == "frame_299"
+
+
+THREAD_STATES = [
+    rec("proc", "thread_state", T0, pid=100, tid=101, comm="nginx", labels={"state": "running"},
+        values={"duration_ns": 40 * 10**6}),
+    rec("proc", "thread_state", T0 + 40 * 10**6, pid=100, tid=101, comm="nginx", labels={"state": "sleeping"},
+        values={"duration_ns": 60 * 10**6}),
+    rec("proc", "thread_state", T0 + 20 * 10**6, pid=100, tid=102, comm="nginx", labels={"state": "blocked"},
+        values={"duration_ns": 10 * 10**6}),
+    rec("proc", "lifecycle", T0, pid=100, comm="nginx", labels={"event": "exec"}),  # another kind
+]
+
+
+def test_timeline_rows_for_state_timeline(api):
+    post(api, THREAD_STATES).raise_for_status()
+    t = T0 // 10**6
+    assert get(api, "/api/v1/timeline") == [
+        {"time": t, "nginx:101": "running", "nginx:102": None},
+        {"time": t + 20, "nginx:101": "running", "nginx:102": "blocked"},
+        {"time": t + 30, "nginx:101": "running", "nginx:102": None},
+        {"time": t + 40, "nginx:101": "sleeping", "nginx:102": None},
+        {"time": t + 100, "nginx:101": None, "nginx:102": None},
+    ]
+    assert get(api, "/api/v1/timeline", domain="proc", kind="thread_state", host="node-a") == \
+        get(api, "/api/v1/timeline")  # the defaults
+    rows = get(api, "/api/v1/timeline", series="pid", label="state:blocked")
+    assert rows == [{"time": t + 20, "100": "blocked"}, {"time": t + 30, "100": None}]
+    rows = get(api, "/api/v1/timeline", kind="lifecycle", state="event")
+    assert rows == [{"time": t, "nginx:?": "exec"}]
+    assert len(get(api, "/api/v1/timeline", limit=1)) == 2  # the newest record only: sleeping, then its end
+
+
+@pytest.mark.parametrize("path, params, fragment", [
+    ("/api/v1/overview", {"from": "soon"}, "from: bad time 'soon'"),
+    ("/api/v1/overview", {"from": "-1h", "to": "-2h"}, "from must be before to"),
+    ("/api/v1/flamegraph", {"format": "svg"}, "bad format 'svg'"),
+    ("/api/v1/flamegraph", {"field": 'a"b'}, "bad field"),
+    ("/api/v1/flamegraph", {"label": "x"}, "bad label 'x'"),
+    ("/api/v1/flamegraph", {"pid": "me"}, "bad parameter pid"),
+    ("/api/v1/timeline", {"series": "comm::tid"}, "bad series 'comm::tid'"),
+    ("/api/v1/timeline", {"max_series": "0"}, "max_series must be between 1 and 1000"),
+    ("/api/v1/timeline", {"limit": "100001"}, "limit must be between 0 and 100000"),
+    ("/api/v1/timeline", {"state": ""}, "state must name"),
+    ("/api/v1/timeline", {"to": "later"}, "to: bad time 'later'"),
+])
+def test_new_endpoints_bad_params_are_400(api, path, params, fragment):
+    r = api.get(path, params=params)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"] and "\n" not in r.json()["error"]
 
 
 # -- retention ---------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ Interval = Annotated[float, typer.Option(help="Seconds between map reads (the re
 Duration = Annotated[Optional[float], typer.Option(help="Stop after this many seconds.", min=0.1)]
 Json = Annotated[bool, typer.Option("--json", help="One JSON record per line instead of the live table.")]
 Collector = Annotated[Optional[str], typer.Option(help="Send records to this collector URL, e.g. http://127.0.0.1:9380.")]
-MetricsPort = Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on 127.0.0.1:PORT.")]
+MetricsPort = Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on PORT.", min=1, max=65535)]
+MetricsHost = Annotated[str, typer.Option(help="Address for /metrics (0.0.0.0 for a cluster's Prometheus).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No table (used under `bpfscope up`).")]
 Host = Annotated[Optional[str], typer.Option(help="Node name the records carry (default: this host's name).")]
 
@@ -53,13 +54,14 @@ def _set_host(host: str | None) -> None:
         os.environ["BPFSCOPE_HOST"] = host  # inherited by the children of `up`
 
 
-def _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet) -> None:
+def _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet,
+                  metrics_host: str = "127.0.0.1") -> None:
     from .exporters.base import ExporterLoop
     from .hostenv import prepare_bpf
 
     prepare_bpf()
     loop = ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json,
-                        collector_url=collector, metrics_addr=f"127.0.0.1:{metrics_port}" if metrics_port else None,
+                        collector_url=collector, metrics_addr=f"{metrics_host}:{metrics_port}" if metrics_port else None,
                         view=not quiet)
     loop.run()
 
@@ -74,6 +76,7 @@ def sys_(
     as_json: Json = False,
     collector: Collector = None,
     metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
     quiet: Quiet = False,
     host: Host = None,
 ) -> None:
@@ -84,7 +87,7 @@ def sys_(
     if pid is not None and not os.path.exists(f"/proc/{pid}"):
         raise UserError(f"no process with pid {pid}", 2)
     _run_exporter(SysExporter(pid=pid, comm=comm, top=top), interval, duration, as_json, collector,
-                  metrics_port, quiet)
+                  metrics_port, quiet, metrics_host)
 
 
 @app.command()
@@ -137,6 +140,7 @@ def up(
     interval: Interval = 5.0,
     metrics_port: Annotated[int, typer.Option(help="Exporter i serves /metrics on PORT+i (0: none).",
                                               min=0, max=65000)] = 9390,
+    metrics_host: MetricsHost = "127.0.0.1",
     host: Host = None,
 ) -> None:
     """Start the collector and the exporters as supervised processes, until Ctrl-C."""
@@ -153,7 +157,7 @@ def up(
     Store(db).close()  # a bad --db fails here, in one line, before anything starts
     print(f"bpfscope up: collector and web page on http://{listen}  db {db}  exporters {', '.join(chosen)}",
           flush=True)
-    raise typer.Exit(Supervisor(child_commands(db, listen, chosen, interval, metrics_port)).run())
+    raise typer.Exit(Supervisor(child_commands(db, listen, chosen, interval, metrics_port, metrics_host)).run())
 
 
 @app.command()

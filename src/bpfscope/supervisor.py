@@ -43,7 +43,8 @@ class Child:
                 self.proc.wait()
 
 
-def child_commands(db: str, listen: str, domains: list[str], interval: float, metrics_port: int = 0) -> list[Child]:
+def child_commands(db: str, listen: str, domains: list[str], interval: float, metrics_port: int = 0,
+                   metrics_host: str = "127.0.0.1") -> list[Child]:
     """The collector first, then one exporter per domain; exporter i serves /metrics on metrics_port + i."""
     py = [sys.executable, "-m", "bpfscope"]
     url = f"http://{listen}"
@@ -51,7 +52,7 @@ def child_commands(db: str, listen: str, domains: list[str], interval: float, me
     for i, domain in enumerate(domains):
         argv = py + [domain, "--collector", url, "--quiet", "--interval", str(interval)]
         if metrics_port:
-            argv += ["--metrics-port", str(metrics_port + i)]
+            argv += ["--metrics-port", str(metrics_port + i), "--metrics-host", metrics_host]
         children.append(Child(domain, argv))
     return children
 

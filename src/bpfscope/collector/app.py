@@ -1,22 +1,27 @@
-"""The collector's HTTP API: ingest, query, series, health, /metrics and the web page."""
+"""The collector's HTTP API: ingest, query, series, overview, flame graphs, timelines, health,
+/metrics and the built-in web page (index at /, its modules and styles under /web/)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from bpfscope import __version__
+from bpfscope.collector.formats import flame_rows, flame_tree, overview_streams, timeline_rows
 from bpfscope.collector.ingest import BodyError, decode_batch, too_large
 from bpfscope.collector.metrics import IngestStats, make_registry
 from bpfscope.storage import AGGREGATES, Store, StoreError
@@ -26,7 +31,9 @@ MiB = 1024 * 1024
 Labels = Annotated[list[str], Query()]  # label=key:value, repeatable
 From = Annotated[str | None, Query(alias="from")]
 MAX_LIMIT = 100_000
-INDEX_HTML = Path(__file__).resolve().parent.parent / "web" / "index.html"
+MAX_SERIES = 1000
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+INDEX_HTML = WEB_DIR / "index.html"
 
 log = logging.getLogger("bpfscope.collector")
 
@@ -62,6 +69,42 @@ def _time(name: str, text: str | None) -> int | None:
         return parse_time(text)
     except ValueError as exc:
         raise ParamError(f"{name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The record filters every query endpoint shares, as the client sent them."""
+
+    domain: str | None
+    kind: str | None
+    host: str | None
+    pid: int | None
+    comm: str | None
+    label: tuple[str, ...]
+    from_: str | None
+    to: str | None
+
+    def store_kwargs(self) -> dict:
+        """Keyword arguments for the Store's filters; raises ParamError on a bad label or time."""
+        return {"domain": self.domain, "kind": self.kind, "host": self.host, "pid": self.pid, "comm": self.comm,
+                "labels": _labels(list(self.label)), "since_ns": _time("from", self.from_),
+                "until_ns": _time("to", self.to)}
+
+
+def _filters(domain: str | None = None, kind: str | None = None, host: str | None = None, pid: int | None = None,
+             comm: str | None = None, label: Labels = (), from_: From = None, to: str | None = None) -> Filters:
+    return Filters(domain, kind, host, pid, comm, tuple(label), from_, to)
+
+
+Filtered = Annotated[Filters, Depends(_filters)]
+
+
+class _WebFiles(StaticFiles):
+    # Revalidate every time (ETag -> 304): after an upgrade no browser keeps an old module.
+    async def get_response(self, path: str, scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -139,17 +182,12 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
             raise BodyError(503, str(exc), records=len(batch)) from None
 
     @app.get("/api/v1/records")
-    def get_records(domain: str | None = None, kind: str | None = None, host: str | None = None,
-                    pid: int | None = None, comm: str | None = None, label: Labels = (),
-                    from_: From = None, to: str | None = None,
-                    limit: int = 1000, order: str = "desc") -> Response:
+    def get_records(f: Filtered, limit: int = 1000, order: str = "desc") -> Response:
         try:
-            if not 0 <= limit <= MAX_LIMIT:
-                raise ParamError(f"limit must be between 0 and {MAX_LIMIT}")
+            _check_limit(limit)
             if order not in ("asc", "desc"):
                 raise ParamError(f"bad order {order!r}: use asc or desc")
-            rows = store.query(domain=domain, kind=kind, host=host, pid=pid, comm=comm, labels=_labels(label),
-                               since_ns=_time("from", from_), until_ns=_time("to", to), limit=limit, order=order)
+            rows = store.query(**f.store_kwargs(), limit=limit, order=order)
         except ValueError as exc:
             return _error(400, str(exc))
         except StoreError as exc:
@@ -159,21 +197,91 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
         return _json(rows)
 
     @app.get("/api/v1/series")
-    def get_series(field: str, domain: str | None = None, kind: str | None = None, host: str | None = None,
-                   pid: int | None = None, comm: str | None = None, label: Labels = (),
-                   from_: From = None, to: str | None = None,
-                   bucket: float = 60, agg: str = "avg", group_by: str | None = None) -> Response:
+    def get_series(f: Filtered, field: str, bucket: float = 60, agg: str = "avg",
+                   group_by: str | None = None) -> Response:
         try:
             if agg not in AGGREGATES:
                 raise ParamError(f"bad agg {agg!r}: use one of {', '.join(AGGREGATES)}")
-            rows = store.series(field, domain=domain, kind=kind, host=host, pid=pid, comm=comm,
-                                labels=_labels(label), since_ns=_time("from", from_), until_ns=_time("to", to),
-                                bucket_s=bucket, agg=agg, group_by=group_by or None)
+            rows = store.series(field, **f.store_kwargs(), bucket_s=bucket, agg=agg, group_by=group_by or None)
         except ValueError as exc:
             return _error(400, str(exc))
         except StoreError as exc:
             return _error(503, str(exc))
         return _json(rows)
+
+    @app.get("/api/v1/overview")
+    def get_overview(from_: From = None, to: str | None = None, host: str | None = None) -> Response:
+        """Per (host, domain, kind) in the window (default the last 5 minutes): records, rate, last
+        seen; the totals; and this collector's own ingest counters since it started."""
+        now = time.time_ns()
+        try:
+            since = _time("from", from_ or "-5m")
+            until = _time("to", to) or now
+            if since >= until:
+                raise ParamError("from must be before to")
+            streams = overview_streams(store.streams(since, until, host), since, until, now)
+            stored = store.count()
+        except ValueError as exc:
+            return _error(400, str(exc))
+        except StoreError as exc:
+            return _error(503, str(exc))
+        return _json({
+            "from": since // 1_000_000, "to": until // 1_000_000, "window_s": round((until - since) / 1e9, 3),
+            "streams": streams,
+            "totals": {"hosts": len({s["host"] for s in streams}), "streams": len(streams),
+                       "records": sum(s["records"] for s in streams),
+                       "rate_per_s": round(sum(s["rate_per_s"] for s in streams), 3)},
+            "collector": {"version": __version__, "db": store.dialect, "stored_records": stored, **stats.snapshot()},
+        })
+
+    @app.get("/api/v1/flamegraph")
+    def get_flamegraph(f: Filtered, field: str = "count",
+                       format_: Annotated[str, Query(alias="format")] = "nested-set") -> Response:
+        """The stacks of the matching records merged, weighted by values[field].
+
+        format=nested-set (default): Grafana's flame graph frame, rows {level, value, self, label}
+        in depth-first order, root "total" at level 0. format=tree: nested {name, value, self,
+        children} for the built-in page."""
+        try:
+            if format_ not in ("nested-set", "tree"):
+                raise ParamError(f"bad format {format_!r}: use nested-set or tree")
+            tree = flame_tree(store.stacks(field, **f.store_kwargs()))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        except StoreError as exc:
+            return _error(503, str(exc))
+        if format_ == "nested-set":
+            return _json(flame_rows(tree))
+        # The stdlib encoder: orjson stops at 254 levels of nesting, ~126 frames of a tree.
+        try:
+            body = json.dumps(tree, separators=(",", ":"), check_circular=False)
+        except RecursionError:
+            return _error(400, "stacks too deep for format=tree: use format=nested-set")
+        return Response(body, media_type="application/json")
+
+    @app.get("/api/v1/timeline")
+    def get_timeline(f: Filtered, series: str = "comm:tid", state: str = "state", limit: int = 5000,
+                     max_series: int = 50) -> Response:
+        """State-timeline rows {time (epoch ms), <series>: state} of the newest `limit` records of
+        a kind (default kind thread_state); see formats.timeline_rows for the record shape.
+        series names the columns: ':'-separated record fields or label keys (default comm:tid)."""
+        try:
+            _check_limit(limit)
+            if not 1 <= max_series <= MAX_SERIES:
+                raise ParamError(f"max_series must be between 1 and {MAX_SERIES}")
+            if not series or not all(series.split(":")):
+                raise ParamError(f"bad series {series!r}: use record fields or label keys joined by ':'")
+            if not state:
+                raise ParamError("state must name the label that holds the state")
+            kwargs = f.store_kwargs()
+            kwargs["kind"] = kwargs["kind"] or "thread_state"
+            records = store.query(**kwargs, limit=limit, order="desc")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        except StoreError as exc:
+            return _error(503, str(exc))
+        records.reverse()
+        return _json(timeline_rows(records, series=series, state=state, max_series=max_series))
 
     @app.get("/api/v1/health")
     def health() -> Response:
@@ -189,6 +297,12 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
-        return HTMLResponse(index_html)
+        return HTMLResponse(index_html, headers={"Cache-Control": "no-cache"})
 
+    app.mount("/web", _WebFiles(directory=WEB_DIR, check_dir=False), name="web")
     return app
+
+
+def _check_limit(limit: int) -> None:
+    if not 0 <= limit <= MAX_LIMIT:
+        raise ParamError(f"limit must be between 0 and {MAX_LIMIT}")

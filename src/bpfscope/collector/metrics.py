@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,6 +23,7 @@ class IngestStats:
         self.batches_rejected = 0
         self.ingest_seconds = 0.0
         self.retention_deleted = 0
+        self.started_ns = time.time_ns()
 
     def stored(self, records: int, seconds: float) -> None:
         with self._lock:
@@ -38,6 +40,15 @@ class IngestStats:
     def retained(self, deleted: int) -> None:
         with self._lock:
             self.retention_deleted += deleted
+
+    def snapshot(self) -> dict:
+        """The totals since this collector started, as the overview endpoint serves them."""
+        with self._lock:
+            return {"records_ingested": self.records_ingested, "records_rejected": self.records_rejected,
+                    "batches_stored": self.batches_stored, "batches_rejected": self.batches_rejected,
+                    "ingest_seconds": round(self.ingest_seconds, 6), "retention_deleted": self.retention_deleted,
+                    "started": self.started_ns // 1_000_000,
+                    "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 3)}
 
 
 class CollectorMetrics(Collector):

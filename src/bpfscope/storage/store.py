@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import CursorResult, case, create_engine, delete, event, func, insert, literal_column, select
+from sqlalchemy import CursorResult, Text, case, cast, create_engine, delete, event, func, insert, literal_column, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -232,6 +232,35 @@ class Store:
                 .group_by(inner.c.bucket, inner.c.grp)
                 .order_by(inner.c.bucket, inner.c.grp))
         return [{"time": b * bucket_ns // 1_000_000, "group": g, "value": v} for b, g, v in self._all(stmt)]
+
+    def stacks(self, field: str, domain: str | None = None, kind: str | None = None, host: str | None = None,
+               pid: int | None = None, comm: str | None = None, labels: dict[str, str] | None = None,
+               since_ns: int | None = None, until_ns: int | None = None) -> list[tuple[list[str], Any]]:
+        """(stack, sum of values[field]) per distinct stack of the matching records that have one."""
+        c = records.c
+        value = self._numeric(_check_key(field, "field"))
+        # Grouped by the stored JSON text (PostgreSQL's json type has no equality); the same
+        # serialiser wrote every row, so equal stacks have equal text.
+        text = cast(c.stack, Text)
+        stmt = (select(text, func.sum(value))
+                .where(*_filters(domain, kind, host, pid, comm, labels, since_ns, until_ns))
+                .where(c.stack.is_not(None), value.is_not(None))
+                .group_by(text))
+        out = []
+        for text_, total in self._all(stmt):
+            frames = orjson.loads(text_) if text_ else None
+            if isinstance(frames, list):
+                out.append((frames, total))
+        return out
+
+    def streams(self, since_ns: int | None = None, until_ns: int | None = None,
+                host: str | None = None) -> list[tuple[str, str, str, int, int]]:
+        """(host, domain, kind, record count, newest ts) per group of records in the window."""
+        c = records.c
+        stmt = (select(c.host, c.domain, c.kind, func.count(), func.max(c.ts))
+                .where(*_filters(None, None, host, None, None, None, since_ns, until_ns))
+                .group_by(c.host, c.domain, c.kind))
+        return [tuple(row) for row in self._all(stmt)]
 
     def _numeric(self, field: str):
         # values may hold strings too; aggregate only the numbers (NULL otherwise), and

@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: GPL-2.0
+/* bpfscope net: every TCP connection with its owner, direction and tcp_sock internals;
+ * close records, TCP events and packet drops.
+ *
+ * Hooks and what they cost (no kprobes, no fentry: see docs/design/kernel-hooks.md):
+ * - iter/tcp (net_iter_tcp): run by Python once per interval; one fixed-size record per
+ *   full TCP socket of the exporter's network namespace (bpf_seq_write). Nothing fires
+ *   between intervals.
+ * - iter/task_file (net_iter_owner): run only when the last snapshot had sockets with no
+ *   known owner (sockets older than bpfscope); walks every task's file table once.
+ * - tp_btf/inet_sock_set_state: one firing per TCP state change. Records the owner of a
+ *   connect()/listen() in the caller's context, marks accepted sockets, and sends the
+ *   final record of a connection on its way to TCP_CLOSE (one ring-buffer record).
+ * - tp_btf/sock_send_length, sock_recv_length: one firing per send/recv syscall on any
+ *   socket; a socket-storage lookup, and the owner is written the first time only.
+ * - With --events: tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
+ *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each.
+ * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
+ *   ring-buffer record when the skb has a socket.
+ * The owner lives in socket-local storage (BPF_MAP_TYPE_SK_STORAGE): it is freed with
+ * the socket, so nothing can leak or be reused by a later socket at the same address.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "bpfscope.h"
+#include "net.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+const volatile bool emit_events = false;	/* connect/accept records (--events) */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct net_owner);
+} owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* Packets freed with a drop reason, per reason (reason values come from kernel BTF). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, NET_MAX_DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Ring-buffer records that did not fit (index 0), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Scratch space for the iterator's record (too big for comfort on the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct net_tcp_info);
+} scratch SEC(".maps");
+
+BTF_EXPORT_STRUCT(net_event);
+BTF_EXPORT_STRUCT(net_tcp_info);
+
+static __always_inline bool is_inet_tcp(const struct sock *sk)
+{
+	__u16 family;
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return false;
+	family = sk->__sk_common.skc_family;
+	return family == AF_INET || family == AF_INET6;
+}
+
+static __always_inline void owner_from_current(struct net_owner *ow, __u8 src)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	ow->pid = id >> 32;
+	ow->tid = (__u32)id;
+	ow->src = src;
+	bpf_get_current_comm(ow->comm, sizeof(ow->comm));
+}
+
+static __always_inline void fill_tuple(struct net_tcp_info *ti, const struct sock_common *skc)
+{
+	ti->family = skc->skc_family;
+	ti->state = skc->skc_state;
+	ti->sport = skc->skc_num;
+	ti->dport = bpf_ntohs(skc->skc_dport);
+	if (ti->family == AF_INET) {
+		__u32 s = skc->skc_rcv_saddr, d = skc->skc_daddr;
+
+		__builtin_memcpy(ti->saddr, &s, 4);
+		__builtin_memcpy(ti->daddr, &d, 4);
+	} else {
+		bpf_probe_read_kernel(ti->saddr, 16, &skc->skc_v6_rcv_saddr);
+		bpf_probe_read_kernel(ti->daddr, 16, &skc->skc_v6_daddr);
+	}
+	ti->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+}
+
+static __always_inline void fill_tcp(struct net_tcp_info *ti, struct tcp_sock *tp)
+{
+	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+
+	ti->is_tcp = 1;
+	ti->bytes_acked = tp->bytes_acked;
+	ti->bytes_received = tp->bytes_received;
+	ti->bytes_sent = tp->bytes_sent;
+	ti->bytes_retrans = tp->bytes_retrans;
+	ti->segs_in = tp->segs_in;
+	ti->segs_out = tp->segs_out;
+	ti->snd_wnd = tp->snd_wnd;
+	ti->rcv_wnd = tp->rcv_wnd;
+	ti->snd_cwnd = tp->snd_cwnd;
+	ti->snd_ssthresh = tp->snd_ssthresh;
+	ti->srtt_us = tp->srtt_us >> 3;
+	ti->rttvar_us = tp->mdev_us >> 2;
+	ti->min_rtt_us = tp->rtt_min.s[0].v;
+	ti->total_retrans = tp->total_retrans;
+	ti->retrans_out = tp->retrans_out;
+	ti->lost_out = tp->lost_out;
+	ti->sacked_out = tp->sacked_out;
+	ti->packets_out = tp->packets_out;
+	ti->ca_state = BPF_CORE_READ_BITFIELD(&tp->inet_conn, icsk_ca_state);
+	ti->sndbuf = sk->sk_sndbuf;
+	ti->wmem_queued = sk->sk_wmem_queued;
+	ti->rcvbuf = sk->sk_rcvbuf;
+	ti->rmem_alloc = sk->sk_backlog.rmem_alloc.counter;
+	ti->send_q = tp->write_seq - tp->snd_una;
+	ti->recv_q = tp->rcv_nxt - tp->copied_seq;
+	ti->mss = tp->mss_cache;
+	ti->rate_delivered = tp->rate_delivered;
+	ti->rate_interval_us = tp->rate_interval_us;
+}
+
+static __always_inline void fill_owner(struct net_tcp_info *ti, struct net_owner *ow)
+{
+	if (!ow)
+		return;
+	ti->start_ns = ow->start_ns;
+	ti->pid = ow->pid;
+	ti->tid = ow->tid;
+	__builtin_memcpy(ti->comm, ow->comm, sizeof(ti->comm));
+	ti->dir = ow->dir;
+	ti->owner_src = ow->src;
+}
+
+/* Everything we know of sk, in one record. */
+static __always_inline void fill_info(struct net_tcp_info *ti, struct sock *sk)
+{
+	struct tcp_sock *tp;
+
+	fill_tuple(ti, &sk->__sk_common);
+	fill_owner(ti, bpf_sk_storage_get(&owners, sk, 0, 0));
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		fill_tcp(ti, tp);
+}
+
+static __always_inline struct net_event *reserve(__u32 type)
+{
+	struct net_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+		if (n)
+			(*n)++;
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->type = type;
+	return e;
+}
+
+/* An event about sk; in_task: the current task is the one acting on the socket. */
+static __always_inline int emit(__u32 type, struct sock *sk, __u32 arg, __u32 arg2, bool in_task)
+{
+	struct net_event *e = reserve(type);
+
+	if (!e)
+		return 0;
+	e->arg = arg;
+	e->arg2 = arg2;
+	if (in_task)
+		e->cur_pid = bpf_get_current_pid_tgid() >> 32;
+	if (sk)
+		fill_info(&e->info, sk);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int newstate)
+{
+	struct sock *sk = (struct sock *)csk;
+	struct net_owner *ow;
+
+	if (!is_inet_tcp(sk))
+		return 0;
+	switch (newstate) {
+	case TCP_SYN_SENT:	/* connect(): runs in the caller's context */
+	case TCP_LISTEN:	/* listen(): likewise */
+		ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (ow) {
+			ow->start_ns = bpf_ktime_get_boot_ns();
+			ow->dir = newstate == TCP_SYN_SENT ? NET_DIR_OUT : NET_DIR_IN;
+			owner_from_current(ow, NET_OWNER_CONNECT);
+		}
+		if (emit_events && newstate == TCP_SYN_SENT)
+			emit(NET_EV_CONNECT, sk, oldstate, 0, true);
+		return 0;
+	case TCP_SYN_RECV:	/* a child of a listener, in softirq: current is unrelated */
+		ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (ow && !ow->start_ns) {
+			ow->start_ns = bpf_ktime_get_boot_ns();
+			ow->dir = NET_DIR_IN;
+		}
+		return 0;
+	case TCP_ESTABLISHED:
+		if (emit_events && oldstate == TCP_SYN_RECV)
+			emit(NET_EV_ACCEPT, sk, oldstate, 0, false);
+		return 0;
+	case TCP_CLOSE:	/* the final record: totals and lifetime */
+		if (oldstate != TCP_LISTEN && oldstate != TCP_CLOSE)
+			emit(NET_EV_CLOSE, sk, oldstate, 0, false);
+		return 0;
+	}
+	return 0;
+}
+
+/* The first send or receive names the owner of sockets that connect() did not (accepted
+ * ones, and ones older than bpfscope). Runs in the syscall's context. */
+static __always_inline void owner_on_io(struct sock *sk)
+{
+	struct net_owner *ow;
+
+	if (!is_inet_tcp(sk))
+		return;
+	ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (ow && !ow->pid)
+		owner_from_current(ow, NET_OWNER_IO);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(net_send, struct sock *sk, int ret, int flags)
+{
+	owner_on_io(sk);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(net_recv, struct sock *sk, int ret, int flags)
+{
+	owner_on_io(sk);
+	return 0;
+}
+
+/* Snapshot: one net_tcp_info per full TCP socket (listeners included; time-wait and
+ * request sockets have no tcp_sock and are skipped). */
+SEC("iter/tcp")
+int net_iter_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct net_tcp_info *ti;
+	struct tcp_sock *tp;
+	__u32 zero = 0;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	ti = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ti)
+		return 0;
+	__builtin_memset(ti, 0, sizeof(*ti));
+	fill_tuple(ti, skc);
+	fill_owner(ti, bpf_sk_storage_get(&owners, tp, 0, 0));
+	fill_tcp(ti, tp);
+	bpf_seq_write(ctx->meta->seq, ti, sizeof(*ti));
+	return 0;
+}
+
+/* Owners of sockets nobody has named yet: the task whose file table holds the socket. */
+SEC("iter/task_file")
+int net_iter_owner(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct net_owner *ow;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (!task || !file)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = sock->sk;
+	if (!is_inet_tcp(sk))
+		return 0;
+	ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!ow || ow->pid)
+		return 0;
+	ow->pid = task->tgid;
+	ow->tid = task->pid;
+	ow->src = NET_OWNER_FILE;
+	bpf_probe_read_kernel_str(ow->comm, sizeof(ow->comm), task->comm);
+	return 0;
+}
+
+/* ---- --events ----------------------------------------------------------------------- */
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(net_retransmit, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	return emit(NET_EV_RETRANS, (struct sock *)sk, sk ? sk->__sk_common.skc_state : 0, err, false);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(net_send_reset, const struct sock *sk, const struct sk_buff *skb, const enum sk_rst_reason reason)
+{
+	return emit(NET_EV_RST_SENT, (struct sock *)sk, sk ? sk->__sk_common.skc_state : 0, reason, false);
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(net_receive_reset, struct sock *sk)
+{
+	return emit(NET_EV_RST_RECV, sk, sk->__sk_common.skc_state, 0, false);
+}
+
+/* Fires before icsk_ca_state changes: the record's ca_state is the old one. */
+SEC("tp_btf/tcp_cong_state_set")
+int BPF_PROG(net_cong_state, struct sock *sk, const u8 ca_state)
+{
+	return emit(NET_EV_CONG, sk, ca_state, 0, false);
+}
+
+SEC("tp_btf/sock_rcvqueue_full")
+int BPF_PROG(net_rcvq_full, struct sock *sk, struct sk_buff *skb)
+{
+	if (!is_inet_tcp(sk))
+		return 0;
+	return emit(NET_EV_RCVQ_FULL, sk, skb->truesize, 0, false);
+}
+
+/* ---- --drops ------------------------------------------------------------------------ */
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(net_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason,
+	     struct sock *rx_sk)
+{
+	__u32 key = reason;
+	__u64 *n, one = 1;
+	struct net_event *e;
+	struct sock *sk;
+	__u16 family;
+
+	if (reason <= SKB_CONSUMED)
+		return 0;
+	n = bpf_map_lookup_elem(&drops, &key);
+	if (n)
+		(*n)++;
+	else
+		bpf_map_update_elem(&drops, &key, &one, BPF_NOEXIST);
+	sk = skb->sk;
+	if (!sk)
+		sk = rx_sk;
+	if (!sk)
+		return 0;
+	family = sk->__sk_common.skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	/* skb->sk is an RCU pointer the socket helpers refuse: the 4-tuple only */
+	e = reserve(NET_EV_DROP);
+	if (!e)
+		return 0;
+	e->arg = reason;
+	e->arg2 = sk->sk_protocol;
+	fill_tuple(&e->info, &sk->__sk_common);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
