@@ -168,7 +168,7 @@ def test_limit_and_order(api):
     ("/api/v1/series", {}, "bad parameter field: Field required"),
     ("/api/v1/series", {"field": "x", "agg": "median"}, "bad agg 'median'"),
     ("/api/v1/series", {"field": "x", "bucket": "0"}, "bucket must be at least"),
-    ("/api/v1/series", {"field": "x", "bucket": "soon"}, "bad parameter bucket"),
+    ("/api/v1/series", {"field": "x", "bucket": "soon"}, "bucket: bad duration 'soon'"),
 ])
 def test_bad_params_are_400_with_one_line(api, path, params, fragment):
     r = api.get(path, params=params)
@@ -213,6 +213,22 @@ def test_series_group_by_label_and_filters(api):
                **{"from": str(M0), "to": str(M1 + 1500)})
     assert rows == [{"time": M0, "group": None, "value": 80}]
     assert get(api, "/api/v1/series", field="missing") == []
+
+
+def test_series_bucket_takes_a_grafana_interval(api):
+    post(api, SERIES).raise_for_status()
+    assert get(api, "/api/v1/series", field="lat_us", domain="net", bucket="2m", agg="sum") == \
+        get(api, "/api/v1/series", field="lat_us", domain="net", bucket=120, agg="sum")
+    r = api.get("/api/v1/series", params={"field": "lat_us", "bucket": "soon"})
+    assert r.status_code == 400 and "bucket" in r.json()["error"]
+
+
+def test_empty_filters_mean_no_filter(api):
+    """Grafana sends `host=&pid=` when a variable is All or empty: that must not filter."""
+    post(api, SERIES).raise_for_status()
+    everything = get(api, limit=1000)
+    assert get(api, host="", pid="", comm="", domain="", kind="", label="", limit=1000) == everything
+    assert api.get("/api/v1/records", params={"pid": "x"}).status_code == 400
 
 
 # -- rejections: a bad batch is refused whole -------------------------------------------------

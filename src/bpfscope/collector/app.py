@@ -25,7 +25,7 @@ from bpfscope.collector.formats import flame_rows, flame_tree, overview_streams,
 from bpfscope.collector.ingest import BodyError, decode_batch, too_large
 from bpfscope.collector.metrics import IngestStats, make_registry
 from bpfscope.storage import AGGREGATES, Store, StoreError
-from bpfscope.timeparse import parse_time
+from bpfscope.timeparse import parse_duration, parse_time
 
 MiB = 1024 * 1024
 Labels = Annotated[list[str], Query()]  # label=key:value, repeatable
@@ -62,6 +62,18 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _bucket_seconds(text: str) -> float:
+    """Seconds ('60', '2.5') or a Grafana interval ('1m', '500ms', '$__interval' expanded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = parse_duration(text)
+        except ValueError as exc:
+            raise ParamError(f"bucket: {exc}") from None
+    return value  # the store refuses buckets under 1 ms
+
+
 def _time(name: str, text: str | None) -> int | None:
     if text is None or text == "":
         return None
@@ -91,9 +103,13 @@ class Filters:
                 "until_ns": _time("to", self.to)}
 
 
-def _filters(domain: str | None = None, kind: str | None = None, host: str | None = None, pid: int | None = None,
+def _filters(domain: str | None = None, kind: str | None = None, host: str | None = None, pid: str | None = None,
              comm: str | None = None, label: Labels = (), from_: From = None, to: str | None = None) -> Filters:
-    return Filters(domain, kind, host, pid, comm, tuple(label), from_, to)
+    # An empty parameter means "no filter": Grafana sends `host=` when a variable is All/empty.
+    if pid is not None and pid.strip() and not pid.strip().lstrip("-").isdigit():
+        raise RequestValidationError([{"loc": ("query", "pid"), "msg": "Input should be a valid integer"}])
+    return Filters(domain or None, kind or None, host or None, int(pid) if pid and pid.strip() else None,
+                   comm or None, tuple(x for x in label if x), from_, to)
 
 
 Filtered = Annotated[Filters, Depends(_filters)]
@@ -197,12 +213,13 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
         return _json(rows)
 
     @app.get("/api/v1/series")
-    def get_series(f: Filtered, field: str, bucket: float = 60, agg: str = "avg",
+    def get_series(f: Filtered, field: str, bucket: str = "60", agg: str = "avg",
                    group_by: str | None = None) -> Response:
         try:
+            bucket_s = _bucket_seconds(bucket)
             if agg not in AGGREGATES:
                 raise ParamError(f"bad agg {agg!r}: use one of {', '.join(AGGREGATES)}")
-            rows = store.series(field, **f.store_kwargs(), bucket_s=bucket, agg=agg, group_by=group_by or None)
+            rows = store.series(field, **f.store_kwargs(), bucket_s=bucket_s, agg=agg, group_by=group_by or None)
         except ValueError as exc:
             return _error(400, str(exc))
         except StoreError as exc:

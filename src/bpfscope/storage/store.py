@@ -14,7 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import CursorResult, Text, case, cast, create_engine, delete, event, func, insert, literal_column, select
+from sqlalchemy import (
+    CursorResult,
+    Text,
+    case,
+    cast,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool

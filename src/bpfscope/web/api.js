@@ -112,9 +112,9 @@ export function fmtClock(ms, withMs = false) {
   return withMs ? `${t}.${pad(d.getMilliseconds(), 3)}` : t;
 }
 
-export function fmtTime(ms) {
+export function fmtTime(ms, withMs = true) {
   const d = new Date(ms);
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${fmtClock(ms, true)}`;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${fmtClock(ms, withMs)}`;
 }
 
 export function fmtDuration(seconds) {

@@ -1,6 +1,6 @@
 // A small time-series line chart on a <canvas>: axes, grid, gaps, crosshair and tooltip.
 //   const chart = new LineChart(parentElement);
-//   chart.set([{name, color, points: [[ms, value], ...]}], bucketMs);
+//   chart.set([{name, color, points: [[ms, value], ...]}], bucketMs, {log: false});
 
 import { cssVar, fmtClock, fmtNum, fmtSI, fmtTime, h, tooltip } from "./api.js";
 
@@ -18,6 +18,8 @@ export class LineChart {
   constructor(parent) {
     this.canvas = parent.appendChild(h("canvas", { class: "chart", role: "img", "aria-label": "line chart" }));
     this.series = [];
+    this.times = [];
+    this.lookup = [];
     this.bucket = 0;
     this.hover = null;
     this.canvas.addEventListener("mousemove", (ev) => this.onMove(ev));
@@ -25,11 +27,14 @@ export class LineChart {
     new ResizeObserver(() => this.draw()).observe(this.canvas);
   }
 
-  set(series, bucketMs) {
+  set(series, bucketMs, { log = false } = {}) {
     this.series = series;
     this.bucket = bucketMs;
+    this.log = log;
     this.times = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
     this.lookup = series.map((s) => new Map(s.points));
+    const points = series.reduce((n, s) => n + s.points.length, 0);
+    this.canvas.setAttribute("aria-label", `line chart: ${series.length} series, ${points} points`);
     this.draw();
   }
 
@@ -38,15 +43,25 @@ export class LineChart {
     let t1 = this.times[this.times.length - 1] ?? Date.now();
     if (t1 <= t0) t1 = t0 + (this.bucket || 60000);
     const values = this.series.flatMap((s) => s.points.map((p) => p[1]));
+    const x = (t) => M.left + ((t - t0) / (t1 - t0)) * (w - M.left - M.right);
+    if (this.log) {
+      // decades from the smallest positive value to the largest; zero and below sit on the axis
+      const positive = values.filter((v) => v > 0);
+      const lo = Math.floor(Math.log10(Math.min(...positive, 1)));
+      const hi = Math.max(Math.ceil(Math.log10(Math.max(...positive, 10))), lo + 1);
+      const y = (v) => M.top + (1 - (Math.log10(Math.max(v, 10 ** lo)) - lo) / (hi - lo)) * (hgt - M.top - M.bottom);
+      const ticks = Array.from({ length: hi - lo + 1 }, (_, i) => 10 ** (lo + i));
+      return { t0, t1, ticks, x, y };
+    }
     let lo = Math.min(0, ...values);
     let hi = Math.max(...values, 0);
     if (hi <= lo) hi = lo + 1;
     const step = niceStep(hi - lo, Math.max(2, Math.floor(hgt / 60)));
     hi = Math.ceil(hi / step) * step;
     lo = Math.floor(lo / step) * step;
-    const x = (t) => M.left + ((t - t0) / (t1 - t0)) * (w - M.left - M.right);
     const y = (v) => M.top + (1 - (v - lo) / (hi - lo)) * (hgt - M.top - M.bottom);
-    return { t0, t1, lo, hi, step, x, y };
+    const ticks = Array.from({ length: Math.round((hi - lo) / step) + 1 }, (_, i) => lo + i * step);
+    return { t0, t1, ticks, x, y };
   }
 
   draw() {
@@ -69,7 +84,7 @@ export class LineChart {
     g.fillStyle = cssVar("--axis");
     g.textAlign = "right";
     g.textBaseline = "middle";
-    for (let v = s.lo; v <= s.hi + s.step / 2; v += s.step) {
+    for (const v of s.ticks) {
       g.strokeStyle = cssVar("--grid");
       g.beginPath();
       g.moveTo(M.left, Math.round(s.y(v)) + 0.5);

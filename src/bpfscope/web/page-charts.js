@@ -12,8 +12,9 @@ export default {
   id: "charts",
   title: "Charts",
   fields: ["field", "agg", "bucket", "group_by", "domain", "kind", "host", "pid", "comm", "label", "from", "to",
-           { name: "top", label: "top series", inputmode: "numeric", size: "s" }],
-  defaults: { field: "count", agg: "sum", bucket: "10", from: "-15m", top: "8" },
+           { name: "top", label: "top series", inputmode: "numeric", size: "s" },
+           { name: "scale", options: ["linear", "log"], size: "s" }],
+  defaults: { field: "count", agg: "sum", bucket: "10", from: "-15m", top: "8", scale: "linear" },
 
   mount(ctx) {
     const panel = ctx.body.appendChild(h("div", { class: "panel" }));
@@ -24,8 +25,12 @@ export default {
   async load(params, ctx) {
     const rows = await getJSON("api/v1/series",
       pick(params, [...FILTER_KEYS, "field", "agg", "bucket", "group_by"]));
+    // A sum or count over a bucket that is still filling would dip at the right edge: leave it out.
+    const bucketMs = (parseFloat(params.bucket) || 60) * 1000;
+    const partial = ["sum", "count"].includes(params.agg) ? Date.now() - bucketMs : Infinity;
     const groups = new Map();
     for (const r of rows) {
+      if (r.time > partial) continue;
       const name = r.group ?? (params.group_by ? "(none)" : params.field);
       if (!groups.has(name)) groups.set(name, []);
       groups.get(name).push([r.time, r.value]);
@@ -35,14 +40,15 @@ export default {
       .map(([name, points]) => ({ name, points, total: points.reduce((a, p) => a + p[1], 0) }))
       .sort((a, b) => b.total - a.total);
     const shown = ranked.slice(0, top).map((s, i) => ({ ...s, color: PALETTE[i % PALETTE.length] }));
-    ctx.state.chart.set(shown, (parseFloat(params.bucket) || 60) * 1000);
+    ctx.state.chart.set(shown, bucketMs, { log: params.scale === "log" });
 
-    ctx.state.legend.replaceChildren(...shown.map((s) => h("span", { class: "item", "data-series": s.name },
+    const items = shown.map((s) => h("span", { class: "item", "data-series": s.name },
       h("span", { class: "sw", style: { background: s.color } }), h("span", null, s.name),
       h("span", { class: "num", title: "latest bucket · sum over the window" },
-        `${fmtNum(s.points[s.points.length - 1][1])} · Σ ${fmtNum(s.total)}`))),
-      ranked.length > top ? h("span", { class: "num" }, `+${ranked.length - top} more series`) : null,
-      rows.length ? null : h("span", { class: "num" }, "no data: check field, kind and the time range"));
+        `${fmtNum(s.points[s.points.length - 1][1])} · Σ ${fmtNum(s.total)}`)));
+    if (ranked.length > top) items.push(h("span", { class: "num" }, `+${ranked.length - top} more series`));
+    if (!rows.length) items.push(h("span", { class: "num" }, "no data: check field, kind and the time range"));
+    ctx.state.legend.replaceChildren(...items);
     return `${groups.size} series, ${rows.length} points of ${params.agg}(${params.field}) per ${params.bucket} s`;
   },
 

@@ -1,7 +1,7 @@
 // Overview: the collector's own state and every stream (host, domain, kind) with its record rate.
 
 import { PAGES } from "./pages.js";
-import { fmtDuration, fmtNum, fmtTime, getJSON, h, table } from "./api.js";
+import { fmtClock, fmtDuration, fmtNum, fmtTime, getJSON, h, table } from "./api.js";
 
 function card(key, value, sub) {
   return h("div", { class: "card" }, h("div", { class: "k" }, key), h("div", { class: "v" }, value),
@@ -45,7 +45,7 @@ export default {
     ], rows, "no records in this window: is an exporter running with --collector?");
 
     ctx.body.replaceChildren(cards,
-      h("h2", null, "Exporters and their streams", h("small", null, `${fmtTime(o.from)} – ${fmtTime(o.to)}`)),
+      h("h2", null, "Exporters and their streams", h("small", null, `${fmtTime(o.from, false)} – ${fmtClock(o.to)}`)),
       h("div", { class: "scroll" }, streams));
     return `${o.streams.length} streams`;
   },

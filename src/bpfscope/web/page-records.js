@@ -7,9 +7,17 @@ function chips(obj, numbers) {
     h("span", { class: "chip" }, h("i", null, k), numbers ? fmtNum(v) : String(v)));
 }
 
-function stackCell(stack) {
+// Which stacks the user opened, so that the auto-refresh does not fold them again.
+const opened = new Set();
+
+function stackCell(r) {
+  const stack = r.stack;
   if (!stack || !stack.length) return "";
-  return h("details", { class: "stack" },
+  const key = `${r.ts}/${r.host}/${r.pid}/${r.tid}/${stack.length}/${stack[stack.length - 1]}`;
+  return h("details", {
+    class: "stack", open: opened.has(key),
+    ontoggle: (ev) => (ev.target.open ? opened.add(key) : opened.delete(key)),
+  },
     h("summary", null, `${stack[stack.length - 1]} (${stack.length})`),
     h("ol", null, stack.map((f) => h("li", null, f))));
 }
@@ -24,7 +32,7 @@ export default {
     const records = await getJSON("api/v1/records", pick(params, [...FILTER_KEYS, "limit", "order"]));
     const rows = records.map((r) => [
       fmtTime(r.time), r.host, r.domain, r.kind, r.pid ?? "", r.tid ?? "", r.comm ?? "",
-      chips(r.labels, false), chips(r.values, true), stackCell(r.stack),
+      chips(r.labels, false), chips(r.values, true), stackCell(r),
     ]);
     ctx.body.replaceChildren(h("div", { class: "scroll" }, table([
       { title: "time", cls: "mono" }, { title: "host" }, { title: "domain" }, { title: "kind" },
