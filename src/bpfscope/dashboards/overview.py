@@ -47,9 +47,12 @@ def build():
              prometheus(f"sum by (exporter) (rate(bpfscope_exporter_dropped_records_total{{{HOST_MATCH}}}[{RATE}]))",
                         "dropped {{exporter}}"), unit="ops"))
          .with_panel(prometheus_timeseries(
-             "Map read time per interval", "How long the last interval's map read and normalisation took.",
+             "Map read and scrape time", "How long the last interval's map read and normalisation took, "
+             "and how long the previous /metrics scrape took to build.",
              prometheus(f"max by (exporter) (bpfscope_exporter_collect_duration_seconds{{{HOST_MATCH}}})",
-                        "{{exporter}}"), unit="s"))
+                        "read {{exporter}}"),
+             prometheus(f"max by (exporter) (bpfscope_exporter_scrape_duration_seconds{{{HOST_MATCH}}})",
+                        "scrape {{exporter}}"), unit="s"))
          .with_panel(prometheus_timeseries(
              "Records waiting to be sent", "Each exporter's send buffer; it grows while the collector is away.",
              prometheus(f"sum by (exporter) (bpfscope_exporter_buffered_records{{{HOST_MATCH}}})", "{{exporter}}"))))

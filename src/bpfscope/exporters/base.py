@@ -143,8 +143,20 @@ class _ExporterCollector:
 
     def __init__(self, loop: "ExporterLoop"):
         self.loop = loop
+        self.last_scrape_s = 0.0
 
     def collect(self):
+        # Building the families is the scrape's cost; report the previous one (this one is not over).
+        t0 = time.monotonic()
+        yield from self._families()
+        scrape = GaugeMetricFamily("bpfscope_exporter_scrape_duration_seconds",
+                                   "Time the previous /metrics scrape of this exporter took to build",
+                                   labels=["exporter"])
+        scrape.add_metric([self.loop.exporter.name], self.last_scrape_s)
+        yield scrape
+        self.last_scrape_s = time.monotonic() - t0
+
+    def _families(self):
         exp, loop = self.loop.exporter, self.loop
         up = GaugeMetricFamily("bpfscope_up", "1 while the exporter's BPF programs are attached", labels=["exporter"])
         up.add_metric([exp.name], 1.0 if loop.running else 0.0)
