@@ -104,3 +104,61 @@ def test_exporter_serves_its_own_metrics():
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+ROUNDS_WORKLOAD = """
+import os, sys
+for line in sys.stdin:
+    if line.strip() == "stop":
+        break
+    for _ in range(int(line)):
+        os.getppid()
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("slots", [1, 4096])
+def test_counts_are_exact_through_slots_and_hash_fallback(slots):
+    """slots=1: one (tgid, nr) pair per CPU takes the fast path, every other pair the hash;
+    the sum over both must equal the workload exactly, read across several intervals."""
+    from bpfscope.exporters.sys import SysExporter
+
+    child = subprocess.Popen([sys.executable, "-c", ROUNDS_WORKLOAD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    exp = SysExporter(pid=child.pid, top=0, slots=slots)
+    exp.open()
+    try:
+        got, made = 0, 0
+        for n in (10_000, 25_000, 40_000):
+            child.stdin.write(f"{n}\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "done"
+            made += n
+            rows = exp.collect(1.0)
+            assert {r["pid"] for r in rows} <= {child.pid}
+            got += sum(r["values"]["count"] for r in rows if r["labels"]["syscall"] == "getppid")
+        assert got == made
+    finally:
+        exp.close()
+        child.kill()
+        child.wait()
+
+
+def test_slots_of_exited_processes_are_freed():
+    from bpfscope.exporters.sys import SysExporter
+
+    code = "import os\nfor _ in range(5000): os.getppid()"
+    exp = SysExporter(top=0, slots=4096)
+    exp.open()
+    try:
+        child = subprocess.Popen([sys.executable, "-c", code])
+        child.wait(10)
+        rows = exp.collect(1.0)
+        assert sum(r["values"]["count"] for r in rows
+                   if r["pid"] == child.pid and r["labels"]["syscall"] == "getppid") == 5000
+        exp.collect(1.0)  # the child is gone: its slots are freed now
+        slots = exp.obj.maps["slots"]
+        owners = {s.tgid for _, v in slots.batch() for s in slots.cpu_values(v) if s.count}
+        assert child.pid not in owners
+    finally:
+        exp.close()

@@ -1,8 +1,10 @@
 """bpfscope sys: system calls per process and syscall, counted in the kernel.
 
-Kernel side: bpf/sys.bpf.c (raw_tp sys_enter, per-CPU hash keyed by tgid and number).
-Each interval the map is read and emptied in one batch syscall, so every row is the
-count for that interval only.
+Kernel side: bpf/sys.bpf.c (raw_tp sys_enter). Most calls are counted in a per-CPU
+direct-mapped table of cumulative slots (`slots`), the rest in a per-CPU hash
+(`counts`). Each interval both are read in one batch syscall each: the slots give
+deltas against the previous read, the hash is emptied as it is read. Either way every
+row is the count for that interval only.
 """
 
 from __future__ import annotations
@@ -13,17 +15,63 @@ from collections import Counter
 from prometheus_client.core import CounterMetricFamily
 from rich.table import Table
 
-from ..bpf import BpfObject
+from ..bpf import BpfObject, Map
 from ..decode import c_string, syscall_name
 from ..schema import make_record
 from .base import Exporter
+
+
+Pair = tuple[int, int]  # (tgid, syscall number)
+
+
+class SlotTable:
+    """User-space side of the kernel's per-CPU direct-mapped slots: deltas per interval,
+    and freeing the slots of processes that have exited."""
+
+    def __init__(self, slots: Map):
+        self.map = slots
+        self.prev: dict[tuple[int, int], tuple[int, int, int]] = {}  # (cpu, idx) -> (tgid, nr, count)
+
+    def deltas(self) -> dict[Pair, tuple[int, str]]:
+        out: dict[Pair, tuple[int, str]] = {}
+        current: dict[tuple[int, int], tuple[int, int, int]] = {}
+        owners: dict[int, set[int]] = {}  # idx -> tgids owning it on some CPU
+        for key, per_cpu in self.map.batch():
+            idx = key.value
+            for cpu, slot in enumerate(self.map.cpu_values(per_cpu)):
+                if not slot.count:
+                    continue
+                tgid, nr, count = slot.tgid, slot.nr, slot.count
+                current[(cpu, idx)] = (tgid, nr, count)
+                owners.setdefault(idx, set()).add(tgid)
+                before = self.prev.get((cpu, idx))
+                delta = count - (before[2] if before and before[:2] == (tgid, nr) else 0)
+                if delta > 0:
+                    n, comm = out.get((tgid, nr), (0, ""))
+                    out[(tgid, nr)] = (n + delta, comm or c_string(slot.comm))
+        self.prev = current
+        self._free_exited(owners)
+        return out
+
+    def _free_exited(self, owners: dict[int, set[int]]) -> None:
+        # Only when every owner of the index has exited: a live owner's increments would be
+        # overwritten. (A brand-new claim racing with the write can lose its first counts.)
+        empty = self.map.value_type()
+        for idx, tgids in owners.items():
+            if not any(os.path.exists(f"/proc/{t}") for t in tgids):
+                self.map.update(idx, empty)
+                for cpu in range(self.map.ncpus):
+                    self.prev.pop((cpu, idx), None)
 
 
 class SysExporter(Exporter):
     name = "sys"
     domain = "system"
 
-    def __init__(self, pid: int | None = None, comm: str | None = None, top: int = 20):
+    def __init__(self, pid: int | None = None, comm: str | None = None, top: int = 20, slots: int = 4096):
+        if slots < 1 or slots & (slots - 1):
+            raise ValueError("slots must be a power of two")
+        self.slots = slots
         self.pid = pid
         self.comm = comm
         self.top = top
@@ -32,18 +80,22 @@ class SysExporter(Exporter):
         self.missed_total = 0
 
     def open(self) -> None:
-        self.obj = BpfObject.open("sys", rodata={"target_tgid": self.pid or 0, "self_tgid": os.getpid()})
+        self.obj = BpfObject.open("sys", rodata={"target_tgid": self.pid or 0, "self_tgid": os.getpid(),
+                                                 "slot_mask": self.slots - 1},
+                                  max_entries={"slots": self.slots})
+        self.slot_table = SlotTable(self.obj.maps["slots"])
         self.obj.attach_all()
 
-    def _read(self) -> dict[tuple[int, int], tuple[int, str]]:
-        rows: dict[tuple[int, int], tuple[int, str]] = {}
+    def _read(self) -> dict[Pair, tuple[int, str]]:
+        rows = self.slot_table.deltas()
         counts = self.obj.maps["counts"]
         for key, per_cpu in counts.batch(delete=True):
             count, comm = 0, ""
             for val in counts.cpu_values(per_cpu):
                 count += val.count
                 comm = comm or c_string(val.comm)
-            rows[(key.tgid, key.nr)] = (count, comm)
+            before, before_comm = rows.get((key.tgid, key.nr), (0, ""))
+            rows[(key.tgid, key.nr)] = (before + count, before_comm or comm)
         return rows
 
     def collect(self, elapsed_s: float) -> list[dict]:
