@@ -94,5 +94,8 @@ def run_query(url: str, domain: str | None, kind: str | None, since: str | None,
     if not rows:
         print("no records match", file=sys.stderr)
         return 0
-    Console().print(_table(rows))
+    console = Console()
+    if not console.is_terminal:  # piped: one record per line, not folded to 80 columns
+        console = Console(width=240)
+    console.print(_table(rows))
     return 0
