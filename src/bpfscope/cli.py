@@ -194,9 +194,19 @@ def _rename_commands() -> None:
 _rename_commands()
 
 
+def _add_groups() -> None:
+    from .lb.cli import lb_app
+
+    app.add_typer(lb_app, name="lb")
+
+
+_add_groups()
+
+
 def main(argv: list[str] | None = None) -> int:
     from .bpf import BpfError
     from .hostenv import HostError
+    from .lb.config import ConfigError
 
     try:
         from .storage.store import StoreError
@@ -218,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     except click_exc.ClickException as e:
         print(f"{prog}: {e.format_message()}", file=sys.stderr)
         return e.exit_code
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     except (UserError, HostError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return e.exit_code

@@ -50,10 +50,13 @@ libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
 libc.vsnprintf.restype = c_int
 
 
+_print_buf = ctypes.create_string_buffer(1 << 20)  # a verifier log arrives as one message
+
+
 @_print_fn_t
 def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
     # x86_64 passes va_list as a pointer, so vsnprintf can format it directly.
-    buf = ctypes.create_string_buffer(4096)
+    buf = _print_buf
     libc.vsnprintf(buf, len(buf), fmt, args)
     if _debug:
         os.write(2, buf.value)

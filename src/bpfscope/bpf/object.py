@@ -358,6 +358,25 @@ class Map:
         return True
 
 
+class PinnedMap(Map):
+    """A map pinned on bpffs by an earlier run, typed by the same map of an opened (not
+    loaded) object: how a controller edits kernel state that outlives it."""
+
+    def __init__(self, template: Map, path: str):
+        super().__init__(template.obj, template.ptr, template.btf)
+        self.path = path
+        self._fd = L.check_int(L.bpf_obj_get(path.encode()), f"open pinned map {path}")
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class BpfObject:
     """One compiled .bpf.o: open, configure (.rodata, map sizes, autoload), load, attach."""
 

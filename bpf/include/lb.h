@@ -1,0 +1,52 @@
+/* bpfscope lb: socket-level load balancing at connect(). Shared map layouts. */
+#ifndef BPFSCOPE_LB_H
+#define BPFSCOPE_LB_H
+
+#define LB_MAX_SERVICES 65536
+#define LB_MAX_BACKENDS 1048576
+#define LB_MAX_SOCKETS 262144
+#define LB_NAME_LEN 32
+
+enum lb_algo {
+	LB_ALGO_RANDOM = 0,
+	LB_ALGO_WEIGHTED = 1,
+};
+
+/* A service address: IPv4 in addr[0..3] with family 2, IPv6 in addr[0..15] with 10. */
+struct lb_addr {
+	__u8 addr[16];
+	__u16 port;		/* network byte order, as in the socket */
+	__u8 proto;		/* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 family;		/* AF_INET / AF_INET6 */
+};
+
+struct lb_service {
+	__u32 id;		/* backends live under this id; a new id per change (atomic switch) */
+	__u32 count;		/* backends in the choice table */
+	__u32 algo;
+	__u32 flags;
+	char name[LB_NAME_LEN];
+};
+
+struct lb_backend_key {
+	__u32 service_id;
+	__u32 index;
+};
+
+/* Walker's alias method: index i is kept with probability prob/2^32, else `alias`. */
+struct lb_backend {
+	struct lb_addr to;
+	__u32 prob;
+	__u32 alias;
+};
+
+/* What a redirected socket asked for, so getpeername() answers with the VIP. */
+struct lb_origin {
+	struct lb_addr vip;
+};
+
+struct lb_stats_key {
+	struct lb_addr backend;
+};
+
+#endif

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: GPL-2.0
+/* bpfscope lb: pick a backend for a service VIP once, at connect(), in the kernel.
+ *
+ * Hooks: cgroup/connect4|6 rewrite the destination of connect() (and of sendmsg for
+ * unconnected UDP, later); cgroup/getpeername4|6 give the VIP back to the application.
+ * Cost per connect: a service lookup, at most two backend lookups (alias method,
+ * O(1) whatever the weights) and a socket-cookie map update. Nothing per packet.
+ *
+ * Maps are pinned under /sys/fs/bpf/bpfscope/lb by user space and shared by every
+ * controller run; a change to a service writes its backends under a fresh id first and
+ * then switches the service entry in one update, so a connect sees all or nothing.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "bpfscope.h"
+#include "lb.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EHOSTUNREACH 113
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_addr);
+	__type(value, struct lb_service);
+} lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, struct lb_backend_key);
+	__type(value, struct lb_backend);
+} lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_MAX_SOCKETS);
+	__type(key, __u64);	/* socket cookie */
+	__type(value, struct lb_origin);
+} lb_origins SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, struct lb_stats_key);
+	__type(value, __u64);
+} lb_choices SEC(".maps");
+
+/* Connects refused because a service had no backend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_no_backend SEC(".maps");
+
+static __always_inline void bump(void *map, void *key)
+{
+	__u64 *v = bpf_map_lookup_elem(map, key), one = 1;
+
+	if (v)
+		(*v)++;
+	else
+		bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
+}
+
+static __always_inline struct lb_backend *choose(struct lb_service *svc)
+{
+	struct lb_backend_key k = { .service_id = svc->id };
+	struct lb_backend *b;
+
+	k.index = bpf_get_prandom_u32() % svc->count;
+	b = bpf_map_lookup_elem(&lb_backends, &k);
+	if (!b)
+		return NULL;
+	if (svc->algo == LB_ALGO_WEIGHTED && bpf_get_prandom_u32() >= b->prob) {
+		k.index = b->alias;
+		b = bpf_map_lookup_elem(&lb_backends, &k);
+	}
+	return b;
+}
+
+/* 1: leave the connect alone; 0 with retval set: refuse it. */
+/* family is a literal at each call site, so connect4 never touches user_ip6 (the
+ * verifier refuses that even on a dead path). */
+static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *vip, const int family)
+{
+	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, vip);
+	struct lb_stats_key sk = {};
+	struct lb_origin origin = {};
+	struct lb_backend *b;
+	__u64 cookie;
+	__u32 zero = 0;
+
+	if (!svc)
+		return 1;
+	if (svc->count == 0) {
+		bump(&lb_no_backend, &zero);
+		bpf_set_retval(-EHOSTUNREACH);
+		return 0;
+	}
+	b = choose(svc);
+	if (!b || b->to.family != family)
+		return 1;
+	if (family == AF_INET) {
+		ctx->user_ip4 = *(__u32 *)b->to.addr;
+	} else {
+		ctx->user_ip6[0] = *(__u32 *)&b->to.addr[0];
+		ctx->user_ip6[1] = *(__u32 *)&b->to.addr[4];
+		ctx->user_ip6[2] = *(__u32 *)&b->to.addr[8];
+		ctx->user_ip6[3] = *(__u32 *)&b->to.addr[12];
+	}
+	ctx->user_port = b->to.port;
+	origin.vip = *vip;
+	cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_update_elem(&lb_origins, &cookie, &origin, BPF_ANY);
+	sk.backend = b->to;
+	bump(&lb_choices, &sk);
+	return 1;
+}
+
+static __always_inline void vip4(struct bpf_sock_addr *ctx, struct lb_addr *a)
+{
+	*(__u32 *)a->addr = ctx->user_ip4;
+	a->port = (__u16)ctx->user_port;
+	a->proto = ctx->protocol;
+	a->family = AF_INET;
+}
+
+static __always_inline void vip6(struct bpf_sock_addr *ctx, struct lb_addr *a)
+{
+	*(__u32 *)&a->addr[0] = ctx->user_ip6[0];
+	*(__u32 *)&a->addr[4] = ctx->user_ip6[1];
+	*(__u32 *)&a->addr[8] = ctx->user_ip6[2];
+	*(__u32 *)&a->addr[12] = ctx->user_ip6[3];
+	a->port = (__u16)ctx->user_port;
+	a->proto = ctx->protocol;
+	a->family = AF_INET6;
+}
+
+SEC("cgroup/connect4")
+int lb_connect4(struct bpf_sock_addr *ctx)
+{
+	struct lb_addr vip = {};
+
+	vip4(ctx, &vip);
+	return redirect(ctx, &vip, AF_INET);
+}
+
+SEC("cgroup/connect6")
+int lb_connect6(struct bpf_sock_addr *ctx)
+{
+	struct lb_addr vip = {};
+
+	vip6(ctx, &vip);
+	return redirect(ctx, &vip, AF_INET6);
+}
+
+static __always_inline int restore_vip(struct bpf_sock_addr *ctx, __u8 family)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct lb_origin *o = bpf_map_lookup_elem(&lb_origins, &cookie);
+
+	if (!o || o->vip.family != family)
+		return 1;
+	if (family == AF_INET) {
+		ctx->user_ip4 = *(__u32 *)o->vip.addr;
+	} else {
+		ctx->user_ip6[0] = *(__u32 *)&o->vip.addr[0];
+		ctx->user_ip6[1] = *(__u32 *)&o->vip.addr[4];
+		ctx->user_ip6[2] = *(__u32 *)&o->vip.addr[8];
+		ctx->user_ip6[3] = *(__u32 *)&o->vip.addr[12];
+	}
+	ctx->user_port = o->vip.port;
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int lb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return restore_vip(ctx, AF_INET);
+}
+
+SEC("cgroup/getpeername6")
+int lb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return restore_vip(ctx, AF_INET6);
+}
+
+char LICENSE[] SEC("license") = "GPL";

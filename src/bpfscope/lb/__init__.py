@@ -1,0 +1,1 @@
+"""Socket-level load balancing: pick a backend at connect(), in the kernel."""

@@ -1,0 +1,96 @@
+"""`bpfscope lb ...`: apply, status, delete, reset."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from .config import ConfigError, load
+from .kernel import LbKernel, pin_dir_default
+
+lb_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                     help="Socket-level load balancing: a service VIP picks a backend at connect().")
+
+PinDir = Annotated[Optional[str], typer.Option(help="bpffs directory of the pinned maps and links.")]
+
+
+def _kernel(pin_dir: str | None) -> LbKernel:
+    from ..hostenv import prepare_bpf
+
+    prepare_bpf()
+    return LbKernel(pin_dir or pin_dir_default())
+
+
+def _installed(k: LbKernel) -> None:
+    if not k.installed:
+        raise ConfigError(f"no load balancer installed at {k.pin_dir} (run `bpfscope lb apply FILE` first)")
+
+
+@lb_app.command()
+def apply(
+    file: Annotated[str, typer.Argument(help="services.yaml")],
+    cgroup: Annotated[Optional[str], typer.Option(help="cgroup v2 directory to attach to (default: the root).")] = None,
+    pin_dir: PinDir = None,
+) -> None:
+    """Validate FILE and make the kernel's services exactly what it says (atomically per service)."""
+    from ..hostenv import cgroup2_root
+
+    config = load(file)  # nothing is touched when the file is wrong
+    with _kernel(pin_dir) as k:
+        if not k.installed:
+            target = cgroup or cgroup2_root()
+            if not target:
+                raise ConfigError("no cgroup v2 mount to attach to")
+            k.install(target)
+        r = k.apply(config.services)
+    print(f"applied {file}: {len(r.added)} added, {len(r.changed)} changed, {len(r.unchanged)} unchanged, "
+          f"{len(r.removed)} removed")
+
+
+@lb_app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False, pin_dir: PinDir = None) -> None:
+    """Services, their backends, each backend's share and how often it was chosen."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _kernel(pin_dir) as k:
+        _installed(k)
+        rows = k.status()
+        refused = k.no_backend_refusals()
+    if as_json:
+        print(json.dumps({"services": rows, "no_backend_refusals": refused}, indent=2))
+        return
+    t = Table(title="bpfscope lb", title_justify="left")
+    for col, just in (("SERVICE", "left"), ("VIP", "left"), ("ALGO", "left"), ("BACKEND", "left"),
+                      ("SHARE", "right"), ("CHOSEN", "right")):
+        t.add_column(col, justify=just)
+    for s in rows:
+        vip = f"{s['vip']}:{s['port']}/{s['protocol']}"
+        if not s["backends"]:
+            t.add_row(s["name"], vip, s["algorithm"], "(none: connect fails)", "", "")
+        for i, b in enumerate(s["backends"]):
+            t.add_row(s["name"] if i == 0 else "", vip if i == 0 else "", s["algorithm"] if i == 0 else "",
+                      f"{b['address']}:{b['port']}", f"{b['share'] * 100:.1f}%", f"{b['choices']:,}")
+    Console().print(t)
+    if refused:
+        print(f"connects refused for lack of a backend: {refused}")
+
+
+@lb_app.command()
+def delete(name: Annotated[str, typer.Argument(help="service name")], pin_dir: PinDir = None) -> None:
+    """Remove one service; its VIP stops being redirected."""
+    with _kernel(pin_dir) as k:
+        _installed(k)
+        if not k.delete(name):
+            raise ConfigError(f"no service named {name!r}")
+    print(f"deleted {name}")
+
+
+@lb_app.command()
+def reset(pin_dir: PinDir = None) -> None:
+    """Detach every program and remove every map and pin of the load balancer."""
+    with _kernel(pin_dir) as k:
+        removed = k.reset()
+    print(f"removed {len(removed)} pins from {k.pin_dir}" if removed else f"nothing installed at {k.pin_dir}")

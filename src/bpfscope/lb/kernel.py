@@ -1,0 +1,259 @@
+"""The load balancer's kernel state: programs attached to a cgroup and maps, all pinned
+under one bpffs directory so they outlive the command (or controller) that set them.
+
+A service change writes the new backends under a fresh service id, then switches the
+service entry in one map update, then removes the old backends: a connect() sees the
+old set or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..bpf import BpfObject, PinnedMap
+from ..decode import c_string
+from .alias import ONE, alias_table, shares
+from .config import Service
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
+MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend")
+PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6")
+ALGOS = {"random": 0, "weighted": 1}
+PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+# A connect that read a service entry just before it was switched still looks up the old
+# backends; they are removed only after this grace (BPF programs run in microseconds).
+GRACE_S = 0.05
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+    protocol: str = "tcp"
+
+
+@dataclass
+class ApplyResult:
+    added: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    removed: list[str]
+
+
+def _fill_addr(dst, ep: Endpoint) -> None:
+    ip = ipaddress.ip_address(ep.address)
+    raw = ip.packed.ljust(16, b"\0")
+    ctypes.memmove(ctypes.addressof(dst.addr), raw, 16)
+    dst.port = socket.htons(ep.port)
+    dst.proto = PROTOS[ep.protocol]
+    dst.family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+
+
+def _endpoint(addr) -> Endpoint:
+    raw = bytes(addr.addr)
+    ip = ipaddress.ip_address(raw[:4] if addr.family == socket.AF_INET else raw)
+    proto = "udp" if addr.proto == socket.IPPROTO_UDP else "tcp"
+    return Endpoint(str(ip), socket.ntohs(addr.port), proto)
+
+
+class LbKernel:
+    def __init__(self, pin_dir: str = DEFAULT_PIN_DIR):
+        self.pin_dir = Path(pin_dir)
+        self.obj = BpfObject.open("lb", load=False)  # types and programs; maps come from pins
+        self._maps: dict[str, PinnedMap] = {}
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+        self.obj.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- install / reset -----------------------------------------------------------
+
+    @property
+    def installed(self) -> bool:
+        return (self.pin_dir / "lb_services").exists()
+
+    def _link_pin(self, prog: str) -> Path:
+        return self.pin_dir / f"link_{prog}"
+
+    def install(self, cgroup: str) -> None:
+        """Load, pin the maps and attach the programs to `cgroup` (pinned links), once."""
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        for name in MAPS:
+            self.obj.maps[name].reuse_pinned(str(self.pin_dir / name))
+        self.obj.load()
+        for name in MAPS:
+            if not (self.pin_dir / name).exists():
+                self.obj.maps[name].pin(str(self.pin_dir / name))
+        for prog in PROGRAMS:
+            if not self._link_pin(prog).exists():
+                self.obj.programs[prog].attach_cgroup(cgroup).pin(str(self._link_pin(prog)))
+
+    def reset(self) -> list[str]:
+        """Unpin every link (which detaches it) and map; remove the directory."""
+        removed = []
+        if not self.pin_dir.exists():
+            return removed
+        self.close_maps()
+        for path in sorted(self.pin_dir.iterdir()):
+            path.unlink()
+            removed.append(path.name)
+        self.pin_dir.rmdir()
+        return removed
+
+    def close_maps(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def map(self, name: str) -> PinnedMap:
+        if name not in self._maps:
+            self._maps[name] = PinnedMap(self.obj.maps[name], str(self.pin_dir / name))
+        return self._maps[name]
+
+    # ---- services ------------------------------------------------------------------
+
+    def services(self) -> dict[Endpoint, object]:
+        svcs = self.map("lb_services")
+        out = {}
+        for key in list(svcs.keys()):
+            val = svcs.lookup(key)
+            if val is not None:
+                out[_endpoint(key)] = val
+        return out
+
+    def backends(self, service_id: int, count: int) -> list[tuple[Endpoint, int, int]]:
+        """[(backend, prob, alias)] of one service's choice table."""
+        bmap = self.map("lb_backends")
+        out = []
+        for i in range(count):
+            b = bmap.lookup(bmap.key_type(service_id=service_id, index=i))
+            if b is not None:
+                out.append((_endpoint(b.to), b.prob, b.alias))
+        return out
+
+    @staticmethod
+    def _table(svc: Service) -> list[tuple[Endpoint, int, int]]:
+        live = [b for b in svc.backends if b.weight > 0]
+        if not live:
+            return []
+        eps = [Endpoint(b.address, b.port, svc.protocol) for b in live]
+        if svc.algorithm == "random":
+            return [(ep, ONE - 1, i) for i, ep in enumerate(eps)]
+        return [(ep, prob, alias) for ep, (prob, alias) in zip(eps, alias_table([b.weight for b in live]))]
+
+    def apply(self, services: list[Service]) -> ApplyResult:
+        """Make the kernel's services exactly `services` (the file is the whole truth)."""
+        svcs, bmap = self.map("lb_services"), self.map("lb_backends")
+        current = self.services()
+        used = {int(v.id) for v in current.values()}
+        next_id = 1
+        stale: list[tuple[int, int]] = []
+        result = ApplyResult([], [], [], [])
+        wanted = set()
+        for svc in services:
+            vip = Endpoint(svc.vip, svc.port, svc.protocol)
+            wanted.add(vip)
+            table = self._table(svc)
+            algo = ALGOS[svc.algorithm]
+            cur = current.get(vip)
+            if cur is not None and c_string(cur.name) == svc.name and cur.algo == algo \
+                    and self.backends(cur.id, cur.count) == table:
+                result.unchanged.append(svc.name)
+                continue
+            while next_id in used:
+                next_id += 1
+            sid, next_id = next_id, next_id + 1
+            used.add(sid)
+            for i, (ep, prob, alias) in enumerate(table):
+                b = bmap.value_type()
+                _fill_addr(b.to, ep)
+                b.prob, b.alias = prob, alias
+                bmap.update(bmap.key_type(service_id=sid, index=i), b)
+            key, val = svcs.key_type(), svcs.value_type()
+            _fill_addr(key, vip)
+            val.id, val.count, val.algo, val.name = sid, len(table), algo, svc.name.encode()
+            svcs.update(key, val)  # the switch: one update
+            if cur is not None:
+                stale.append((int(cur.id), int(cur.count)))
+                result.changed.append(svc.name)
+            else:
+                result.added.append(svc.name)
+        for vip, cur in current.items():
+            if vip not in wanted:
+                key = svcs.key_type()
+                _fill_addr(key, vip)
+                svcs.delete(key)
+                stale.append((int(cur.id), int(cur.count)))
+                result.removed.append(c_string(cur.name))
+        if stale:
+            time.sleep(GRACE_S)
+            for sid, count in stale:
+                for i in range(count):
+                    bmap.delete(bmap.key_type(service_id=sid, index=i))
+        return result
+
+    def delete(self, name: str) -> bool:
+        keep = []
+        found = False
+        for vip, cur in self.services().items():
+            if c_string(cur.name) == name:
+                found = True
+                continue
+            keep.append(self._service_of(vip, cur))
+        if found:
+            self.apply(keep)
+        return found
+
+    def _service_of(self, vip: Endpoint, cur) -> Service:
+        """Rebuild a Service from the kernel's maps (weights from the table's shares)."""
+        table = self.backends(cur.id, cur.count)
+        algo = "weighted" if cur.algo == ALGOS["weighted"] else "random"
+        share = shares([(p, a) for _, p, a in table]) if table else []
+        backends = [{"address": ep.address, "port": ep.port,
+                     "weight": max(1, round(s * 65535)) if algo == "weighted" else 1}
+                    for (ep, _, _), s in zip(table, share)]
+        return Service(name=c_string(cur.name), vip=vip.address, port=vip.port, protocol=vip.protocol,
+                       algorithm=algo, backends=backends)
+
+    # ---- status --------------------------------------------------------------------
+
+    def choices(self) -> dict[Endpoint, int]:
+        stats = self.map("lb_choices")
+        return {_endpoint(k.backend): sum(stats.cpu_values(v)) for k, v in stats.batch()}
+
+    def no_backend_refusals(self) -> int:
+        m = self.map("lb_no_backend")
+        return sum(m.cpu_values(m.lookup(0)))
+
+    def status(self) -> list[dict]:
+        chosen = self.choices()
+        rows = []
+        for vip, cur in sorted(self.services().items(), key=lambda kv: c_string(kv[1].name)):
+            table = self.backends(cur.id, cur.count)
+            share = shares([(p, a) for _, p, a in table]) if table else []
+            rows.append({
+                "name": c_string(cur.name), "vip": vip.address, "port": vip.port, "protocol": vip.protocol,
+                "algorithm": "weighted" if cur.algo == ALGOS["weighted"] else "random",
+                "backends": [{"address": ep.address, "port": ep.port, "share": round(s, 4),
+                              "choices": chosen.get(Endpoint(ep.address, ep.port, vip.protocol), 0)}
+                             for (ep, _, _), s in zip(table, share)],
+            })
+        return rows
+
+
+def pin_dir_default() -> str:
+    return os.environ.get("BPFSCOPE_LB_PIN_DIR", DEFAULT_PIN_DIR)
