@@ -73,9 +73,17 @@ class Backends:
             c.sendall(port)
             c.close()
 
+    def stop(self, i: int) -> None:
+        """Stop one backend for real: shutdown wakes its accept() so the port is free again."""
+        try:
+            self.socks[i].shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.socks[i].close()
+
     def close(self) -> None:
-        for s in self.socks:
-            s.close()
+        for i in range(len(self.socks)):
+            self.stop(i)
 
 
 CLIENT = textwrap.dedent("""
@@ -252,3 +260,83 @@ def test_delete_and_reset_leave_nothing_behind(lb, cgroup):
         assert got["errors"] and not got["seen"]
     finally:
         be.close()
+
+
+BACKEND_PROCESS = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(1024)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        c.sendall(sys.argv[1].encode())
+        c.close()
+""")
+
+
+def backend_process(port: int) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", BACKEND_PROCESS, str(port)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+@pytest.mark.bpf
+def test_controller_takes_a_dead_backend_out_within_one_interval_and_back(lb, cgroup, tmp_path):
+    import time
+
+    import httpx
+
+    from conftest import BPFSCOPE, free_port
+
+    _, _, pin = lb
+    ports = [free_port(), free_port()]
+    procs = [backend_process(p) for p in ports]
+    f = tmp_path / "services.yaml"
+    f.write_text(services_yaml(ports, [1, 1], "random"))
+    mport = free_port()
+    ctl = subprocess.Popen(BPFSCOPE + ["lb", "run", "--config", str(f), "--cgroup", str(cgroup), "--pin-dir", pin,
+                                       "--interval", "0.5", "--timeout", "0.2", "--metrics-port", str(mport)],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not connects(cgroup, 1)["seen"]:
+            time.sleep(0.2)
+        assert set(connects(cgroup, 100)["seen"]) == {str(p) for p in ports}
+        # kill backend 0: within one interval (plus the probe) it gets no connect, and none fails
+        procs[0].kill()
+        procs[0].wait()
+        time.sleep(1.0)
+        got = connects(cgroup, 200)
+        assert not got["errors"] and set(got["seen"]) == {str(ports[1])}
+        # restart it: it comes back
+        procs[0] = backend_process(ports[0])
+        time.sleep(1.0)
+        assert set(connects(cgroup, 200)["seen"]) == {str(p) for p in ports}
+        # every backend down: connect() fails at once with EHOSTUNREACH
+        for p in procs:
+            p.kill()
+            p.wait()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        assert connects(cgroup, 5)["errors"] == {"113": 5}
+        assert time.monotonic() - t0 < 5
+        procs = [backend_process(p) for p in ports]
+        time.sleep(1.0)
+        # a bad edit is refused and the running configuration kept
+        f.write_text("services: [\n")
+        time.sleep(1.0)
+        assert set(connects(cgroup, 100)["seen"]) == {str(p) for p in ports}
+        text = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
+        assert "bpfscope_lb_backend_choices_total" in text and "bpfscope_lb_reload_errors_total 1.0" in text
+        # SIGKILL of the controller changes nothing for applications
+        ctl.kill()
+        ctl.wait(10)
+        assert set(connects(cgroup, 100)["seen"]) == {str(p) for p in ports}
+    finally:
+        ctl.kill()
+        ctl.wait()
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -50,6 +50,33 @@ def apply(
 
 
 @lb_app.command()
+def run(
+    config: Annotated[str, typer.Option(help="services.yaml, reloaded when it changes.")],
+    cgroup: Annotated[Optional[str], typer.Option(help="cgroup v2 directory to attach to (default: the root).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between health checks and reloads.", min=0.1)] = 2.0,
+    timeout: Annotated[float, typer.Option(help="TCP connect timeout of a health check.", min=0.01)] = 1.0,
+    fall: Annotated[int, typer.Option(help="Failed checks in a row that take a backend out.", min=1)] = 1,
+    rise: Annotated[int, typer.Option(help="Good checks in a row that put it back.", min=1)] = 1,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = "127.0.0.1",
+    pin_dir: PinDir = None,
+) -> None:
+    """The controller: apply the file, health-check backends, reload on change, until Ctrl-C."""
+    from ..hostenv import cgroup2_root
+    from .controller import run_controller
+
+    load(config)  # a bad file fails here, before anything is touched
+    with _kernel(pin_dir) as k:
+        if not k.installed:
+            target = cgroup or cgroup2_root()
+            if not target:
+                raise ConfigError("no cgroup v2 mount to attach to")
+            k.install(target)
+        raise typer.Exit(run_controller(k, config, interval, timeout, fall, rise,
+                                        (metrics_host, metrics_port) if metrics_port else None))
+
+
+@lb_app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False, pin_dir: PinDir = None) -> None:
     """Services, their backends, each backend's share and how often it was chosen."""
     from rich.console import Console
