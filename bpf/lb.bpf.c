@@ -114,6 +114,7 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 	}
 	ctx->user_port = b->to.port;
 	origin.vip = *vip;
+	origin.backend = b->to;
 	cookie = bpf_get_socket_cookie(ctx);
 	bpf_map_update_elem(&lb_origins, &cookie, &origin, BPF_ANY);
 	sk.backend = b->to;
@@ -156,6 +157,79 @@ int lb_connect6(struct bpf_sock_addr *ctx)
 
 	vip6(ctx, &vip);
 	return redirect(ctx, &vip, AF_INET6);
+}
+
+static __always_inline int restore_vip(struct bpf_sock_addr *ctx, __u8 family);
+
+/* Unconnected UDP: translate each datagram; a socket keeps its backend while it keeps
+ * talking to the same VIP (a request and its retries reach the same server). */
+static __always_inline int sendmsg_redirect(struct bpf_sock_addr *ctx, struct lb_addr *vip, const int family)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct lb_origin *o = bpf_map_lookup_elem(&lb_origins, &cookie);
+
+	if (o && __builtin_memcmp(&o->vip, vip, sizeof(*vip)) == 0) {
+		if (family == AF_INET) {
+			ctx->user_ip4 = *(__u32 *)o->backend.addr;
+		} else {
+			ctx->user_ip6[0] = *(__u32 *)&o->backend.addr[0];
+			ctx->user_ip6[1] = *(__u32 *)&o->backend.addr[4];
+			ctx->user_ip6[2] = *(__u32 *)&o->backend.addr[8];
+			ctx->user_ip6[3] = *(__u32 *)&o->backend.addr[12];
+		}
+		ctx->user_port = o->backend.port;
+		return 1;
+	}
+	return redirect(ctx, vip, family);
+}
+
+SEC("cgroup/sendmsg4")
+int lb_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct lb_addr vip = {};
+
+	vip4(ctx, &vip);
+	return sendmsg_redirect(ctx, &vip, AF_INET);
+}
+
+SEC("cgroup/sendmsg6")
+int lb_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct lb_addr vip = {};
+
+	vip6(ctx, &vip);
+	return sendmsg_redirect(ctx, &vip, AF_INET6);
+}
+
+/* A reply from the backend a socket's datagrams went to is shown as coming from the VIP. */
+static __always_inline int recvmsg_restore(struct bpf_sock_addr *ctx, const int family)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct lb_origin *o = bpf_map_lookup_elem(&lb_origins, &cookie);
+	struct lb_addr from = {};
+
+	if (!o)
+		return 1;
+	if (family == AF_INET)
+		vip4(ctx, &from);
+	else
+		vip6(ctx, &from);
+	if (*(__u64 *)&from.addr[0] != *(__u64 *)&o->backend.addr[0] ||
+	    *(__u64 *)&from.addr[8] != *(__u64 *)&o->backend.addr[8] || from.port != o->backend.port)
+		return 1;
+	return restore_vip(ctx, family);
+}
+
+SEC("cgroup/recvmsg4")
+int lb_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return recvmsg_restore(ctx, AF_INET);
+}
+
+SEC("cgroup/recvmsg6")
+int lb_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return recvmsg_restore(ctx, AF_INET6);
 }
 
 static __always_inline int restore_vip(struct bpf_sock_addr *ctx, __u8 family)

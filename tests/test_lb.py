@@ -252,7 +252,7 @@ def test_delete_and_reset_leave_nothing_behind(lb, cgroup):
         assert json.loads(cli("status", "--json").stdout)["services"] == []
         assert cli("delete", "web").returncode == 2
         r = cli("reset")
-        assert r.returncode == 0 and "removed 9 pins" in r.stdout
+        assert r.returncode == 0 and "removed 13 pins" in r.stdout
         assert not os.path.exists(pin)
         shown = subprocess.run(["bpftool", "cgroup", "show", str(cgroup)], capture_output=True, text=True)
         assert "lb_" not in shown.stdout
@@ -340,3 +340,56 @@ def test_controller_takes_a_dead_backend_out_within_one_interval_and_back(lb, cg
         for p in procs:
             p.kill()
             p.wait()
+
+
+UDP_CLIENT = textwrap.dedent("""
+    import json, os, socket, sys
+    open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+    vip, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    out = []
+    for i in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unconnected: sendto/recvfrom
+        s.settimeout(3)
+        s.sendto(b"ping %d" % i, (vip, port))
+        data, frm = s.recvfrom(64)
+        out.append([data.decode(), "%s:%d" % frm])
+        s.close()
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.bpf
+def test_udp_request_reply_through_a_vip_comes_back_from_the_vip(lb, cgroup):
+    _, apply, _ = lb
+    servers = []
+    for _ in range(2):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        servers.append(u)
+
+    def echo(u):
+        port = u.getsockname()[1]
+        while True:
+            try:
+                data, frm = u.recvfrom(64)
+            except OSError:
+                return
+            u.sendto(b"%d:" % port + data, frm)
+
+    for u in servers:
+        threading.Thread(target=echo, args=(u,), daemon=True).start()
+    ports = [u.getsockname()[1] for u in servers]
+    try:
+        yaml_text = services_yaml(ports, [1, 1], "random").replace("protocol: tcp", "protocol: udp")
+        assert apply(yaml_text).returncode == 0
+        out = subprocess.run([sys.executable, "-c", UDP_CLIENT, str(cgroup), VIP, "8080", "40"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        replies = json.loads(out.stdout)
+        assert len(replies) == 40
+        assert {frm for _, frm in replies} == {f"{VIP}:8080"}  # replies seem to come from the VIP
+        assert all(data.split(":", 1)[1] == f"ping {i}" for i, (data, _) in enumerate(replies))
+        assert {data.split(":")[0] for data, _ in replies} == {str(p) for p in ports}  # both backends used
+    finally:
+        for u in servers:
+            u.close()

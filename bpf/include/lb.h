@@ -40,9 +40,11 @@ struct lb_backend {
 	__u32 alias;
 };
 
-/* What a redirected socket asked for, so getpeername() answers with the VIP. */
+/* What a redirected socket asked for and where it went: getpeername() and UDP replies
+ * (recvmsg) answer with the VIP; later datagrams of the socket go to the same backend. */
 struct lb_origin {
 	struct lb_addr vip;
+	struct lb_addr backend;
 };
 
 struct lb_stats_key {

@@ -23,7 +23,8 @@ from .config import Service
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
 MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend")
-PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6")
+PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", "lb_sendmsg4", "lb_sendmsg6",
+            "lb_recvmsg4", "lb_recvmsg6")
 ALGOS = {"random": 0, "weighted": 1}
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # A connect that read a service entry just before it was switched still looks up the old
