@@ -19,6 +19,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define EHOSTUNREACH 113
+#define ECONNREFUSED 111
+#define NSEC 1000000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -47,6 +49,21 @@ struct {
 	__type(key, struct lb_stats_key);
 	__type(value, __u64);
 } lb_choices SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_addr);	/* the service VIP */
+	__type(value, struct lb_bucket);
+} lb_buckets SEC(".maps");
+
+/* Connects over a service's rate: [0] refused, [1] degraded to the fallback. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_limited SEC(".maps");
 
 /* Connects refused because a service had no backend. */
 struct {
@@ -83,6 +100,37 @@ static __always_inline struct lb_backend *choose(struct lb_service *svc)
 }
 
 /* 1: leave the connect alone; 0 with retval set: refuse it. */
+/* 1 when the service's token bucket has a token for this connect (and takes it). */
+static __always_inline int take_token(struct lb_service *svc, struct lb_addr *vip)
+{
+	struct lb_bucket *b = bpf_map_lookup_elem(&lb_buckets, vip), init = {};
+	__u64 now = bpf_ktime_get_ns(), cap = (__u64)svc->burst * NSEC, elapsed;
+	int ok = 0;
+
+	if (!b) {
+		init.tokens_ns = cap;
+		init.last_ns = now;
+		bpf_map_update_elem(&lb_buckets, vip, &init, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&lb_buckets, vip);
+		if (!b)
+			return 1;
+	}
+	bpf_spin_lock(&b->lock);
+	elapsed = now > b->last_ns ? now - b->last_ns : 0;
+	if (elapsed > 1000 * NSEC)	/* bounds the multiplication below */
+		elapsed = 1000 * NSEC;
+	b->tokens_ns += elapsed * svc->rate_per_s;
+	if (b->tokens_ns > cap)
+		b->tokens_ns = cap;
+	b->last_ns = now;
+	if (b->tokens_ns >= NSEC) {
+		b->tokens_ns -= NSEC;
+		ok = 1;
+	}
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
 /* family is a literal at each call site, so connect4 never touches user_ip6 (the
  * verifier refuses that even on a dead path). */
 static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *vip, const int family)
@@ -96,6 +144,18 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 
 	if (!svc)
 		return 1;
+	if (svc->rate_per_s && !take_token(svc, vip)) {
+		__u32 slot = svc->limit_action == LB_LIMIT_DEGRADE;
+
+		bump(&lb_limited, &slot);
+		if (!slot) {
+			bpf_set_retval(-ECONNREFUSED);
+			return 0;
+		}
+		svc = bpf_map_lookup_elem(&lb_services, &svc->fallback);
+		if (!svc)
+			return 1;
+	}
 	if (svc->count == 0) {
 		bump(&lb_no_backend, &zero);
 		bpf_set_retval(-EHOSTUNREACH);

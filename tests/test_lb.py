@@ -252,7 +252,7 @@ def test_delete_and_reset_leave_nothing_behind(lb, cgroup):
         assert json.loads(cli("status", "--json").stdout)["services"] == []
         assert cli("delete", "web").returncode == 2
         r = cli("reset")
-        assert r.returncode == 0 and "removed 13 pins" in r.stdout
+        assert r.returncode == 0 and "removed 15 pins" in r.stdout
         assert not os.path.exists(pin)
         shown = subprocess.run(["bpftool", "cgroup", "show", str(cgroup)], capture_output=True, text=True)
         assert "lb_" not in shown.stdout
@@ -393,3 +393,69 @@ def test_udp_request_reply_through_a_vip_comes_back_from_the_vip(lb, cgroup):
     finally:
         for u in servers:
             u.close()
+
+
+PACED_CLIENT = textwrap.dedent("""
+    import json, os, socket, sys, time
+    from collections import Counter
+    open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+    vip, port, rate, seconds = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    seen, errors = Counter(), Counter()
+    t0 = time.monotonic()
+    for i in range(int(rate * seconds)):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        s = socket.socket()
+        try:
+            s.connect((vip, port))
+            seen[s.recv(16).decode()] += 1
+        except OSError as e:
+            errors[e.errno] += 1
+        finally:
+            s.close()
+    print(json.dumps({"seen": seen, "errors": errors, "elapsed": time.monotonic() - t0}))
+""")
+
+
+def two_services(main_ports, fallback_ports, limit: str) -> str:
+    main = "\n".join(f"      - {{address: 127.0.0.1, port: {p}}}" for p in main_ports)
+    fb = "\n".join(f"      - {{address: 127.0.0.1, port: {p}}}" for p in fallback_ports)
+    return (f"services:\n  - name: web\n    vip: {VIP}\n    port: 8080\n    rate_limit: {limit}\n"
+            f"    backends:\n{main}\n  - name: sorry\n    vip: 127.77.0.2\n    port: 8080\n    backends:\n{fb}\n")
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("action", ["refuse", "degrade"])
+def test_rate_limit_100_per_s_burst_10_accepts_310_of_3000(lb, cgroup, action):
+    cli, apply, _ = lb
+    main, fallback = Backends(1), Backends(1)
+    try:
+        limit = ("{per_second: 100, burst: 10}" if action == "refuse"
+                 else "{per_second: 100, burst: 10, action: degrade, fallback: sorry}")
+        r = apply(two_services(main.ports, fallback.ports, limit))
+        assert r.returncode == 0, r.stderr
+        out = subprocess.run([sys.executable, "-c", PACED_CLIENT, str(cgroup), VIP, "8080", "1000", "3"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        got = json.loads(out.stdout)
+        accepted = got["seen"].get(str(main.ports[0]), 0)
+        expected = 10 + 100 * got["elapsed"]  # the burst, then the rate over the run's real length
+        assert abs(accepted - expected) <= 0.10 * expected, (accepted, expected, got)
+        rest = 3000 - accepted
+        limited = json.loads(cli("status", "--json").stdout)["rate_limited"]
+        if action == "refuse":
+            assert got["errors"] == {"111": rest}  # ECONNREFUSED
+            assert limited == {"refused": rest, "degraded": 0}
+        else:
+            assert not got["errors"] and got["seen"].get(str(fallback.ports[0]), 0) == rest
+            assert limited == {"refused": 0, "degraded": rest}
+    finally:
+        main.close()
+        fallback.close()
+
+
+def test_degrade_needs_an_existing_fallback():
+    text = ("services:\n  - name: web\n    vip: 127.77.0.1\n    port: 80\n"
+            "    rate_limit: {per_second: 5, action: degrade, fallback: nope}\n")
+    with pytest.raises(ConfigError, match=r"services\[0\].rate_limit.fallback: no other service named 'nope'"):
+        parse(text)

@@ -20,12 +20,29 @@ struct lb_addr {
 	__u8 family;		/* AF_INET / AF_INET6 */
 };
 
+enum lb_limit_action {
+	LB_LIMIT_REFUSE = 0,	/* over the rate: connect() fails with ECONNREFUSED */
+	LB_LIMIT_DEGRADE = 1,	/* over the rate: use the fallback service's backends */
+};
+
 struct lb_service {
 	__u32 id;		/* backends live under this id; a new id per change (atomic switch) */
 	__u32 count;		/* backends in the choice table */
 	__u32 algo;
 	__u32 flags;
 	char name[LB_NAME_LEN];
+	__u32 rate_per_s;	/* new connections per second; 0: no limit */
+	__u32 burst;
+	__u32 limit_action;
+	__u32 pad;
+	struct lb_addr fallback;	/* the service to degrade to */
+};
+
+/* Token bucket of a rate-limited service, shared by every CPU (hence the lock). */
+struct lb_bucket {
+	struct bpf_spin_lock lock;
+	__u64 tokens_ns;	/* tokens x 1e9 */
+	__u64 last_ns;
 };
 
 struct lb_backend_key {

@@ -86,8 +86,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, pin_dir: Pi
         _installed(k)
         rows = k.status()
         refused = k.no_backend_refusals()
+        limited = k.limited()
     if as_json:
-        print(json.dumps({"services": rows, "no_backend_refusals": refused}, indent=2))
+        print(json.dumps({"services": rows, "no_backend_refusals": refused, "rate_limited": limited}, indent=2))
         return
     t = Table(title="bpfscope lb", title_justify="left")
     for col, just in (("SERVICE", "left"), ("VIP", "left"), ("ALGO", "left"), ("BACKEND", "left"),
@@ -103,6 +104,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, pin_dir: Pi
     Console().print(t)
     if refused:
         print(f"connects refused for lack of a backend: {refused}")
+    if limited["refused"] or limited["degraded"]:
+        print(f"connects over a rate limit: {limited['refused']} refused, {limited['degraded']} degraded")
 
 
 @lb_app.command()

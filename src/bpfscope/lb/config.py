@@ -34,6 +34,22 @@ class Backend(BaseModel):
         return str(ipaddress.ip_address(v))  # ValueError names the bad address
 
 
+class RateLimit(BaseModel):
+    """New connections per second with a burst, as a token bucket in the kernel."""
+    model_config = ConfigDict(extra="forbid")
+
+    per_second: Annotated[int, Field(ge=1, le=1_000_000)]
+    burst: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    action: Literal["refuse", "degrade"] = "refuse"
+    fallback: str | None = None  # a service name, with action: degrade
+
+    @model_validator(mode="after")
+    def _fallback(self) -> "RateLimit":
+        if self.action == "degrade" and not self.fallback:
+            raise ValueError("action degrade needs a fallback service")
+        return self
+
+
 class Service(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +59,7 @@ class Service(BaseModel):
     protocol: Literal["tcp", "udp"] = "tcp"
     algorithm: Literal["random", "weighted"] = "random"
     backends: list[Backend] = Field(default_factory=list)
+    rate_limit: RateLimit | None = None
 
     @field_validator("vip")
     @classmethod
@@ -77,6 +94,16 @@ class ServicesFile(BaseModel):
                 raise ValueError(f"services[{i}].vip: {s.vip}:{s.port}/{s.protocol} is already "
                                  f"services[{vips[s.key]}]")
             names[s.name], vips[s.key] = i, i
+        for i, s in enumerate(self.services):
+            fb = s.rate_limit.fallback if s.rate_limit else None
+            if fb is None:
+                continue
+            if fb not in names or fb == s.name:
+                raise ValueError(f"services[{i}].rate_limit.fallback: no other service named {fb!r}")
+            other = self.services[names[fb]]
+            if (other.protocol, ipaddress.ip_address(other.vip).version) != \
+                    (s.protocol, ipaddress.ip_address(s.vip).version):
+                raise ValueError(f"services[{i}].rate_limit.fallback: {fb!r} has another protocol or family")
         return self
 
 

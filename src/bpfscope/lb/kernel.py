@@ -22,10 +22,11 @@ from .alias import ONE, alias_table, shares
 from .config import Service
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
-MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend")
+MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend", "lb_buckets", "lb_limited")
 PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", "lb_sendmsg4", "lb_sendmsg6",
             "lb_recvmsg4", "lb_recvmsg6")
 ALGOS = {"random": 0, "weighted": 1}
+LIMIT_ACTIONS = {"refuse": 0, "degrade": 1}
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # A connect that read a service entry just before it was switched still looks up the old
 # backends; they are removed only after this grace (BPF programs run in microseconds).
@@ -156,9 +157,24 @@ class LbKernel:
             return [(ep, ONE - 1, i) for i, ep in enumerate(eps)]
         return [(ep, prob, alias) for ep, (prob, alias) in zip(eps, alias_table([b.weight for b in live]))]
 
+    @staticmethod
+    def _limit(svc: Service, vips: dict[str, Endpoint]) -> tuple[int, int, int, Endpoint | None]:
+        """(rate_per_s, burst, action, fallback VIP) of a service; zeros without a limit."""
+        rl = svc.rate_limit
+        if rl is None:
+            return 0, 0, 0, None
+        return rl.per_second, rl.burst or rl.per_second, LIMIT_ACTIONS[rl.action], \
+            vips.get(rl.fallback) if rl.fallback else None
+
+    @staticmethod
+    def _kernel_limit(cur) -> tuple[int, int, int, Endpoint | None]:
+        fallback = _endpoint(cur.fallback) if cur.rate_per_s and cur.fallback.family else None
+        return int(cur.rate_per_s), int(cur.burst), int(cur.limit_action), fallback
+
     def apply(self, services: list[Service]) -> ApplyResult:
         """Make the kernel's services exactly `services` (the file is the whole truth)."""
-        svcs, bmap = self.map("lb_services"), self.map("lb_backends")
+        svcs, bmap, buckets = self.map("lb_services"), self.map("lb_backends"), self.map("lb_buckets")
+        vips = {s.name: Endpoint(s.vip, s.port, s.protocol) for s in services}
         current = self.services()
         used = {int(v.id) for v in current.values()}
         next_id = 1
@@ -170,9 +186,10 @@ class LbKernel:
             wanted.add(vip)
             table = self._table(svc)
             algo = ALGOS[svc.algorithm]
+            limit = self._limit(svc, vips)
             cur = current.get(vip)
             if cur is not None and c_string(cur.name) == svc.name and cur.algo == algo \
-                    and self.backends(cur.id, cur.count) == table:
+                    and self._kernel_limit(cur) == limit and self.backends(cur.id, cur.count) == table:
                 result.unchanged.append(svc.name)
                 continue
             while next_id in used:
@@ -187,6 +204,11 @@ class LbKernel:
             key, val = svcs.key_type(), svcs.value_type()
             _fill_addr(key, vip)
             val.id, val.count, val.algo, val.name = sid, len(table), algo, svc.name.encode()
+            val.rate_per_s, val.burst, val.limit_action, fallback = limit
+            if fallback is not None:
+                _fill_addr(val.fallback, fallback)
+            if cur is None or self._kernel_limit(cur) != limit:
+                buckets.delete(key)  # a new limit starts with a full bucket
             svcs.update(key, val)  # the switch: one update
             if cur is not None:
                 stale.append((int(cur.id), int(cur.count)))
@@ -198,6 +220,7 @@ class LbKernel:
                 key = svcs.key_type()
                 _fill_addr(key, vip)
                 svcs.delete(key)
+                buckets.delete(key)
                 stale.append((int(cur.id), int(cur.count)))
                 result.removed.append(c_string(cur.name))
         if stale:
@@ -227,14 +250,25 @@ class LbKernel:
         backends = [{"address": ep.address, "port": ep.port,
                      "weight": max(1, round(s * 65535)) if algo == "weighted" else 1}
                     for (ep, _, _), s in zip(table, share)]
+        rate, burst, action, fallback = self._kernel_limit(cur)
+        names = {ep: c_string(v.name) for ep, v in self.services().items()}
+        rate_limit = None
+        if rate:
+            rate_limit = {"per_second": rate, "burst": burst,
+                          "action": "degrade" if action == LIMIT_ACTIONS["degrade"] else "refuse",
+                          "fallback": names.get(fallback) if fallback else None}
         return Service(name=c_string(cur.name), vip=vip.address, port=vip.port, protocol=vip.protocol,
-                       algorithm=algo, backends=backends)
+                       algorithm=algo, backends=backends, rate_limit=rate_limit)
 
     # ---- status --------------------------------------------------------------------
 
     def choices(self) -> dict[Endpoint, int]:
         stats = self.map("lb_choices")
         return {_endpoint(k.backend): sum(stats.cpu_values(v)) for k, v in stats.batch()}
+
+    def limited(self) -> dict[str, int]:
+        m = self.map("lb_limited")
+        return {"refused": sum(m.cpu_values(m.lookup(0))), "degraded": sum(m.cpu_values(m.lookup(1)))}
 
     def no_backend_refusals(self) -> int:
         m = self.map("lb_no_backend")
@@ -249,6 +283,7 @@ class LbKernel:
             rows.append({
                 "name": c_string(cur.name), "vip": vip.address, "port": vip.port, "protocol": vip.protocol,
                 "algorithm": "weighted" if cur.algo == ALGOS["weighted"] else "random",
+                "rate_per_s": int(cur.rate_per_s) or None,
                 "backends": [{"address": ep.address, "port": ep.port, "share": round(s, 4),
                               "choices": chosen.get(Endpoint(ep.address, ep.port, vip.protocol), 0)}
                              for (ep, _, _), s in zip(table, share)],
