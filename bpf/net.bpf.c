@@ -16,7 +16,10 @@
  * - With --events: tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
  *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each.
  * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
- *   ring-buffer record when the skb has a socket.
+ *   ring-buffer record per dropped IP packet.
+ * - With --latency: netif_receive_skb, tcp_probe, skb_copy_datagram_iovec, net_dev_queue,
+ *   net_dev_xmit: one random number per packet, and for the 1 in N sampled an LRU-hash
+ *   update per layer and a per-CPU histogram increment per stage.
  * The owner lives in socket-local storage (BPF_MAP_TYPE_SK_STORAGE): it is freed with
  * the socket, so nothing can leak or be reused by a later socket at the same address.
  */
@@ -33,6 +36,7 @@
 #define IPPROTO_TCP 6
 
 const volatile bool emit_events = false;	/* connect/accept records (--events) */
+const volatile __u32 latency_sample = 1;	/* --latency: follow 1 packet in N */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -108,7 +112,57 @@ static __always_inline void fill_tuple(struct net_tcp_info *ti, const struct soc
 		bpf_probe_read_kernel(ti->saddr, 16, &skc->skc_v6_rcv_saddr);
 		bpf_probe_read_kernel(ti->daddr, 16, &skc->skc_v6_daddr);
 	}
+	/* tcp_set_state(TCP_CLOSE) releases the port (skc_num = 0) before the tracepoint;
+	 * a full socket still has it in inet_sport */
+	if (!ti->sport && ti->state != TCP_TIME_WAIT && ti->state != TCP_NEW_SYN_RECV)
+		ti->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)skc, inet_sport));
 	ti->netns = BPF_CORE_READ(skc, skc_net.net, ns.inum);
+}
+
+/* The addresses and ports of a packet (IPv4/IPv6, TCP/UDP ports); reply: seen from the
+ * side that answers it (a reset sent for it). Returns the IP protocol, 0 if not IP. */
+static __always_inline __u8 fill_from_skb(struct net_tcp_info *ti, const struct sk_buff *skb, bool reply)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u8 ver = 0, proto = 0;
+	__u16 ports[2] = {};
+
+	if (!head || nh == (__u16)~0)
+		return 0;
+	bpf_probe_read_kernel(&ver, 1, head + nh);
+	ver >>= 4;
+	if (ver == 4) {
+		struct iphdr iph;
+
+		if (bpf_probe_read_kernel(&iph, sizeof(iph), head + nh))
+			return 0;
+		ti->family = AF_INET;
+		__builtin_memcpy(reply ? ti->daddr : ti->saddr, &iph.saddr, 4);
+		__builtin_memcpy(reply ? ti->saddr : ti->daddr, &iph.daddr, 4);
+		proto = iph.protocol;
+		if (th == (__u16)~0 || th <= nh)
+			th = nh + iph.ihl * 4;
+	} else if (ver == 6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return 0;
+		ti->family = AF_INET6;
+		__builtin_memcpy(reply ? ti->daddr : ti->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(reply ? ti->saddr : ti->daddr, &ip6.daddr, 16);
+		proto = ip6.nexthdr;
+		if (th == (__u16)~0 || th <= nh)
+			th = nh + sizeof(ip6);
+	} else {
+		return 0;
+	}
+	if ((proto == IPPROTO_TCP || proto == 17) && !bpf_probe_read_kernel(ports, sizeof(ports), head + th)) {
+		ti->sport = bpf_ntohs(reply ? ports[1] : ports[0]);
+		ti->dport = bpf_ntohs(reply ? ports[0] : ports[1]);
+	}
+	return proto;
 }
 
 static __always_inline void fill_tcp(struct net_tcp_info *ti, struct tcp_sock *tp)
@@ -164,6 +218,7 @@ static __always_inline void fill_info(struct net_tcp_info *ti, struct sock *sk)
 	struct tcp_sock *tp;
 
 	fill_tuple(ti, &sk->__sk_common);
+	ti->cookie = bpf_get_socket_cookie(sk);
 	fill_owner(ti, bpf_sk_storage_get(&owners, sk, 0, 0));
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp)
@@ -222,8 +277,6 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 			ow->dir = newstate == TCP_SYN_SENT ? NET_DIR_OUT : NET_DIR_IN;
 			owner_from_current(ow, NET_OWNER_CONNECT);
 		}
-		if (emit_events && newstate == TCP_SYN_SENT)
-			emit(NET_EV_CONNECT, sk, oldstate, 0, true);
 		return 0;
 	case TCP_SYN_RECV:	/* a child of a listener, in softirq: current is unrelated */
 		ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -232,9 +285,12 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 			ow->dir = NET_DIR_IN;
 		}
 		return 0;
-	case TCP_ESTABLISHED:
-		if (emit_events && oldstate == TCP_SYN_RECV)
-			emit(NET_EV_ACCEPT, sk, oldstate, 0, false);
+	case TCP_ESTABLISHED:	/* with the full 4-tuple now; arg2: handshake time in us */
+		if (!emit_events || (oldstate != TCP_SYN_RECV && oldstate != TCP_SYN_SENT))
+			return 0;
+		ow = bpf_sk_storage_get(&owners, sk, 0, 0);
+		emit(oldstate == TCP_SYN_SENT ? NET_EV_CONNECT : NET_EV_ACCEPT, sk, oldstate,
+		     ow && ow->start_ns ? (bpf_ktime_get_boot_ns() - ow->start_ns) / 1000 : 0, false);
 		return 0;
 	case TCP_CLOSE:	/* the final record: totals and lifetime */
 		if (oldstate != TCP_LISTEN && oldstate != TCP_CLOSE)
@@ -291,6 +347,7 @@ int net_iter_tcp(struct bpf_iter__tcp *ctx)
 		return 0;
 	__builtin_memset(ti, 0, sizeof(*ti));
 	fill_tuple(ti, skc);
+	ti->cookie = bpf_get_socket_cookie(skc);
 	fill_owner(ti, bpf_sk_storage_get(&owners, tp, 0, 0));
 	fill_tcp(ti, tp);
 	bpf_seq_write(ctx->meta->seq, ti, sizeof(*ti));
@@ -333,10 +390,23 @@ int BPF_PROG(net_retransmit, const struct sock *sk, const struct sk_buff *skb, i
 	return emit(NET_EV_RETRANS, (struct sock *)sk, sk ? sk->__sk_common.skc_state : 0, err, false);
 }
 
+/* sk is NULL for a reset that answers a packet no socket wanted (a closed port): the
+ * 4-tuple then comes from that packet, seen from our side. */
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(net_send_reset, const struct sock *sk, const struct sk_buff *skb, const enum sk_rst_reason reason)
 {
-	return emit(NET_EV_RST_SENT, (struct sock *)sk, sk ? sk->__sk_common.skc_state : 0, reason, false);
+	struct net_event *e;
+
+	if (sk)
+		return emit(NET_EV_RST_SENT, (struct sock *)sk, sk->__sk_common.skc_state, reason, false);
+	e = reserve(NET_EV_RST_SENT);
+	if (!e)
+		return 0;
+	e->arg2 = reason;
+	if (skb)
+		fill_from_skb(&e->info, skb, true);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
 }
 
 SEC("tp_btf/tcp_receive_reset")
@@ -345,10 +415,15 @@ int BPF_PROG(net_receive_reset, struct sock *sk)
 	return emit(NET_EV_RST_RECV, sk, sk->__sk_common.skc_state, 0, false);
 }
 
-/* Fires before icsk_ca_state changes: the record's ca_state is the old one. */
+/* Fires before icsk_ca_state changes: the record's ca_state is the old one. Setting the
+ * same state again (every new connection sets Open) is not a change. */
 SEC("tp_btf/tcp_cong_state_set")
 int BPF_PROG(net_cong_state, struct sock *sk, const u8 ca_state)
 {
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp || BPF_CORE_READ_BITFIELD(&tp->inet_conn, icsk_ca_state) == ca_state)
+		return 0;
 	return emit(NET_EV_CONG, sk, ca_state, 0, false);
 }
 
@@ -382,19 +457,165 @@ int BPF_PROG(net_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 	sk = skb->sk;
 	if (!sk)
 		sk = rx_sk;
-	if (!sk)
-		return 0;
-	family = sk->__sk_common.skc_family;
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	/* skb->sk is an RCU pointer the socket helpers refuse: the 4-tuple only */
+	if (sk) {
+		family = sk->__sk_common.skc_family;
+		if (family != AF_INET && family != AF_INET6)
+			return 0;
+	}
 	e = reserve(NET_EV_DROP);
 	if (!e)
 		return 0;
 	e->arg = reason;
-	e->arg2 = sk->sk_protocol;
-	fill_tuple(&e->info, &sk->__sk_common);
+	if (sk) {
+		/* skb->sk is an RCU pointer the socket helpers refuse: the 4-tuple only */
+		e->arg2 = sk->sk_protocol;
+		fill_tuple(&e->info, &sk->__sk_common);
+	} else {
+		/* no socket: the packet's own addresses, as it travelled */
+		e->arg2 = fill_from_skb(&e->info, skb, false);
+		if (!e->arg2) {
+			bpf_ringbuf_discard(e, 0);
+			return 0;
+		}
+	}
 	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+
+/* ---- --latency ----------------------------------------------------------------------
+ * A sampled packet is followed by its skb pointer from one layer to the next; the time
+ * between them goes into a per-CPU log2 histogram per stage. Receive: L2 (netif_receive_skb)
+ * -> TCP (tcp_probe, in tcp_rcv_established) -> copied to the application. Send: TCP's
+ * transmit stamp (skb_mstamp_ns, CLOCK_MONOTONIC) -> queued to the device -> handed to the
+ * driver. Unfollowed skbs age out of the LRU maps. */
+
+struct lat_mark {
+	__u64 ts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct lat_mark);
+} lat_rx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct lat_mark);
+} lat_tx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NET_LAT_STAGES);
+	__type(key, __u32);
+	__type(value, struct net_lat_hist);
+} lat_hist SEC(".maps");
+
+static __always_inline bool sampled(void)
+{
+	return latency_sample <= 1 || bpf_get_prandom_u32() % latency_sample == 0;
+}
+
+static __always_inline void lat_add(__u32 stage, __u64 delta)
+{
+	struct net_lat_hist *h = bpf_map_lookup_elem(&lat_hist, &stage);
+	__u32 slot = 0;
+	__u64 v = delta;
+
+	if (!h)
+		return;
+	/* log2: highest set bit */
+	if (v >= (1ULL << 32)) { slot += 32; v >>= 32; }
+	if (v >= (1 << 16)) { slot += 16; v >>= 16; }
+	if (v >= (1 << 8)) { slot += 8; v >>= 8; }
+	if (v >= (1 << 4)) { slot += 4; v >>= 4; }
+	if (v >= (1 << 2)) { slot += 2; v >>= 2; }
+	if (v >= (1 << 1)) { slot += 1; }
+	if (slot >= NET_LAT_SLOTS)
+		slot = NET_LAT_SLOTS - 1;
+	h->slots[slot]++;
+	h->count++;
+	h->sum_ns += delta;
+}
+
+static __always_inline bool is_tcp_skb_sk(const struct sk_buff *skb)
+{
+	struct sock *sk = skb->sk;
+
+	return sk && sk->sk_protocol == IPPROTO_TCP;
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(net_lat_rx_l2, struct sk_buff *skb)
+{
+	struct lat_mark m;
+	__u64 key = (__u64)skb;
+
+	if (!sampled())
+		return 0;
+	m.ts = bpf_ktime_get_ns();
+	bpf_map_update_elem(&lat_rx, &key, &m, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(net_lat_rx_tcp, struct sock *sk, const struct sk_buff *skb)
+{
+	__u64 key = (__u64)skb, now;
+	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
+
+	if (!m)
+		return 0;
+	now = bpf_ktime_get_ns();
+	lat_add(NET_LAT_RX_L2_TCP, now - m->ts);
+	m->ts = now;
+	return 0;
+}
+
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(net_lat_rx_app, const struct sk_buff *skb, int len)
+{
+	__u64 key = (__u64)skb;
+	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
+
+	if (!m)
+		return 0;
+	lat_add(NET_LAT_RX_TCP_APP, bpf_ktime_get_ns() - m->ts);
+	bpf_map_delete_elem(&lat_rx, &key);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(net_lat_tx_queue, struct sk_buff *skb)
+{
+	__u64 key = (__u64)skb, now, stamp;
+	struct lat_mark m;
+
+	if (!is_tcp_skb_sk(skb) || !sampled())
+		return 0;
+	now = bpf_ktime_get_ns();
+	stamp = skb->skb_mstamp_ns;
+	if (stamp && stamp <= now)	/* a paced (future) departure time is not a delay */
+		lat_add(NET_LAT_TX_TCP_DEV, now - stamp);
+	m.ts = now;
+	bpf_map_update_elem(&lat_tx, &key, &m, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_xmit")
+int BPF_PROG(net_lat_tx_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
+{
+	__u64 key = (__u64)skb;
+	struct lat_mark *m = bpf_map_lookup_elem(&lat_tx, &key);
+
+	if (!m)
+		return 0;
+	lat_add(NET_LAT_TX_DEV_XMIT, bpf_ktime_get_ns() - m->ts);
+	bpf_map_delete_elem(&lat_tx, &key);
 	return 0;
 }
 

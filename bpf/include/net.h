@@ -77,9 +77,7 @@ struct net_tcp_info {
 	__u32 mss;
 	__u32 rate_delivered;	/* delivery rate = rate_delivered * mss / rate_interval_us */
 	__u32 rate_interval_us;
-	__u32 rto_us;
 	__u32 netns;		/* network namespace inode */
-	__u32 pad2;
 };
 
 enum net_event_type {
@@ -101,6 +99,23 @@ struct net_event {
 	__u32 arg2;
 	__u32 cur_pid;		/* the task in whose context the event ran (0: softirq / unknown) */
 	struct net_tcp_info info;
+};
+
+/* --latency: time per packet between layers, log2 histograms (slot i: [2^i, 2^(i+1)) ns) */
+enum net_lat_stage {
+	NET_LAT_RX_L2_TCP = 0,	/* netif_receive_skb -> tcp_rcv_established (tcp_probe) */
+	NET_LAT_RX_TCP_APP = 1,	/* tcp_probe -> copied to the application (skb_copy_datagram_iovec) */
+	NET_LAT_TX_TCP_DEV = 2,	/* TCP transmit (skb_mstamp_ns) -> queued to the device (net_dev_queue) */
+	NET_LAT_TX_DEV_XMIT = 3,	/* net_dev_queue -> handed to the driver (net_dev_xmit) */
+	NET_LAT_STAGES = 4,
+};
+
+#define NET_LAT_SLOTS 40
+
+struct net_lat_hist {
+	__u64 slots[NET_LAT_SLOTS];
+	__u64 count;
+	__u64 sum_ns;
 };
 
 #endif

@@ -91,6 +91,56 @@ def sys_(
 
 
 @app.command()
+def net(
+    pid: Annotated[Optional[int], typer.Option(help="Only connections of this process (tgid).")] = None,
+    comm: Annotated[Optional[str], typer.Option(help="Only connections of processes with this command name.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Only connections with this local or remote port.",
+                                                min=0, max=65535)] = None,
+    addr: Annotated[Optional[str], typer.Option(help="Only connections with this local or remote address or CIDR.")] = None,
+    state: Annotated[Optional[str], typer.Option(help="Only this TCP state (ESTABLISHED, ESTAB, LISTEN, ...).")] = None,
+    direction: Annotated[Optional[str], typer.Option(help="Only 'out' (connected from here) or 'in' (accepted).")] = None,
+    sort: Annotated[str, typer.Option(help="Order of the table: rate, tx, rx, bytes, rtt, cwnd, retrans, age, pid.")] = "rate",
+    top: Annotated[int, typer.Option(help="Rows in the table (0: all).", min=0)] = 30,
+    events: Annotated[bool, typer.Option("--events", help="Also connects, accepts, retransmits, resets, congestion "
+                                                          "state changes, receive queue full.")] = False,
+    drops: Annotated[bool, typer.Option("--drops", help="Also packets dropped, per kernel drop reason.")] = False,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time per packet between layers (log2 "
+                                                            "histograms of sampled packets).")] = False,
+    sample: Annotated[int, typer.Option(help="With --latency: follow 1 packet in N.", min=1)] = 100,
+    interval: Interval = 5.0,
+    duration: Duration = None,
+    as_json: Json = False,
+    collector: Collector = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
+    quiet: Quiet = False,
+    host: Host = None,
+) -> None:
+    """Every TCP connection with its owner, direction and TCP internals; closes, events, drops."""
+    import ipaddress
+
+    from .decode import tcp_state_number
+    from .exporters.net import SORT_KEYS, ConnFilter, NetExporter
+
+    _set_host(host)
+    if sort not in SORT_KEYS:
+        raise UserError(f"bad --sort {sort!r} (have: {', '.join(SORT_KEYS)})", 2)
+    if direction is not None and direction not in ("in", "out"):
+        raise UserError(f"bad --direction {direction!r} (in or out)", 2)
+    state_nr = None
+    if state is not None and (state_nr := tcp_state_number(state)) is None:
+        raise UserError(f"bad --state {state!r}", 2)
+    if addr is not None:
+        try:
+            ipaddress.ip_network(addr, strict=False)
+        except ValueError:
+            raise UserError(f"bad --addr {addr!r}", 2) from None
+    filt = ConnFilter(pid=pid, comm=comm, port=port, addr=addr, state=state_nr, direction=direction)
+    exporter = NetExporter(filt, sort=sort, top=top, events=events, drops=drops, latency_sample=sample if latency else 0)
+    _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
+
+
+@app.command()
 def doctor(as_json: Json = False) -> None:
     """Measure what this kernel can do: load and attach a tiny program of each hook type."""
     from rich.console import Console

@@ -83,7 +83,10 @@ def inet_addr(raw: bytes, family: int) -> str:
 
     if family == AF_INET:
         return str(ipaddress.IPv4Address(bytes(raw[:4])))
-    return str(ipaddress.IPv6Address(bytes(raw[:16])))
+    ip = ipaddress.IPv6Address(bytes(raw[:16]))
+    if ip.ipv4_mapped:  # as ss prints it
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
 
 
 def tcp_state_name(state: int) -> str:

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-EXPORTER_DOMAINS = ("sys",)  # grows as domains land
+EXPORTER_DOMAINS = ("sys", "net")  # grows as domains land
 HEALTHY_AFTER_S = 60.0
 USAGE_ERROR = 2  # a child that exits 2 was misconfigured (bad port, bad URL): restarting cannot help
 

@@ -1,0 +1,157 @@
+"""`bpfscope net` as a user runs it: --json records, filters, the final record on close,
+its own /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BPFSCOPE, free_port, run_cli
+from test_net_conn import MIB, peers  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.bpf
+
+
+def _run_net(args: list[str], until_first_record: bool = True) -> tuple[subprocess.Popen, list[dict]]:
+    """Start `bpfscope net --json`; return once it printed its first record (BPF attached)."""
+    proc = subprocess.Popen(BPFSCOPE + ["net", "--json"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    records: list[dict] = []
+    if until_first_record:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else ""
+        assert line, f"bpfscope net printed nothing: {proc.stderr.read() if proc.poll() is not None else ''}"
+        records.append(json.loads(line))
+    return proc, records
+
+
+def _wait_attached(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until the exporter holds its BPF links (net_state, net_send, net_recv)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        links = 0
+        for fd in Path(f"/proc/{proc.pid}/fd").glob("*"):
+            try:
+                links += os.readlink(fd) == "anon_inode:bpf_link"
+            except OSError:
+                pass
+        if links >= 3:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("bpfscope net did not attach its programs in time")
+
+
+def _finish(proc: subprocess.Popen, records: list[dict]) -> list[dict]:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return records + [json.loads(line) for line in out.splitlines()]
+
+
+def test_json_records_are_schema_v1_filtered_by_port_and_end_with_a_close(peers):  # noqa: F811
+    from bpfscope.schema import validate_records
+
+    srv = peers("server", "--expect", MIB, "--name", "nt-cli-s")
+    port = srv.port()
+    # something else the filter must hide
+    other = peers("server", "--name", "nt-other")
+    other_port = other.port()
+    peers("client", "--port", other_port, "--name", "nt-other-c")
+    proc, records = _run_net(["--port", str(port), "--interval", "0.3", "--duration", "3", "--events"],
+                             until_first_record=False)
+    _wait_attached(proc)
+    cli = peers("client", "--port", port, "--send", MIB, "--name", "nt-cli-c")
+    assert cli.line() == "done" and srv.line() == "done"
+    time.sleep(0.7)
+    cli.close()
+    records = _finish(proc, records)
+    validate_records(records)
+    assert records and all(port in (int(r["labels"]["lport"]), int(r["labels"]["rport"])) for r in records)
+    kinds = {r["kind"] for r in records}
+    assert {"tcp_conn", "tcp_connect", "tcp_accept", "tcp_close"} <= kinds
+    live = [r for r in records if r["kind"] == "tcp_conn" and r["labels"]["state"] == "ESTABLISHED"]
+    assert {r["labels"]["direction"] for r in live} == {"in", "out"}
+    for key in ("bytes_acked", "bytes_received", "snd_cwnd", "srtt_us", "snd_wnd", "sndbuf_bytes",
+                "wmem_queued_bytes", "rcvbuf_bytes", "in_slow_start", "delivery_rate_bytes_per_s", "age_s"):
+        assert all(key in r["values"] for r in live), key
+    (close_out,) = [r for r in records if r["kind"] == "tcp_close" and r["labels"]["direction"] == "out"]
+    assert (close_out["pid"], close_out["comm"]) == (cli.pid, "nt-cli-c")
+    assert abs(close_out["values"]["bytes_acked"] - MIB) <= 300
+    assert close_out["values"]["lifetime_ns"] > 0.5e9
+    connect = [r for r in records if r["kind"] == "tcp_connect"]
+    assert connect and connect[0]["pid"] == cli.pid and connect[0]["labels"]["rport"] == str(port)
+
+
+def test_direction_pid_and_state_filters(peers):  # noqa: F811
+    srv = peers("server", "--name", "nt-flt-s")
+    port = srv.port()
+    cli = peers("client", "--port", port, "--name", "nt-flt-c")
+    assert cli.line() == "done" and srv.line() == "done"
+    base = ["--json", "--interval", "0.5", "--duration", "1", "--port", str(port)]
+    runs = {
+        "in": run_cli("net", *base, "--direction", "in"),
+        "pid": run_cli("net", *base, "--pid", str(cli.pid)),
+        "comm": run_cli("net", *base, "--comm", "nt-flt-s"),
+        "listen": run_cli("net", *base, "--state", "listen"),
+        "addr": run_cli("net", *base, "--addr", "10.0.0.0/8"),
+    }
+    recs = {}
+    for name, p in runs.items():
+        assert p.returncode == 0, p.stderr
+        recs[name] = [json.loads(line) for line in p.stdout.splitlines()]
+    assert recs["in"] and {(r["pid"], r["labels"]["direction"]) for r in recs["in"]} == {(srv.pid, "in")}
+    assert recs["pid"] and {(r["comm"], r["labels"]["direction"]) for r in recs["pid"]} == {("nt-flt-c", "out")}
+    assert recs["comm"] and {r["pid"] for r in recs["comm"]} == {srv.pid}
+    assert recs["listen"] and {(r["labels"]["state"], r["labels"]["lport"]) for r in recs["listen"]} == {
+        ("LISTEN", str(port))}
+    assert recs["addr"] == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--direction", "sideways"], "bad --direction"),
+    (["--sort", "colour"], "bad --sort"),
+    (["--state", "napping"], "bad --state"),
+    (["--addr", "not-an-ip"], "bad --addr"),
+    (["--latency", "--sample", "0"], "Invalid value for '--sample'"),
+])
+def test_bad_options_end_in_one_line(args, message):
+    p = run_cli("net", *args, "--duration", "1")
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith(f"bpfscope: {message}") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_exporter_serves_bounded_net_metrics(peers):  # noqa: F811
+    import httpx
+
+    srv = peers("server", "--name", "nt-met-s")
+    port = srv.port()
+    peers("client", "--port", port, "--name", "nt-met-c")
+    mport = free_port()
+    proc = subprocess.Popen(BPFSCOPE + ["net", "--quiet", "--interval", "0.5", "--duration", "8", "--drops",
+                                        "--metrics-port", str(mport)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        text, deadline = "", time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=2).text
+                if "bpfscope_net_connections{" in text:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert 'bpfscope_up{exporter="net"} 1.0' in text
+        assert 'bpfscope_net_connections{direction="in",port="registered",state="ESTABLISHED"}' in text \
+            or 'bpfscope_net_connections{direction="in",port="ephemeral",state="ESTABLISHED"}' in text
+        assert "bpfscope_net_srtt_seconds_bucket" in text
+        label_values = set(re.findall(r'\w+="([^"]*)"', text))
+        assert str(port) not in label_values and "127.0.0.1" not in label_values  # no per-connection labels
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
