@@ -44,7 +44,8 @@ def test_two_hosts_write_to_one_postgres_and_one_query_returns_both(pg_server):
     try:
         for node in ("node-a", "node-b"):
             listen = f"127.0.0.1:{free_port()}"
-            procs.append(subprocess.Popen(BPFSCOPE + ["up", "--host", node, "--db", db, "--listen", listen,
+            procs.append(subprocess.Popen(BPFSCOPE + ["up", "--domains", "sys", "--host", node, "--db", db,
+                                                      "--listen", listen,
                                                       "--interval", "1", "--metrics-port", "0"],
                                           stdout=subprocess.DEVNULL, start_new_session=True))
             urls.append(f"http://{listen}")

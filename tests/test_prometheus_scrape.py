@@ -84,7 +84,8 @@ def prometheus_url(tmp_path):
     collector_port, exporter_port, prom_port = free_port(), _metrics_port(), free_port()
     procs = []
     try:
-        procs.append(_start(BPFSCOPE + ["up", "--db", f"sqlite:///{tmp_path / 'records.db'}",
+        procs.append(_start(BPFSCOPE + ["up", "--domains", "sys",
+                                        "--db", f"sqlite:///{tmp_path / 'records.db'}",
                                         "--listen", f"127.0.0.1:{collector_port}", "--interval", "1",
                                         "--metrics-port", str(exporter_port)], tmp_path / "up.log"))
         config = tmp_path / "prometheus.yml"

@@ -46,7 +46,8 @@ def _wait(predicate, timeout_s: float, step: float = 0.3):
 def up(tmp_path):
     port, mport = free_port(), free_port()
     db = f"sqlite:///{tmp_path}/up.db"
-    proc = subprocess.Popen(BPFSCOPE + ["up", "--db", db, "--listen", f"127.0.0.1:{port}", "--interval", "1",
+    proc = subprocess.Popen(BPFSCOPE + ["up", "--domains", "sys", "--db", db, "--listen", f"127.0.0.1:{port}",
+                                        "--interval", "1",
                                         "--metrics-port", str(mport)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -149,3 +150,22 @@ def test_collector_port_in_use_stops_up_with_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_default_up_runs_every_exporter_domain(tmp_path):
+    from bpfscope.supervisor import EXPORTER_DOMAINS
+
+    proc = subprocess.Popen(BPFSCOPE + ["up", "--db", f"sqlite:///{tmp_path}/all.db", "--listen",
+                                        f"127.0.0.1:{free_port()}", "--metrics-port", "0"],
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        kids = _wait(lambda: c if len(c := _children_of(proc.pid)) == 1 + len(EXPORTER_DOMAINS) else None, 20)
+        assert kids, _children_of(proc.pid)
+        for domain in EXPORTER_DOMAINS:
+            assert any(f" -m bpfscope {domain} " in cmd for cmd in kids.values()), (domain, kids)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

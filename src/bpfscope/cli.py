@@ -184,7 +184,7 @@ def collector(
 
 @app.command()
 def up(
-    domains: Annotated[str, typer.Option(help="Comma-separated exporters to run.")] = "sys",
+    domains: Annotated[Optional[str], typer.Option(help="Comma-separated exporters to run (default: all).")] = None,
     db: Annotated[str, typer.Option(help="SQLAlchemy URL of the store.")] = DEFAULT_DB,
     listen: Annotated[str, typer.Option(help="host:port of the collector.")] = DEFAULT_LISTEN,
     interval: Interval = 5.0,
@@ -199,7 +199,7 @@ def up(
     from .storage.store import Store
     from .supervisor import EXPORTER_DOMAINS, Supervisor, child_commands
 
-    chosen = [d.strip() for d in domains.split(",") if d.strip()]
+    chosen = [d.strip() for d in domains.split(",") if d.strip()] if domains else list(EXPORTER_DOMAINS)
     unknown = [d for d in chosen if d not in EXPORTER_DOMAINS]
     if unknown:
         raise UserError(f"unknown domain {unknown[0]!r} (have: {', '.join(EXPORTER_DOMAINS)})", 2)
