@@ -87,12 +87,29 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 def _records_from_the_sys_exporter(url: str) -> None:
+    """Real records: the sys and net exporters for 4 s, with a few short TCP connections."""
+    import socket
+
     from bpfscope.hostenv import ensure_mounts
 
     ensure_mounts()
-    r = subprocess.run(BPFSCOPE + ["sys", "--collector", url, "--interval", "1", "--duration", "4", "--quiet"],
-                       capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 0, r.stderr
+    procs = [subprocess.Popen(BPFSCOPE + [domain, "--collector", url, "--interval", "1", "--duration", "4",
+                                          "--quiet"], stderr=subprocess.PIPE, text=True) for domain in ("sys", "net")]
+    time.sleep(1.5)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    for _ in range(5):
+        c = socket.create_connection(srv.getsockname())
+        a, _ = srv.accept()
+        c.sendall(b"x" * 100_000)
+        a.recv(1 << 20)
+        c.close()
+        a.close()
+    srv.close()
+    for p in procs:
+        p.wait(60)
+        assert p.returncode == 0, p.stderr.read()
 
 
 def _records_posted(url: str) -> None:

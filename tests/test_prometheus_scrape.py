@@ -62,11 +62,31 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+DOMAINS = ("sys", "net")  # the exporters whose metrics the dashboards use
+
+
+def _churn(seconds: float) -> None:
+    """Short TCP connections on loopback, so that the net counters of closes move."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        c = socket.create_connection(srv.getsockname())
+        a, _ = srv.accept()
+        c.close()
+        a.close()
+        time.sleep(0.05)
+    srv.close()
+
+
 def _scrape_config(collector_port: int, exporter_port: int) -> dict:
     config = yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     targets = {"bpfscope-collector": [f"127.0.0.1:{collector_port}"],
-               "bpfscope-exporters": [f"127.0.0.1:{exporter_port}"]}  # one domain runs today
+               "bpfscope-exporters": [f"127.0.0.1:{exporter_port + i}" for i in range(len(DOMAINS))]}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": targets.pop(job["job_name"])}]
     assert not targets, f"jobs missing from prometheus/prometheus.yml: {sorted(targets)}"
@@ -84,7 +104,7 @@ def prometheus_url(tmp_path):
     collector_port, exporter_port, prom_port = free_port(), _metrics_port(), free_port()
     procs = []
     try:
-        procs.append(_start(BPFSCOPE + ["up", "--domains", "sys",
+        procs.append(_start(BPFSCOPE + ["up", "--domains", ",".join(DOMAINS),
                                         "--db", f"sqlite:///{tmp_path / 'records.db'}",
                                         "--listen", f"127.0.0.1:{collector_port}", "--interval", "1",
                                         "--metrics-port", str(exporter_port)], tmp_path / "up.log"))
@@ -110,8 +130,8 @@ def _wait_targets_up(url: str, procs: list[subprocess.Popen], tmp_path: Path, ti
                 raise AssertionError(f"{proc.args[:3]} exited with {proc.returncode}\n{logs}")
         try:
             active = httpx.get(url + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-            health = {t["labels"]["job"]: t["health"] for t in active}
-            if len(health) == 2 and set(health.values()) == {"up"}:
+            health = {t["scrapeUrl"]: t["health"] for t in active}
+            if len(health) == 1 + len(DOMAINS) and set(health.values()) == {"up"}:
                 return
         except (httpx.TransportError, ValueError, KeyError):
             pass
@@ -136,5 +156,5 @@ def test_every_dashboard_promql_expression_returns_series(prometheus_url):
     while empty and time.monotonic() < deadline:
         empty = [e for e in empty if not _query(prometheus_url, e)]
         if empty:
-            time.sleep(1)
+            _churn(1.0)  # closes for the net counters, instead of sleeping
     assert not empty, "PromQL of the dashboards that returned no series:\n" + "\n".join(empty)

@@ -139,12 +139,13 @@ def host_variable() -> QueryVariable:
     return _record_values_variable(Column("host", "host"))
 
 
-def comm_variable() -> QueryVariable:
-    return _record_values_variable(Column("comm", "comm"), ("host", "${host}"))
+def comm_variable(*scope: tuple[str, str]) -> QueryVariable:
+    """Command names seen in the records of `scope` (e.g. domain=net: processes with connections)."""
+    return _record_values_variable(Column("comm", "comm"), ("host", "${host}"), *scope)
 
 
-def pid_variable() -> QueryVariable:
-    return _record_values_variable(Column("pid", "pid", "number"), ("host", "${host}"), ("comm", "${comm}"),
+def pid_variable(*scope: tuple[str, str]) -> QueryVariable:
+    return _record_values_variable(Column("pid", "pid", "number"), ("host", "${host}"), ("comm", "${comm}"), *scope,
                                    sort=VariableSort.NUMERICAL_ASC)
 
 
@@ -217,13 +218,16 @@ def group_by(keys: tuple[str, ...], sums: tuple[str, ...]) -> DataTransformerCon
 
 # ---- dashboards ---------------------------------------------------------------------
 
-def dashboard(uid: str, title: str, description: str, tags: tuple[str, ...] = ()) -> Dashboard:
-    """A dashboard with the shared variables, time range and links to the other bpfscope dashboards."""
+def dashboard(uid: str, title: str, description: str, tags: tuple[str, ...] = (),
+              scope: tuple[tuple[str, str], ...] = ()) -> Dashboard:
+    """A dashboard with the shared variables, time range and links to the other bpfscope dashboards.
+    scope: record filters the comm/pid choices come from (a domain's dashboard offers its processes)."""
     others = (DashboardLink("bpfscope").type(DashboardLinkType.DASHBOARDS).tags([TAG])
               .as_dropdown(True).include_vars(True).keep_time(True))
     return (Dashboard(title).uid(uid).description(description).tags([TAG, *tags])
             .time("now-15m", "now").refresh("10s").timezone("browser").link(others)
-            .with_variable(host_variable()).with_variable(comm_variable()).with_variable(pid_variable()))
+            .with_variable(host_variable()).with_variable(comm_variable(*scope))
+            .with_variable(pid_variable(*scope)))
 
 
 def row(title: str) -> Row:

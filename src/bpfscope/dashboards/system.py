@@ -34,7 +34,7 @@ def _calls_per_bucket(*filters: tuple[str, str]):
 
 def build():
     d = dashboard(UID, "bpfscope / System calls", "System calls per process and syscall, counted in the kernel.",
-                  tags=("system",)).with_variable(bucket_variable())
+                  tags=("system",), scope=SYSCALL_RECORDS).with_variable(bucket_variable())
 
     d = (d.with_row(row("Every process (Prometheus)"))
          .with_panel(prometheus_timeseries(
