@@ -252,3 +252,43 @@ def test_unknown_page_falls_back_to_overview(chromium, collector):
     url, _ = collector
     html = dom(chromium, f"{url}/#no-such-page?x=1")
     assert 'id="page-overview"' in html and ">syscall<" in html
+
+
+def test_connections_page(chromium, collector):
+    """Snapshot rows of two connections (the newest row of each wins) and one close, shaped as
+    `bpfscope net` sends them; posted last so the other pages' counts are not changed."""
+    import time
+
+    import httpx
+
+    from bpfscope.schema import make_record
+
+    url, _ = collector
+    now = time.time_ns()
+
+    def conn(conn_id, ts, direction, lport, rport, acked, received, rx_rate=None):
+        values = {"bytes_acked": acked, "bytes_received": received, "srtt_us": 1460, "snd_cwnd": 20,
+                  "snd_ssthresh": 2147483647, "total_retrans": 0}
+        if rx_rate is not None:
+            values.update(tx_bytes_per_s=0.0, rx_bytes_per_s=rx_rate)
+        return make_record("net", "tcp_conn", ts=ts, pid=28348, tid=28348, comm="python3",
+                           labels={"conn_id": conn_id, "direction": direction, "state": "ESTABLISHED",
+                                   "family": "ipv4", "laddr": "127.0.0.1", "lport": lport,
+                                   "raddr": "127.0.0.1", "rport": rport},
+                           values=values)
+
+    records = [conn("7", now - 2_000_000_000, "in", "7003", "58188", 0, 1_000_000),
+               conn("7", now - 1_000_000_000, "in", "7003", "58188", 0, 101_600_000, rx_rate=101_600_000.0),
+               conn("8", now - 1_000_000_000, "out", "58188", "7003", 101_700_000, 0, rx_rate=0.0),
+               make_record("net", "tcp_close", ts=now, pid=4242, comm="curl",
+                           labels={"direction": "out", "laddr": "127.0.0.1", "lport": "40000",
+                                   "raddr": "127.0.0.1", "rport": "8080"},
+                           values={"bytes_acked": 77, "bytes_received": 4096})]
+    assert httpx.post(f"{url}/api/v1/records", json=records, timeout=10).status_code == 200
+    html = dom(chromium, f"{url}/#net?from=-5m")
+    assert "2 connections" in html
+    body = html.split("<tbody>", 1)[1]
+    assert body.index("127.0.0.1:7003") < body.index("127.0.0.1:58188")  # the busiest (rx 102 MB/s) first
+    assert "102MB/s" in body and "1MB/s" not in body  # the newest row of connection 7, not the older one
+    assert ">curl<" in html and "4.1k" in html
+    screenshot(chromium, f"{url}/#net?from=-5m", "web-connections")

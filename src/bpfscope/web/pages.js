@@ -20,5 +20,6 @@ import records from "./page-records.js";
 import charts from "./page-charts.js";
 import flame from "./page-flame.js";
 import timeline from "./page-timeline.js";
+import net from "./page-net.js";
 
-export const PAGES = [overview, records, charts, flame, timeline];
+export const PAGES = [overview, records, charts, flame, timeline, net];
