@@ -467,3 +467,23 @@ def test_degrade_needs_an_existing_fallback():
             "    rate_limit: {per_second: 5, action: degrade, fallback: nope}\n")
     with pytest.raises(ConfigError, match=r"services\[0\].rate_limit.fallback: no other service named 'nope'"):
         parse(text)
+
+
+@pytest.mark.bpf
+def test_upsert_changes_one_service_in_place(lb, cgroup):
+    from bpfscope.lb.config import parse as parse_config
+    from bpfscope.lb.kernel import LbKernel
+
+    _, apply, pin = lb
+    blue, green = Backends(2), Backends(1)
+    try:
+        assert apply(services_yaml(blue.ports, [1, 1], "random")).returncode == 0
+        new = parse_config(services_yaml(green.ports, [1], "random")).services[0]
+        with LbKernel(pin) as k:
+            for _ in range(3):  # the id flips to its twin and back: never a collision
+                k.upsert(new)
+                assert len(list(k.map("lb_backends").keys())) == 1
+        assert set(connects(cgroup, 50)["seen"]) == {str(green.ports[0])}
+    finally:
+        blue.close()
+        green.close()

@@ -31,6 +31,7 @@ PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # A connect that read a service entry just before it was switched still looks up the old
 # backends; they are removed only after this grace (BPF programs run in microseconds).
 GRACE_S = 0.05
+ID_TWIN = 1 << 31  # upsert() alternates a service between id and id ^ ID_TWIN
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class LbKernel:
         svcs, bmap, buckets = self.map("lb_services"), self.map("lb_backends"), self.map("lb_buckets")
         vips = {s.name: Endpoint(s.vip, s.port, s.protocol) for s in services}
         current = self.services()
-        used = {int(v.id) for v in current.values()}
+        used = {int(v.id) & ~ID_TWIN for v in current.values()}  # an id and its twin go together
         next_id = 1
         stale: list[tuple[int, int]] = []
         result = ApplyResult([], [], [], [])
@@ -195,7 +196,7 @@ class LbKernel:
             while next_id in used:
                 next_id += 1
             sid, next_id = next_id, next_id + 1
-            used.add(sid)
+            used.add(sid)  # ids from apply never have the twin bit
             for i, (ep, prob, alias) in enumerate(table):
                 b = bmap.value_type()
                 _fill_addr(b.to, ep)
@@ -229,6 +230,40 @@ class LbKernel:
                 for i in range(count):
                     bmap.delete(bmap.key_type(service_id=sid, index=i))
         return result
+
+    def upsert(self, svc: Service, fallback: Endpoint | None = None) -> None:
+        """Add or change one service without reading the others: the cost of one update
+        (new table under a fresh id, one switch, old table removed), whatever N is."""
+        svcs, bmap = self.map("lb_services"), self.map("lb_backends")
+        vip = Endpoint(svc.vip, svc.port, svc.protocol)
+        key = svcs.key_type()
+        _fill_addr(key, vip)
+        cur = svcs.lookup(key)
+        # an existing service flips the top bit of its id: free by construction (apply never
+        # hands out an id whose twin is in use), so no scan of the other N services
+        sid = (int(cur.id) ^ ID_TWIN) if cur is not None else self._free_id()
+        table = self._table(svc)
+        for i, (ep, prob, alias) in enumerate(table):
+            b = bmap.value_type()
+            _fill_addr(b.to, ep)
+            b.prob, b.alias = prob, alias
+            bmap.update(bmap.key_type(service_id=sid, index=i), b)
+        val = svcs.value_type()
+        val.id, val.count, val.algo, val.name = sid, len(table), ALGOS[svc.algorithm], svc.name.encode()
+        rate, burst, action, _ = self._limit(svc, {})
+        val.rate_per_s, val.burst, val.limit_action = rate, burst, action
+        if fallback is not None:
+            _fill_addr(val.fallback, fallback)
+        svcs.update(key, val)
+        if cur is not None:
+            time.sleep(GRACE_S)
+            for i in range(cur.count):
+                bmap.delete(bmap.key_type(service_id=cur.id, index=i))
+
+    def _free_id(self) -> int:
+        """An id that neither a service nor its twin uses (reads every service once)."""
+        ids = {int(v.id) & ~ID_TWIN for _, v in self.map("lb_services").batch()}
+        return next(i for i in range(1, len(ids) + 2) if i not in ids)
 
     def delete(self, name: str) -> bool:
         keep = []
