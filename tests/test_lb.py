@@ -487,3 +487,87 @@ def test_upsert_changes_one_service_in_place(lb, cgroup):
     finally:
         blue.close()
         green.close()
+
+
+TIMED_CLIENT = textwrap.dedent("""
+    import json, os, socket, sys, time
+    open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+    vip, port, rate, seconds = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    print("ready", flush=True)
+    out, t0 = [], time.monotonic()
+    for i in range(int(rate * seconds)):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        s = socket.socket()
+        started = time.time()
+        try:
+            s.connect((vip, port))
+            out.append([started, s.recv(16).decode()])
+        except OSError as e:
+            out.append([started, "error %d" % e.errno])
+        finally:
+            s.close()
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.bpf
+def test_blue_green_switch_under_1000_connects_per_s_fails_none(lb, cgroup):
+    import time
+
+    _, apply, _ = lb
+    blue, green = Backends(2), Backends(2)
+    try:
+        assert apply(services_yaml(blue.ports, [1, 1], "random")).returncode == 0
+        client = subprocess.Popen([sys.executable, "-c", TIMED_CLIENT, str(cgroup), VIP, "8080", "1000", "3"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert client.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        r = apply(services_yaml(green.ports, [1, 1], "random"))
+        switched = time.time()
+        assert r.returncode == 0 and "1 changed" in r.stdout
+        time.sleep(1.0)
+        r = apply(services_yaml(blue.ports, [1, 1], "random"))  # and back
+        back = time.time()
+        out = json.loads(client.communicate(timeout=60)[0])
+        assert len(out) == 3000
+        assert not [x for x in out if x[1].startswith("error")]
+        green_ports, blue_ports = {str(p) for p in green.ports}, {str(p) for p in blue.ports}
+        # every connect that started after the switch returned went to green, until the switch back
+        assert all(port in green_ports for t, port in out if switched < t < back - 0.3)
+        assert all(port in blue_ports for t, port in out if t > back)
+        assert any(port in green_ports for _, port in out) and any(port in blue_ports for _, port in out)
+    finally:
+        blue.close()
+        green.close()
+
+
+@pytest.mark.bpf
+def test_controller_sigkill_under_load_fails_no_connect(lb, cgroup, tmp_path):
+    import time
+
+    from conftest import BPFSCOPE
+
+    _, _, pin = lb
+    be = Backends(2)
+    f = tmp_path / "services.yaml"
+    f.write_text(services_yaml(be.ports, [1, 1], "random"))
+    ctl = subprocess.Popen(BPFSCOPE + ["lb", "run", "--config", str(f), "--cgroup", str(cgroup), "--pin-dir", pin,
+                                       "--interval", "0.5"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not connects(cgroup, 1)["seen"]:
+            time.sleep(0.2)
+        client = subprocess.Popen([sys.executable, "-c", TIMED_CLIENT, str(cgroup), VIP, "8080", "1000", "2"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert client.stdout.readline().strip() == "ready"
+        time.sleep(0.7)
+        ctl.kill()
+        ctl.wait(10)
+        out = json.loads(client.communicate(timeout=60)[0])
+        assert len(out) == 2000 and not [x for x in out if x[1].startswith("error")]
+    finally:
+        ctl.kill()
+        ctl.wait()
+        be.close()
