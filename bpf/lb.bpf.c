@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /* bpfscope lb: pick a backend for a service VIP once, at connect(), in the kernel.
  *
- * Hooks: cgroup/connect4|6 rewrite the destination of connect() (and of sendmsg for
- * unconnected UDP, later); cgroup/getpeername4|6 give the VIP back to the application.
+ * Hooks: cgroup/connect4|6 rewrite the destination of connect(), cgroup/sendmsg4|6 that
+ * of each datagram of an unconnected UDP socket; cgroup/getpeername4|6 and recvmsg4|6
+ * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
- * O(1) whatever the weights) and a socket-cookie map update. Nothing per packet.
+ * O(1) whatever the weights) and the socket's local storage written. Nothing per packet.
  *
  * Maps are pinned under /sys/fs/bpf/bpfscope/lb by user space and shared by every
  * controller run; a change to a service writes its backends under a fresh id first and
@@ -36,10 +37,11 @@ struct {
 	__type(value, struct lb_backend);
 } lb_backends SEC(".maps");
 
+/* Socket-local storage: lives and dies with the socket, no eviction, no cookie hashing. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, LB_MAX_SOCKETS);
-	__type(key, __u64);	/* socket cookie */
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct lb_origin);
 } lb_origins SEC(".maps");
 
@@ -137,9 +139,8 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 {
 	struct lb_service *svc = bpf_map_lookup_elem(&lb_services, vip);
 	struct lb_stats_key sk = {};
-	struct lb_origin origin = {};
+	struct lb_origin *origin;
 	struct lb_backend *b;
-	__u64 cookie;
 	__u32 zero = 0;
 
 	if (!svc)
@@ -173,10 +174,11 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 		ctx->user_ip6[3] = *(__u32 *)&b->to.addr[12];
 	}
 	ctx->user_port = b->to.port;
-	origin.vip = *vip;
-	origin.backend = b->to;
-	cookie = bpf_get_socket_cookie(ctx);
-	bpf_map_update_elem(&lb_origins, &cookie, &origin, BPF_ANY);
+	origin = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (origin) {
+		origin->vip = *vip;
+		origin->backend = b->to;
+	}
 	sk.backend = b->to;
 	bump(&lb_choices, &sk);
 	return 1;
@@ -225,8 +227,7 @@ static __always_inline int restore_vip(struct bpf_sock_addr *ctx, __u8 family);
  * talking to the same VIP (a request and its retries reach the same server). */
 static __always_inline int sendmsg_redirect(struct bpf_sock_addr *ctx, struct lb_addr *vip, const int family)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct lb_origin *o = bpf_map_lookup_elem(&lb_origins, &cookie);
+	struct lb_origin *o = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, 0);
 
 	if (o && __builtin_memcmp(&o->vip, vip, sizeof(*vip)) == 0) {
 		if (family == AF_INET) {
@@ -264,8 +265,7 @@ int lb_sendmsg6(struct bpf_sock_addr *ctx)
 /* A reply from the backend a socket's datagrams went to is shown as coming from the VIP. */
 static __always_inline int recvmsg_restore(struct bpf_sock_addr *ctx, const int family)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct lb_origin *o = bpf_map_lookup_elem(&lb_origins, &cookie);
+	struct lb_origin *o = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, 0);
 	struct lb_addr from = {};
 
 	if (!o)
@@ -294,8 +294,7 @@ int lb_recvmsg6(struct bpf_sock_addr *ctx)
 
 static __always_inline int restore_vip(struct bpf_sock_addr *ctx, __u8 family)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct lb_origin *o = bpf_map_lookup_elem(&lb_origins, &cookie);
+	struct lb_origin *o = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, 0);
 
 	if (!o || o->vip.family != family)
 		return 1;
