@@ -107,7 +107,11 @@ def main() -> int:
         baseline = subprocess.Popen([sys.executable, "-c", BASELINE, str(baseline_port)], env=env,
                                     start_new_session=True)
         try:
-            urls = [f"http://127.0.0.1:{collector_port}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
+            from bpfscope.supervisor import EXPORTER_DOMAINS
+
+            names = ["collector", *EXPORTER_DOMAINS]  # `up` runs every exporter: port + i each
+            urls = [f"http://127.0.0.1:{collector_port}/metrics",
+                    *(f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(len(EXPORTER_DOMAINS)))]
             for url in urls:
                 wait_ok(client, url, up)
             base_url = f"http://127.0.0.1:{baseline_port}/metrics"
@@ -119,10 +123,10 @@ def main() -> int:
             stop(up)
             stop(baseline)
 
-    print(f"bpfscope /metrics scrape: {len(urls)} endpoints (collector + sys exporter), {ROUNDS} rounds, "
+    print(f"bpfscope /metrics scrape: {len(urls)} endpoints ({', '.join(names)}), {ROUNDS} rounds, "
           f"`bpfscope up` at its default 5 s interval")
     print(f"{'endpoint':<42} {'p50 ms':>8} {'p95 ms':>8}")
-    for name, times in zip(("collector /metrics", "sys exporter /metrics"), per_url.values()):
+    for name, times in zip((f"{n} /metrics" for n in names), per_url.values()):
         print(f"{name:<42} {p(times, 50):>8.2f} {p(times, 95):>8.2f}")
     print(f"{'all endpoints (one scrape round)':<42} {p(rounds, 50):>8.2f} {p(rounds, 95):>8.2f}")
     print(f"{'baseline: bare registry, one counter':<42} {p(base_rounds, 50):>8.2f} {p(base_rounds, 95):>8.2f}")
