@@ -51,7 +51,10 @@ def apply(
 
 @lb_app.command()
 def run(
-    config: Annotated[str, typer.Option(help="services.yaml, reloaded when it changes.")],
+    config: Annotated[Optional[str], typer.Option(help="services.yaml, reloaded when it changes.")] = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help="Follow Services and EndpointSlices instead "
+                                             "of a file (in-cluster config, or --kubeconfig).")] = False,
+    kubeconfig: Annotated[Optional[str], typer.Option(help="kubeconfig file for --kubernetes.")] = None,
     cgroup: Annotated[Optional[str], typer.Option(help="cgroup v2 directory to attach to (default: the root).")] = None,
     interval: Annotated[float, typer.Option(help="Seconds between health checks and reloads.", min=0.1)] = 2.0,
     timeout: Annotated[float, typer.Option(help="TCP connect timeout of a health check.", min=0.01)] = 1.0,
@@ -65,13 +68,20 @@ def run(
     from ..hostenv import cgroup2_root
     from .controller import run_controller
 
-    load(config)  # a bad file fails here, before anything is touched
+    if (config is None) == (not kubernetes):
+        raise ConfigError("give --config FILE or --kubernetes (one of them)")
+    if config:
+        load(config)  # a bad file fails here, before anything is touched
     with _kernel(pin_dir) as k:
         if not k.installed:
             target = cgroup or cgroup2_root()
             if not target:
                 raise ConfigError("no cgroup v2 mount to attach to")
             k.install(target)
+        if kubernetes:
+            from .kubernetes import KubernetesSource
+
+            raise typer.Exit(KubernetesSource(k, kubeconfig).run())
         raise typer.Exit(run_controller(k, config, interval, timeout, fall, rise,
                                         (metrics_host, metrics_port) if metrics_port else None))
 
