@@ -59,6 +59,13 @@ struct {
 	__type(value, struct lb_bucket);
 } lb_buckets SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_canary_client);
+	__type(value, __u8);
+} lb_canary_clients SEC(".maps");
+
 /* Connects over a service's rate: [0] refused, [1] degraded to the fallback. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -85,17 +92,39 @@ static __always_inline void bump(void *map, void *key)
 		bpf_map_update_elem(map, key, &one, BPF_NOEXIST);
 }
 
-static __always_inline struct lb_backend *choose(struct lb_service *svc)
+/* The canary table for a share of connects and for chosen client cgroups, else the main one. */
+static __always_inline int wants_canary(struct lb_service *svc, struct lb_addr *vip)
+{
+	struct lb_canary_client c = { .vip = *vip };
+
+	if (!svc->canary_count)
+		return 0;
+	if (!svc->count)
+		return 1;
+	c.cgroup_id = bpf_get_current_cgroup_id();
+	if (bpf_map_lookup_elem(&lb_canary_clients, &c))
+		return 1;
+	return bpf_get_prandom_u32() < svc->canary_share;
+}
+
+static __always_inline struct lb_backend *choose(struct lb_service *svc, struct lb_addr *vip)
 {
 	struct lb_backend_key k = { .service_id = svc->id };
 	struct lb_backend *b;
+	__u32 base = 0, count = svc->count;
 
-	k.index = bpf_get_prandom_u32() % svc->count;
+	if (wants_canary(svc, vip)) {
+		base = LB_CANARY_BASE;
+		count = svc->canary_count;
+	}
+	if (!count)
+		return NULL;
+	k.index = base + bpf_get_prandom_u32() % count;
 	b = bpf_map_lookup_elem(&lb_backends, &k);
 	if (!b)
 		return NULL;
 	if (svc->algo == LB_ALGO_WEIGHTED && bpf_get_prandom_u32() >= b->prob) {
-		k.index = b->alias;
+		k.index = base + b->alias;
 		b = bpf_map_lookup_elem(&lb_backends, &k);
 	}
 	return b;
@@ -157,12 +186,12 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 		if (!svc)
 			return 1;
 	}
-	if (svc->count == 0) {
+	if (svc->count == 0 && svc->canary_count == 0) {
 		bump(&lb_no_backend, &zero);
 		bpf_set_retval(-EHOSTUNREACH);
 		return 0;
 	}
-	b = choose(svc);
+	b = choose(svc, vip);
 	if (!b || b->to.family != family)
 		return 1;
 	if (family == AF_INET) {

@@ -252,7 +252,7 @@ def test_delete_and_reset_leave_nothing_behind(lb, cgroup):
         assert json.loads(cli("status", "--json").stdout)["services"] == []
         assert cli("delete", "web").returncode == 2
         r = cli("reset")
-        assert r.returncode == 0 and "removed 15 pins" in r.stdout
+        assert r.returncode == 0 and "removed 16 pins" in r.stdout
         assert not os.path.exists(pin)
         shown = subprocess.run(["bpftool", "cgroup", "show", str(cgroup)], capture_output=True, text=True)
         assert "lb_" not in shown.stdout
@@ -571,3 +571,41 @@ def test_controller_sigkill_under_load_fails_no_connect(lb, cgroup, tmp_path):
         ctl.kill()
         ctl.wait()
         be.close()
+
+
+@pytest.mark.bpf
+def test_canary_gets_its_share_and_chosen_cgroups_always_get_it(lb, cgroup):
+    _, apply, _ = lb
+    stable, canary = Backends(2), Backends(1)
+    chosen = cgroup / "canary-clients"  # nested: the programs on `cgroup` apply to it too
+    chosen.mkdir()
+    try:
+        lines = [f"      - {{address: 127.0.0.1, port: {p}, version: v1}}" for p in stable.ports]
+        lines.append(f"      - {{address: 127.0.0.1, port: {canary.ports[0]}, version: v2}}")
+        text = (f"services:\n  - name: web\n    vip: {VIP}\n    port: 8080\n"
+                f"    canary: {{version: v2, percent: 20, cgroups: ['{chosen}']}}\n    backends:\n"
+                + "\n".join(lines) + "\n")
+        r = apply(text)
+        assert r.returncode == 0, r.stderr
+        got = connects(cgroup, 3000)
+        assert not got["errors"]
+        share = got["seen"].get(str(canary.ports[0]), 0) / 3000
+        assert abs(share - 0.20) <= 0.03, share
+        assert set(got["seen"]) == {str(p) for p in stable.ports + canary.ports}
+        everyone = connects(chosen, 200)  # the chosen clients: always the canary
+        assert everyone["seen"] == {str(canary.ports[0]): 200}
+        # without the canary the stable backends take everything again
+        r = apply(services_yaml(stable.ports, [1, 1], "random"))
+        assert r.returncode == 0
+        assert set(connects(chosen, 100)["seen"]) == {str(p) for p in stable.ports}
+    finally:
+        stable.close()
+        canary.close()
+        chosen.rmdir()
+
+
+def test_canary_version_must_exist():
+    text = ("services:\n  - name: web\n    vip: 127.77.0.1\n    port: 80\n    canary: {version: v9, percent: 5}\n"
+            "    backends: [{address: 127.0.0.1, port: 1, version: v1}]\n")
+    with pytest.raises(ConfigError, match="canary.version: no backend has version 'v9'"):
+        parse(text)

@@ -34,8 +34,19 @@ struct lb_service {
 	__u32 rate_per_s;	/* new connections per second; 0: no limit */
 	__u32 burst;
 	__u32 limit_action;
-	__u32 pad;
+	__u32 canary_count;	/* backends of the canary table, at index LB_CANARY_BASE + i */
 	struct lb_addr fallback;	/* the service to degrade to */
+	__u32 canary_share;	/* a connect goes to the canary when a random u32 is below it */
+	__u32 pad2;
+};
+
+#define LB_CANARY_BASE (1u << 20)
+
+/* Clients (cgroups) that always get a service's canary. */
+struct lb_canary_client {
+	struct lb_addr vip;
+	__u32 pad;
+	__u64 cgroup_id;
 };
 
 /* Token bucket of a rate-limited service, shared by every CPU (hence the lock). */

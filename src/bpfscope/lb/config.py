@@ -50,6 +50,16 @@ class RateLimit(BaseModel):
         return self
 
 
+class Canary(BaseModel):
+    """A share of new connections, and every connection of chosen cgroups, go to the
+    backends whose `version` is this one; the others never see them."""
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[str, Field(min_length=1)]
+    percent: Annotated[float, Field(ge=0, le=100)] = 0
+    cgroups: list[str] = Field(default_factory=list)  # cgroup v2 directories
+
+
 class Service(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +70,7 @@ class Service(BaseModel):
     algorithm: Literal["random", "weighted"] = "random"
     backends: list[Backend] = Field(default_factory=list)
     rate_limit: RateLimit | None = None
+    canary: Canary | None = None
 
     @field_validator("vip")
     @classmethod
@@ -72,6 +83,8 @@ class Service(BaseModel):
         for i, b in enumerate(self.backends):
             if ipaddress.ip_address(b.address).version != family:
                 raise ValueError(f"backends[{i}].address {b.address} is not IPv{family} like the vip")
+        if self.canary and not any(b.version == self.canary.version for b in self.backends):
+            raise ValueError(f"canary.version: no backend has version {self.canary.version!r}")
         return self
 
     @property

@@ -19,10 +19,12 @@ from pathlib import Path
 from ..bpf import BpfObject, PinnedMap
 from ..decode import c_string
 from .alias import ONE, alias_table, shares
-from .config import Service
+from .config import ConfigError, Service
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
-MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend", "lb_buckets", "lb_limited")
+MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend", "lb_buckets", "lb_limited",
+        "lb_canary_clients")
+CANARY_BASE = 1 << 20  # LB_CANARY_BASE: index of a service's first canary backend
 PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", "lb_sendmsg4", "lb_sendmsg6",
             "lb_recvmsg4", "lb_recvmsg6")
 ALGOS = {"random": 0, "weighted": 1}
@@ -138,15 +140,74 @@ class LbKernel:
                 out[_endpoint(key)] = val
         return out
 
-    def backends(self, service_id: int, count: int) -> list[tuple[Endpoint, int, int]]:
-        """[(backend, prob, alias)] of one service's choice table."""
+    def backends(self, service_id: int, count: int, base: int = 0) -> list[tuple[Endpoint, int, int]]:
+        """[(backend, prob, alias)] of one service's choice table (base: CANARY_BASE for the canary's)."""
         bmap = self.map("lb_backends")
         out = []
         for i in range(count):
-            b = bmap.lookup(bmap.key_type(service_id=service_id, index=i))
+            b = bmap.lookup(bmap.key_type(service_id=service_id, index=base + i))
             if b is not None:
                 out.append((_endpoint(b.to), b.prob, b.alias))
         return out
+
+    @classmethod
+    def _tables(cls, svc: Service) -> tuple[list, list, int]:
+        """(main table, canary table, canary share as a u32 threshold)."""
+        if not svc.canary:
+            return cls._table(svc), [], 0
+        version = svc.canary.version
+        main = svc.model_copy(update={"backends": [b for b in svc.backends if b.version != version]})
+        canary = svc.model_copy(update={"backends": [b for b in svc.backends if b.version == version]})
+        return cls._table(main), cls._table(canary), min(ONE - 1, int(svc.canary.percent / 100 * ONE))
+
+    def _write(self, sid: int, svc: Service, limit, value) -> None:
+        """Write a service's tables under `sid` and fill its map value (not yet switched)."""
+        bmap = self.map("lb_backends")
+        main, canary, share = self._tables(svc)
+        for base, table in ((0, main), (CANARY_BASE, canary)):
+            for i, (ep, prob, alias) in enumerate(table):
+                b = bmap.value_type()
+                _fill_addr(b.to, ep)
+                b.prob, b.alias = prob, alias
+                bmap.update(bmap.key_type(service_id=sid, index=base + i), b)
+        value.id, value.count, value.algo, value.name = sid, len(main), ALGOS[svc.algorithm], svc.name.encode()
+        value.canary_count, value.canary_share = len(canary), share
+        value.rate_per_s, value.burst, value.limit_action, fallback = limit
+        if fallback is not None:
+            _fill_addr(value.fallback, fallback)
+
+    def _drop(self, cur) -> None:
+        bmap = self.map("lb_backends")
+        for base, count in ((0, int(cur.count)), (CANARY_BASE, int(cur.canary_count))):
+            for i in range(count):
+                bmap.delete(bmap.key_type(service_id=int(cur.id), index=base + i))
+
+    def _same(self, cur, svc: Service, limit) -> bool:
+        main, canary, share = self._tables(svc)
+        return (c_string(cur.name) == svc.name and cur.algo == ALGOS[svc.algorithm]
+                and self._kernel_limit(cur) == limit and cur.canary_share == share
+                and self.backends(cur.id, cur.count) == main
+                and self.backends(cur.id, cur.canary_count, CANARY_BASE) == canary)
+
+    def _sync_canary_clients(self, services: list[Service]) -> None:
+        """The (VIP, cgroup id) pairs of every canary's client cgroups, and no others."""
+        m = self.map("lb_canary_clients")
+        wanted = {}
+        for svc in services:
+            for path in (svc.canary.cgroups if svc.canary else []):
+                try:
+                    cgid = os.stat(path).st_ino  # a cgroup v2 directory's inode is its id
+                except OSError as exc:
+                    raise ConfigError(f"service {svc.name}: canary cgroup {path}: {exc.strerror}") from None
+                wanted[(Endpoint(svc.vip, svc.port, svc.protocol), cgid)] = None
+        for key in list(m.keys()):
+            if (_endpoint(key.vip), int(key.cgroup_id)) not in wanted:
+                m.delete(key)
+        for vip, cgid in wanted:
+            key = m.key_type()
+            _fill_addr(key.vip, vip)
+            key.cgroup_id = cgid
+            m.update(key, 1)
 
     @staticmethod
     def _table(svc: Service) -> list[tuple[Endpoint, int, int]]:
@@ -174,45 +235,34 @@ class LbKernel:
 
     def apply(self, services: list[Service]) -> ApplyResult:
         """Make the kernel's services exactly `services` (the file is the whole truth)."""
-        svcs, bmap, buckets = self.map("lb_services"), self.map("lb_backends"), self.map("lb_buckets")
+        svcs, buckets = self.map("lb_services"), self.map("lb_buckets")
         vips = {s.name: Endpoint(s.vip, s.port, s.protocol) for s in services}
         current = self.services()
         used = {int(v.id) & ~ID_TWIN for v in current.values()}  # an id and its twin go together
         next_id = 1
-        stale: list[tuple[int, int]] = []
+        stale: list = []
         result = ApplyResult([], [], [], [])
         wanted = set()
         for svc in services:
             vip = Endpoint(svc.vip, svc.port, svc.protocol)
             wanted.add(vip)
-            table = self._table(svc)
-            algo = ALGOS[svc.algorithm]
             limit = self._limit(svc, vips)
             cur = current.get(vip)
-            if cur is not None and c_string(cur.name) == svc.name and cur.algo == algo \
-                    and self._kernel_limit(cur) == limit and self.backends(cur.id, cur.count) == table:
+            if cur is not None and self._same(cur, svc, limit):
                 result.unchanged.append(svc.name)
                 continue
             while next_id in used:
                 next_id += 1
             sid, next_id = next_id, next_id + 1
             used.add(sid)  # ids from apply never have the twin bit
-            for i, (ep, prob, alias) in enumerate(table):
-                b = bmap.value_type()
-                _fill_addr(b.to, ep)
-                b.prob, b.alias = prob, alias
-                bmap.update(bmap.key_type(service_id=sid, index=i), b)
             key, val = svcs.key_type(), svcs.value_type()
             _fill_addr(key, vip)
-            val.id, val.count, val.algo, val.name = sid, len(table), algo, svc.name.encode()
-            val.rate_per_s, val.burst, val.limit_action, fallback = limit
-            if fallback is not None:
-                _fill_addr(val.fallback, fallback)
+            self._write(sid, svc, limit, val)
             if cur is None or self._kernel_limit(cur) != limit:
                 buckets.delete(key)  # a new limit starts with a full bucket
             svcs.update(key, val)  # the switch: one update
             if cur is not None:
-                stale.append((int(cur.id), int(cur.count)))
+                stale.append(cur)
                 result.changed.append(svc.name)
             else:
                 result.added.append(svc.name)
@@ -222,19 +272,19 @@ class LbKernel:
                 _fill_addr(key, vip)
                 svcs.delete(key)
                 buckets.delete(key)
-                stale.append((int(cur.id), int(cur.count)))
+                stale.append(cur)
                 result.removed.append(c_string(cur.name))
+        self._sync_canary_clients(services)
         if stale:
             time.sleep(GRACE_S)
-            for sid, count in stale:
-                for i in range(count):
-                    bmap.delete(bmap.key_type(service_id=sid, index=i))
+            for cur in stale:
+                self._drop(cur)
         return result
 
     def upsert(self, svc: Service, fallback: Endpoint | None = None) -> None:
         """Add or change one service without reading the others: the cost of one update
         (new table under a fresh id, one switch, old table removed), whatever N is."""
-        svcs, bmap = self.map("lb_services"), self.map("lb_backends")
+        svcs = self.map("lb_services")
         vip = Endpoint(svc.vip, svc.port, svc.protocol)
         key = svcs.key_type()
         _fill_addr(key, vip)
@@ -242,23 +292,13 @@ class LbKernel:
         # an existing service flips the top bit of its id: free by construction (apply never
         # hands out an id whose twin is in use), so no scan of the other N services
         sid = (int(cur.id) ^ ID_TWIN) if cur is not None else self._free_id()
-        table = self._table(svc)
-        for i, (ep, prob, alias) in enumerate(table):
-            b = bmap.value_type()
-            _fill_addr(b.to, ep)
-            b.prob, b.alias = prob, alias
-            bmap.update(bmap.key_type(service_id=sid, index=i), b)
         val = svcs.value_type()
-        val.id, val.count, val.algo, val.name = sid, len(table), ALGOS[svc.algorithm], svc.name.encode()
         rate, burst, action, _ = self._limit(svc, {})
-        val.rate_per_s, val.burst, val.limit_action = rate, burst, action
-        if fallback is not None:
-            _fill_addr(val.fallback, fallback)
+        self._write(sid, svc, (rate, burst, action, fallback), val)
         svcs.update(key, val)
         if cur is not None:
             time.sleep(GRACE_S)
-            for i in range(cur.count):
-                bmap.delete(bmap.key_type(service_id=cur.id, index=i))
+            self._drop(cur)
 
     def _free_id(self) -> int:
         """An id that neither a service nor its twin uses (reads every service once)."""
@@ -266,34 +306,22 @@ class LbKernel:
         return next(i for i in range(1, len(ids) + 2) if i not in ids)
 
     def delete(self, name: str) -> bool:
-        keep = []
-        found = False
+        """Remove one service (entry first, then its tables, bucket and canary clients)."""
+        svcs, buckets, clients = self.map("lb_services"), self.map("lb_buckets"), self.map("lb_canary_clients")
         for vip, cur in self.services().items():
-            if c_string(cur.name) == name:
-                found = True
+            if c_string(cur.name) != name:
                 continue
-            keep.append(self._service_of(vip, cur))
-        if found:
-            self.apply(keep)
-        return found
-
-    def _service_of(self, vip: Endpoint, cur) -> Service:
-        """Rebuild a Service from the kernel's maps (weights from the table's shares)."""
-        table = self.backends(cur.id, cur.count)
-        algo = "weighted" if cur.algo == ALGOS["weighted"] else "random"
-        share = shares([(p, a) for _, p, a in table]) if table else []
-        backends = [{"address": ep.address, "port": ep.port,
-                     "weight": max(1, round(s * 65535)) if algo == "weighted" else 1}
-                    for (ep, _, _), s in zip(table, share)]
-        rate, burst, action, fallback = self._kernel_limit(cur)
-        names = {ep: c_string(v.name) for ep, v in self.services().items()}
-        rate_limit = None
-        if rate:
-            rate_limit = {"per_second": rate, "burst": burst,
-                          "action": "degrade" if action == LIMIT_ACTIONS["degrade"] else "refuse",
-                          "fallback": names.get(fallback) if fallback else None}
-        return Service(name=c_string(cur.name), vip=vip.address, port=vip.port, protocol=vip.protocol,
-                       algorithm=algo, backends=backends, rate_limit=rate_limit)
+            key = svcs.key_type()
+            _fill_addr(key, vip)
+            svcs.delete(key)
+            buckets.delete(key)
+            for ck in list(clients.keys()):
+                if _endpoint(ck.vip) == vip:
+                    clients.delete(ck)
+            time.sleep(GRACE_S)
+            self._drop(cur)
+            return True
+        return False
 
     # ---- status --------------------------------------------------------------------
 
@@ -315,6 +343,7 @@ class LbKernel:
         for vip, cur in sorted(self.services().items(), key=lambda kv: c_string(kv[1].name)):
             table = self.backends(cur.id, cur.count)
             share = shares([(p, a) for _, p, a in table]) if table else []
+            canary = self.backends(cur.id, cur.canary_count, CANARY_BASE)
             rows.append({
                 "name": c_string(cur.name), "vip": vip.address, "port": vip.port, "protocol": vip.protocol,
                 "algorithm": "weighted" if cur.algo == ALGOS["weighted"] else "random",
@@ -322,6 +351,10 @@ class LbKernel:
                 "backends": [{"address": ep.address, "port": ep.port, "share": round(s, 4),
                               "choices": chosen.get(Endpoint(ep.address, ep.port, vip.protocol), 0)}
                              for (ep, _, _), s in zip(table, share)],
+                "canary": {"percent": round(cur.canary_share / ONE * 100, 3),
+                           "backends": [{"address": ep.address, "port": ep.port,
+                                         "choices": chosen.get(Endpoint(ep.address, ep.port, vip.protocol), 0)}
+                                        for ep, _, _ in canary]} if canary else None,
             })
         return rows
 
