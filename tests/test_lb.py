@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -140,6 +140,143 @@ def net(
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
 
 
+# ---- stack: call stacks (bpfscope stack cpu|offcpu) ------------------------------------
+stack_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Call stacks counted in the kernel: on-CPU, off-CPU, allocations, I/O, under load.")
+app.add_typer(stack_app, name="stack")
+
+StackPid = Annotated[Optional[int], typer.Option(help="Only this process (tgid).")]
+StackComm = Annotated[Optional[str], typer.Option(help="Only tasks with this command name.")]
+StackCgroup = Annotated[Optional[str], typer.Option(help="Only this cgroup v2 (path, absolute or under the v2 "
+                                                         "root) and its descendants.")]
+UserOnly = Annotated[bool, typer.Option("--user-only", help="User-space frames only.")]
+KernelOnly = Annotated[bool, typer.Option("--kernel-only", help="Kernel frames only.")]
+StackTop = Annotated[int, typer.Option(help="Rows of the live table (0: all; records carry every stack).", min=0)]
+Folded = Annotated[Optional[str], typer.Option(help="At exit, write the run's stacks in folded format to FILE.")]
+FlameSvg = Annotated[Optional[str], typer.Option(help="At exit, write an interactive flame graph SVG to FILE.")]
+Speedscope = Annotated[Optional[str], typer.Option(help="At exit, write a speedscope JSON profile to FILE.")]
+Pprof = Annotated[Optional[str], typer.Option(help="At exit, write a gzipped pprof profile (profile.proto) to FILE.")]
+
+
+def _run_stack(mode: str, pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host, **kw) -> None:
+    from .exporters.stack import MODES, StackExporter
+    from .exporters.stack_outputs import StackOutputs
+
+    _set_host(host)
+    if pid is not None and not os.path.exists(f"/proc/{pid}"):
+        raise UserError(f"no process with pid {pid}", 2)
+    if user_only and kernel_only:
+        raise UserError("--user-only and --kernel-only exclude each other", 2)
+    for path in (folded, flamegraph, speedscope, pprof):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UserError(f"no directory for {path}", 2)
+    if cgroup is not None:
+        from .exporters.stack import cgroup_filter
+        from .hostenv import cgroup2_root
+
+        root = cgroup2_root()
+        try:
+            cgroup_filter(cgroup, root or "/nonexistent")
+        except OSError:
+            raise UserError(f"no cgroup v2 {cgroup!r}" + ("" if root else " (cgroup v2 is not mounted)"), 2) from None
+    outputs = None
+    if folded or flamegraph or speedscope or pprof:
+        title = f"bpfscope stack {mode}" + (f" pid {pid}" if pid else "") + (f" comm {comm}" if comm else "")
+        outputs = StackOutputs(unit=MODES[mode].unit, title=title, folded=folded, flamegraph=flamegraph,
+                               speedscope=speedscope, pprof=pprof)
+    exporter = StackExporter(mode, pid=pid, comm=comm, cgroup=cgroup, user_stacks=not kernel_only,
+                             kernel_stacks=not user_only, top=top, outputs=outputs, **kw)
+    _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
+
+
+@stack_app.command("cpu")
+def stack_cpu(
+    freq: Annotated[int, typer.Option(help="Samples per second on each online CPU (software cpu-clock).",
+                                      min=1, max=10000)] = 49,
+    include_idle: Annotated[bool, typer.Option("--include-idle", help="Also count the idle task's samples.")] = False,
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
+    kernel_only: KernelOnly = False, top: StackTop = 20, folded: Folded = None, flamegraph: FlameSvg = None,
+    speedscope: Speedscope = None, pprof: Pprof = None, interval: Interval = 5.0, duration: Duration = None,
+    as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
+) -> None:
+    """On-CPU stacks sampled at --freq Hz on every CPU, kernel and user, per task."""
+    _run_stack("cpu", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
+               freq=freq, include_idle=include_idle)
+
+
+@stack_app.command("offcpu")
+def stack_offcpu(
+    min_block: Annotated[float, typer.Option(help="Only blocks of at least this many microseconds.", min=0)] = 1.0,
+    max_block: Annotated[Optional[float], typer.Option(help="Only blocks of at most this many microseconds.",
+                                                       min=0)] = None,
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
+    kernel_only: KernelOnly = False, top: StackTop = 20, folded: Folded = None, flamegraph: FlameSvg = None,
+    speedscope: Speedscope = None, pprof: Pprof = None, interval: Interval = 5.0, duration: Duration = None,
+    as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
+) -> None:
+    """Time blocked off-CPU per stack and task state (sleep, disk, running=preempted)."""
+    _run_stack("offcpu", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
+               min_block_us=min_block, max_block_us=max_block)
+
+
+@stack_app.command("mem")
+def stack_mem(
+    sample_every: Annotated[int, typer.Option(help="Track one libc allocation in N (a uprobe costs ~1.7 us per "
+                                                   "call); figures are scaled by N.", min=1)] = 1,
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, top: StackTop = 20,
+    folded: Folded = None, flamegraph: FlameSvg = None, speedscope: Speedscope = None, pprof: Pprof = None,
+    interval: Interval = 5.0, duration: Duration = None, as_json: Json = False, collector: Collector = None,
+    metrics_port: MetricsPort = None, metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False,
+    host: Host = None,
+) -> None:
+    """Outstanding libc allocations (malloc, calloc, realloc, posix_memalign, aligned_alloc
+    minus free) per user stack: leaks. Files written at exit show what is outstanding then."""
+    _run_stack("mem", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
+               sample_every=sample_every)
+
+
+@stack_app.command("io")
+def stack_io(
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, top: StackTop = 20,
+    folded: Folded = None, flamegraph: FlameSvg = None, speedscope: Speedscope = None, pprof: Pprof = None,
+    interval: Interval = 5.0, duration: Duration = None, as_json: Json = False, collector: Collector = None,
+    metrics_port: MetricsPort = None, metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False,
+    host: Host = None,
+) -> None:
+    """Bytes and calls of read/write-family system calls (read, write, pread64, pwrite64,
+    readv, writev, preadv(2), pwritev(2)) per user stack and direction."""
+    _run_stack("io", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
+
+
+@stack_app.command("load")
+def stack_load(
+    threshold: Annotated[float, typer.Option(help="Sample only while the load is at least this: runnable tasks "
+                                                  "(run-queue length), or PSI cpu some avg10 %% with --psi.",
+                                             min=0)] = 4.0,
+    psi: Annotated[bool, typer.Option("--psi", help="Measure load as PSI cpu some avg10 (/proc/pressure/cpu).")] = False,
+    freq: Annotated[int, typer.Option(help="Samples per second on each online CPU while armed.",
+                                      min=1, max=10000)] = 49,
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
+    kernel_only: KernelOnly = False, top: StackTop = 20, folded: Folded = None, flamegraph: FlameSvg = None,
+    speedscope: Speedscope = None, pprof: Pprof = None, interval: Interval = 5.0, duration: Duration = None,
+    as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
+) -> None:
+    """On-CPU stacks recorded only while load is above --threshold, tagged with the load."""
+    if psi and not os.path.exists("/proc/pressure/cpu"):
+        raise UserError("--psi: this kernel has no /proc/pressure/cpu (PSI)", 2)
+    _run_stack("load", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
+               freq=freq, threshold=threshold, load_source="psi" if psi else "runqueue")
+
+
 @app.command()
 def doctor(as_json: Json = False) -> None:
     """Measure what this kernel can do: load and attach a tiny program of each hook type."""

@@ -13,7 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-EXPORTER_DOMAINS = ("sys", "net")  # grows as domains land
+EXPORTER_DOMAINS = ("sys", "net", "stack")  # grows as domains land
+# the command line of a domain whose exporter is a sub-command (stack has modes)
+DOMAIN_ARGV = {"stack": ["stack", "cpu"]}
 HEALTHY_AFTER_S = 60.0
 USAGE_ERROR = 2  # a child that exits 2 was misconfigured (bad port, bad URL): restarting cannot help
 
@@ -50,7 +52,7 @@ def child_commands(db: str, listen: str, domains: list[str], interval: float, me
     url = f"http://{listen}"
     children = [Child("collector", py + ["collector", "--db", db, "--listen", listen])]
     for i, domain in enumerate(domains):
-        argv = py + [domain, "--collector", url, "--quiet", "--interval", str(interval)]
+        argv = py + DOMAIN_ARGV.get(domain, [domain]) + ["--collector", url, "--quiet", "--interval", str(interval)]
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port + i), "--metrics-host", metrics_host]
         children.append(Child(domain, argv))

@@ -26,6 +26,7 @@ from operator import itemgetter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from ..decode import drop_reason_name, drop_reasons, port_class, tcp_ca_state_name, tcp_state_name
 from ..schema import make_record
@@ -368,7 +369,7 @@ class NetExporter(Exporter):
             t.add_column(col, justify=just, no_wrap=True)
         for r in shown:
             lab, v = r["labels"], r["values"]
-            t.add_row(str(r["pid"] or "-"), r["comm"] or "-", lab["direction"], f"{lab['laddr']}:{lab['lport']}",
+            t.add_row(str(r["pid"] or "-"), Text(r["comm"] or "-"), lab["direction"], f"{lab['laddr']}:{lab['lport']}",
                       f"{lab['raddr']}:{lab['rport']}", _SHORT_STATES.get(lab["state"], lab["state"]),
                       _human(v.get("tx_bytes_per_s")), _human(v.get("rx_bytes_per_s")), f"{v['srtt_us'] / 1000:.2f}",
                       str(v["snd_cwnd"]), str(v["total_retrans"]))

@@ -14,6 +14,7 @@ from collections import Counter
 
 from prometheus_client.core import CounterMetricFamily
 from rich.table import Table
+from rich.text import Text
 
 from ..bpf import BpfObject, Map
 from ..decode import c_string, syscall_name
@@ -125,7 +126,7 @@ class SysExporter(Exporter):
                           ("RATE/s", "right")):
             t.add_column(col, justify=just)
         for r in records:
-            t.add_row(str(r["pid"]), r["comm"] or "", r["labels"]["syscall"], f"{r['values']['count']:,}",
+            t.add_row(str(r["pid"]), Text(r["comm"] or ""), r["labels"]["syscall"], f"{r['values']['count']:,}",
                       f"{r['values']['rate_per_s']:,.0f}")
         return t
 

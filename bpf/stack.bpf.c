@@ -1,0 +1,462 @@
+// SPDX-License-Identifier: GPL-2.0
+/* bpfscope stack: call stacks counted in the kernel, per task and stack.
+ *
+ * cpu:    perf_event, software cpu-clock at --freq on every online CPU: one sample is
+ *         one bpf_get_stackid() for the kernel and one for the user stack of whatever
+ *         runs there, then one hash update. 49 Hz x 2 CPUs is ~100 samples/s: nothing.
+ * offcpu: tp_btf/sched_switch alone. At switch-out (current == prev) the stacks,
+ *         state, comm and cgroup of prev go into its task storage (`starts`); at
+ *         switch-in of next its entry is taken and the blocked time added to its key.
+ *         Two stack walks and one hash update per context switch of a traced task, at
+ *         the context-switch rate (up to ~10^5/s on a busy host): the kernel stack walk
+ *         is the dominant cost (bench/stack_offcpu_overhead.py).
+ *
+ * Stacks are interned in a BPF_MAP_TYPE_STACK_TRACE map (no BPF_F_REUSE_STACKID: an
+ * id, once given, keeps naming the same stack until user space clears the map, so a
+ * count read later can never be attributed to a different stack). A collision or a
+ * full map is counted in `stats` and the key gets a negative id ("[lost stack]").
+ * mem:    uprobes/uretprobes on libc's allocators and free (see below).
+ * load:   the cpu program behind a gate (an array user space arms every 100 ms while
+ *         the run-queue length or PSI cpu some is above --threshold); quiet otherwise.
+ * io:     raw_tp sys_exit (every syscall; a switch on the number keeps the work to the
+ *         read/write family): bytes per user stack.
+ *
+ * See docs/design/stack-attribution.md for how pid/tid/comm/cgroup attach to a key.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "stack.h"
+
+#define EFAULT 14
+
+const volatile __u32 target_tgid = 0;		/* 0: every process */
+const volatile __u32 self_tgid = 0;		/* the exporter itself, never counted */
+const volatile __u64 target_cgroup_id = 0;	/* 0: every cgroup; else it and its descendants */
+const volatile __u32 target_cgroup_level = 0;	/* depth of target_cgroup_id under the v2 root */
+const volatile bool user_stacks = true;
+const volatile bool kernel_stacks = true;
+const volatile bool include_idle = false;	/* cpu: samples of the idle task (pid 0) */
+const volatile __u64 min_block_ns = 1000;	/* offcpu: shorter blocks are not counted */
+const volatile __u64 max_block_ns = ~0ULL;
+const volatile __u32 sample_every = 1;		/* mem: track one allocation in N */
+const volatile bool gated = false;		/* load: sample only while `gate` is armed */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, STACK_TRACES);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, STACK_MAX_DEPTH * sizeof(__u64));
+} stack_traces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STACK_MAX_ENTRIES);
+	__type(key, struct stack_key);
+	__type(value, struct stack_val);
+} counts SEC(".maps");
+
+/* offcpu: per-task storage (no hash lookup; freed with the task, so a task that
+ * exits while blocked leaves nothing behind) */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct offcpu_start);
+} starts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_N);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* mem: live allocations by address; sizes between a call's entry and its return */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
+	__type(value, struct alloc_info);
+} allocs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} alloc_sizes SEC(".maps");
+
+/* mem: posix_memalign's out-pointer, between entry and return */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} memptrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sample_tick SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct load_gate);
+} gate SEC(".maps");
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline bool wanted(__u32 tgid)
+{
+	if (target_tgid && tgid != target_tgid)
+		return false;
+	if (tgid == self_tgid)
+		return false;
+	if (target_cgroup_id && bpf_get_current_ancestor_cgroup_id(target_cgroup_level) != target_cgroup_id)
+		return false;
+	return true;
+}
+
+static __always_inline __s32 stack_id(void *ctx, bool on, __u64 flags)
+{
+	long id;
+
+	if (!on)
+		return -1;
+	id = bpf_get_stackid(ctx, &stack_traces, flags);
+	if (id < 0 && id != -EFAULT)	/* -EFAULT: no such stack (a kernel thread's user side) */
+		stat_inc(STAT_STACK_ERRORS);
+	return id;
+}
+
+static __always_inline void add(struct stack_key *key, __u64 ns)
+{
+	struct stack_val *val = bpf_map_lookup_elem(&counts, key);
+
+	if (!val) {
+		struct stack_val zero = {};
+
+		bpf_map_update_elem(&counts, key, &zero, BPF_NOEXIST);
+		val = bpf_map_lookup_elem(&counts, key);
+		if (!val) {
+			stat_inc(STAT_MAP_FULL);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&val->count, 1);
+	if (ns)
+		__sync_fetch_and_add(&val->ns, ns);
+	stat_inc(STAT_SAMPLES);
+}
+
+SEC("perf_event")
+int cpu_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, tid = (__u32)id;
+	struct stack_key key = {};
+
+	if (!tid && !include_idle)
+		return 0;
+	if (!wanted(tgid))
+		return 0;
+	key.state = STACK_STATE_RUNNING;
+	if (gated) {	/* load mode: quiet unless user space armed the gate */
+		__u32 zero = 0;
+		struct load_gate *g = bpf_map_lookup_elem(&gate, &zero);
+
+		if (!g || !g->armed)
+			return 0;
+		key.state = g->load;	/* load: the load the sample was taken at */
+	}
+	key.pid = tgid;
+	key.tid = tid;
+	key.cgroup_id = bpf_get_current_cgroup_id();
+	key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
+	key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	add(&key, 0);
+	return 0;
+}
+
+static __always_inline __u32 state_class(bool preempt, unsigned int state)
+{
+	if (preempt || state == 0)	/* TASK_RUNNING: preempted, still runnable */
+		return STACK_STATE_RUNNING;
+	if (state & 1)			/* TASK_INTERRUPTIBLE */
+		return STACK_STATE_SLEEP;
+	if (state & 0x400)		/* TASK_IDLE = NOLOAD | UNINTERRUPTIBLE: an idle kthread */
+		return STACK_STATE_SLEEP;
+	if (state & 2)			/* TASK_UNINTERRUPTIBLE (incl. KILLABLE) */
+		return STACK_STATE_DISK;
+	return STACK_STATE_OTHER;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 prev_tid = prev->pid, next_tid = next->pid;
+	struct offcpu_start *s;
+
+	/* switch-out: current is still prev, so its stacks, comm and cgroup are at hand */
+	if (prev_tid && wanted(prev->tgid)) {
+		s = bpf_task_storage_get(&starts, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (s) {
+			s->ts = now;
+			s->pid = prev->tgid;
+			s->cgroup_id = bpf_get_current_cgroup_id();
+			s->state = state_class(preempt, prev_state);
+			s->user_stack_id = stack_id(ctx, user_stacks, BPF_F_USER_STACK);
+			s->kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
+			bpf_get_current_comm(s->comm, sizeof(s->comm));
+		}
+	}
+
+	/* switch-in: next's time off-CPU ends now */
+	if (!next_tid)
+		return 0;
+	s = bpf_task_storage_get(&starts, next, 0, 0);
+	if (!s || !s->ts)
+		return 0;
+	if (now > s->ts) {
+		__u64 delta = now - s->ts;
+
+		if (delta >= min_block_ns && delta <= max_block_ns) {
+			struct stack_key key = {};
+
+			key.pid = s->pid;
+			key.tid = next_tid;
+			key.cgroup_id = s->cgroup_id;
+			key.user_stack_id = s->user_stack_id;
+			key.kernel_stack_id = s->kernel_stack_id;
+			key.state = s->state;
+			__builtin_memcpy(key.comm, s->comm, sizeof(key.comm));
+			add(&key, delta);
+		}
+	}
+	s->ts = 0;	/* counted once */
+	return 0;
+}
+
+/* ---- mem: libc allocations through uprobes ------------------------------------------ */
+
+static __always_inline void mem_enter(__u64 size)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id, zero = 0;
+	__u64 *tick;
+
+	if (!wanted(id >> 32))
+		return;
+	if (sample_every > 1) {
+		tick = bpf_map_lookup_elem(&sample_tick, &zero);
+		if (!tick || (*tick)++ % sample_every)
+			return;
+	}
+	bpf_map_update_elem(&alloc_sizes, &tid, &size, BPF_ANY);
+}
+
+static __always_inline void mem_return(void *ctx, __u64 ptr)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	__u64 *size = bpf_map_lookup_elem(&alloc_sizes, &tid);
+	struct alloc_info info = {};
+	struct stack_val *val;
+
+	if (!size)
+		return;
+	info.size = *size;
+	bpf_map_delete_elem(&alloc_sizes, &tid);
+	if (!ptr)
+		return;
+	info.key.pid = id >> 32;
+	info.key.tid = tid;
+	info.key.cgroup_id = bpf_get_current_cgroup_id();
+	info.key.user_stack_id = stack_id(ctx, user_stacks, BPF_F_USER_STACK);
+	info.key.kernel_stack_id = -1;
+	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
+	if (bpf_map_update_elem(&allocs, &ptr, &info, BPF_ANY)) {
+		stat_inc(STAT_ALLOCS_FULL);
+		return;
+	}
+	val = bpf_map_lookup_elem(&counts, &info.key);
+	if (!val) {
+		struct stack_val zero = {};
+
+		bpf_map_update_elem(&counts, &info.key, &zero, BPF_NOEXIST);
+		val = bpf_map_lookup_elem(&counts, &info.key);
+		if (!val) {
+			stat_inc(STAT_MAP_FULL);
+			bpf_map_delete_elem(&allocs, &ptr);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&val->count, 1);
+	__sync_fetch_and_add(&val->bytes, info.size);
+	stat_inc(STAT_SAMPLES);
+}
+
+static __always_inline void mem_free(__u64 ptr)
+{
+	struct alloc_info *info;
+	struct stack_val *val;
+
+	if (!ptr)
+		return;
+	info = bpf_map_lookup_elem(&allocs, &ptr);
+	if (!info)
+		return;
+	val = bpf_map_lookup_elem(&counts, &info->key);
+	if (val) {
+		__sync_fetch_and_add(&val->count, -1);
+		__sync_fetch_and_add(&val->bytes, -(__s64)info->size);
+	}
+	bpf_map_delete_elem(&allocs, &ptr);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(malloc_enter, __u64 size) { mem_enter(size); return 0; }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(malloc_return, void *ret) { mem_return(ctx, (__u64)ret); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(calloc_enter, __u64 n, __u64 size) { mem_enter(n * size); return 0; }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(calloc_return, void *ret) { mem_return(ctx, (__u64)ret); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(realloc_enter, void *ptr, __u64 size)
+{
+	mem_free((__u64)ptr);	/* the old block is gone (or moved): it is the new one now */
+	mem_enter(size);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(realloc_return, void *ret) { mem_return(ctx, (__u64)ret); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(aligned_alloc_enter, __u64 align, __u64 size) { mem_enter(size); return 0; }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(aligned_alloc_return, void *ret) { mem_return(ctx, (__u64)ret); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(posix_memalign_enter, void **memptr, __u64 align, __u64 size)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 where = (__u64)memptr;
+
+	mem_enter(size);
+	bpf_map_update_elem(&memptrs, &tid, &where, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(posix_memalign_return, int ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *where = bpf_map_lookup_elem(&memptrs, &tid);
+	__u64 ptr = 0;
+
+	if (!where)
+		return 0;
+	if (ret == 0)
+		bpf_probe_read_user(&ptr, sizeof(ptr), (void *)*where);
+	bpf_map_delete_elem(&memptrs, &tid);
+	mem_return(ctx, ptr);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(free_enter, void *ptr) { mem_free((__u64)ptr); return 0; }
+
+/* ---- io: bytes of read/write-family system calls per user stack ------------------------ */
+
+#if defined(__TARGET_ARCH_x86)
+static __always_inline int io_direction(long nr)
+{
+	switch (nr) {
+	case 0: case 17: case 19: case 295: case 327:	/* read pread64 readv preadv preadv2 */
+		return 0;
+	case 1: case 18: case 20: case 296: case 328:	/* write pwrite64 writev pwritev pwritev2 */
+		return 1;
+	}
+	return -1;
+}
+#else
+static __always_inline int io_direction(long nr)
+{
+	switch (nr) {
+	case 63: case 67: case 65: case 69: case 286:	/* read pread64 readv preadv preadv2 */
+		return 0;
+	case 64: case 68: case 66: case 70: case 287:	/* write pwrite64 writev pwritev pwritev2 */
+		return 1;
+	}
+	return -1;
+}
+#endif
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(io_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct stack_key key = {};
+	struct stack_val *val;
+	long nr;
+	int dir;
+
+	if (ret < 0)
+		return 0;
+	if (!wanted(id >> 32))
+		return 0;
+#if defined(__TARGET_ARCH_x86)
+	nr = BPF_CORE_READ(regs, orig_ax);
+#else
+	nr = BPF_CORE_READ(regs, syscallno);
+#endif
+	dir = io_direction(nr);
+	if (dir < 0)
+		return 0;
+	key.pid = id >> 32;
+	key.tid = (__u32)id;
+	key.cgroup_id = bpf_get_current_cgroup_id();
+	key.state = dir;	/* io: 0 read, 1 write */
+	key.user_stack_id = stack_id(ctx, user_stacks, BPF_F_USER_STACK);
+	key.kernel_stack_id = -1;
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	val = bpf_map_lookup_elem(&counts, &key);
+	if (!val) {
+		struct stack_val zero = {};
+
+		bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
+		val = bpf_map_lookup_elem(&counts, &key);
+		if (!val) {
+			stat_inc(STAT_MAP_FULL);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&val->count, 1);
+	__sync_fetch_and_add(&val->bytes, ret);
+	stat_inc(STAT_SAMPLES);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,455 @@
+"""bpfscope stack: call stacks counted in the kernel, symbolised in user space.
+
+Kernel side: bpf/stack.bpf.c, one object, one program set per mode:
+- cpu: samples with the software cpu-clock (perf_event) on every online CPU;
+- offcpu: adds the time each task spends switched out to the stack it switched out
+  with (tp_btf/sched_switch alone), per task state;
+- mem: libc allocations minus frees per user stack (uprobes), a snapshot of what is
+  outstanding;
+- io: bytes of read/write-family system calls per user stack (raw_tp sys_exit);
+- load: cpu sampling behind a gate that a thread here arms while the load is high.
+All count into one hash keyed by (pid, tid, comm, cgroup, user stack id, kernel stack
+id, state), read once per interval in one batch syscall (emptied as read, except mem);
+the stack ids name entries of a BPF_MAP_TYPE_STACK_TRACE map that are read once and
+cached here (ids are stable until the map is cleared, see _maybe_clear_stacks).
+
+Records: kinds cpu_stack {count}, offcpu_stack {ns, count; label state}, alloc_stack
+{outstanding_bytes, outstanding_count}, io_stack {bytes, count; label direction},
+load_stack {count; label load}, one per (task, stack) per interval, with the
+symbolised stack root first (user frames, then kernel frames suffixed `_[k]`) and the
+cgroup path as a label. docs/design/stack-attribution.md explains the attribution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily
+from rich.table import Table
+from rich.text import Text
+
+from ..bpf import BpfObject, online_cpus
+from ..decode import c_string
+from ..schema import make_record
+from ..symbolize import Symbolizer
+from .base import Exporter
+
+STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of stack.h
+EEXIST, ENOMEM, EFAULT = 17, 12, 14
+LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
+STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    program: str
+    kind: str
+    weight: str  # the value a flame graph is weighted by
+    unit: str
+
+
+MODES = {
+    "cpu": Mode("cpu", "cpu_sample", "cpu_stack", "count", "samples"),
+    "offcpu": Mode("offcpu", "offcpu_switch", "offcpu_stack", "ns", "nanoseconds"),
+    "mem": Mode("mem", "malloc_enter", "alloc_stack", "outstanding_bytes", "bytes"),
+    "io": Mode("io", "io_sys_exit", "io_stack", "bytes", "bytes"),
+    "load": Mode("load", "cpu_sample", "load_stack", "count", "samples"),
+}
+IO_DIRECTIONS = {0: "read", 1: "write"}  # stack_key.state in io mode
+# mem: libc functions -> (entry program, return program); the first two are required
+MEM_PROBES = {"malloc": ("malloc_enter", "malloc_return"), "free": ("free_enter", None),
+              "calloc": ("calloc_enter", "calloc_return"), "realloc": ("realloc_enter", "realloc_return"),
+              "posix_memalign": ("posix_memalign_enter", "posix_memalign_return"),
+              "aligned_alloc": ("aligned_alloc_enter", "aligned_alloc_return")}
+
+
+def runqueue_length(path: str = "/proc/loadavg") -> int:
+    """Tasks runnable right now on every CPU (the 4th field of /proc/loadavg, minus the
+    reader itself)."""
+    with open(path) as f:
+        running = f.read().split()[3].split("/")[0]
+    return max(int(running) - 1, 0)
+
+
+def psi_cpu_some(path: str = "/proc/pressure/cpu") -> float:
+    """PSI `cpu some avg10`: % of the last 10 s in which some runnable task waited for a CPU."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith("some"):
+                return float(dict(kv.split("=") for kv in line.split()[1:])["avg10"])
+    raise OSError(f"no 'some' line in {path}")
+
+
+class LoadGate:
+    """A thread that arms the kernel's `gate` every period while the load is >= threshold."""
+
+    def __init__(self, gate_map, threshold: float, source: str = "runqueue", period_s: float = 0.1):
+        import threading
+
+        self.map = gate_map
+        self.threshold = threshold
+        self.read = psi_cpu_some if source == "psi" else runqueue_length
+        self.period_s = period_s
+        self.armed_checks = self.checks = 0
+        self.last_load = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bpfscope-load-gate", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        value = self.map.value_type()
+        while not self._stop.is_set():
+            load = self.read()
+            self.last_load = load
+            value.armed = int(load >= self.threshold)
+            value.load = int(round(load))
+            self.map.update(0, value)
+            self.checks += 1
+            self.armed_checks += value.armed
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+
+def libc_path(pid: int | None) -> str:
+    """The libc a process maps (through its root, for containers), or this process's own."""
+    maps = f"/proc/{pid}/maps" if pid else "/proc/self/maps"
+    with open(maps) as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and ("/libc.so" in parts[5] or "/libc-" in parts[5]):
+                path = parts[5].strip()
+                return f"/proc/{pid}/root{path}" if pid else path
+    raise FileNotFoundError(f"no libc mapped by {'pid ' + str(pid) if pid else 'this process'}")
+
+
+class CgroupNames:
+    """cgroup v2 id (the inode number of its directory) -> path under the v2 root."""
+
+    def __init__(self, root: str | None):
+        self.root = root
+        self.names: dict[int, str] = {}
+        self._scanned_for: set[int] = set()
+
+    def _scan(self) -> None:
+        if not self.root:
+            return
+        for dirpath, _dirs, _files in os.walk(self.root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            rel = os.path.relpath(dirpath, self.root)
+            self.names[ino] = "/" if rel == "." else "/" + rel
+
+    def name(self, cgroup_id: int) -> str:
+        if cgroup_id not in self.names and cgroup_id not in self._scanned_for:
+            self._scanned_for.add(cgroup_id)  # one walk per unknown id, not one per sample
+            self._scan()
+        return self.names.get(cgroup_id, f"cgroup_{cgroup_id}")
+
+
+def cgroup_filter(path: str, root: str) -> tuple[int, int]:
+    """(cgroup id, depth below the v2 root) of a cgroup given as a path (absolute, or
+    relative to the v2 root)."""
+    full = path if path.startswith(root) else os.path.join(root, path.lstrip("/"))
+    st = os.stat(full)  # FileNotFoundError for the CLI to report
+    rel = os.path.relpath(full, root)
+    level = 0 if rel == "." else len(rel.split(os.sep))
+    return st.st_ino, level
+
+
+class StackExporter(Exporter):
+    name = "stack"
+    domain = "stack"
+
+    def __init__(self, mode: str = "cpu", *, freq: int = 49, pid: int | None = None, comm: str | None = None,
+                 cgroup: str | None = None, user_stacks: bool = True, kernel_stacks: bool = True,
+                 include_idle: bool = False, min_block_us: float = 1.0, max_block_us: float | None = None,
+                 top: int = 20, stack_traces: int = 16384, max_entries: int = 16384, outputs=None,
+                 symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float = 4.0,
+                 load_source: str = "runqueue"):
+        if mode not in MODES:
+            raise ValueError(f"unknown stack mode {mode!r}")
+        self.mode = MODES[mode]
+        self.name = f"stack-{mode}"
+        self.freq = freq
+        self.pid = pid
+        self.comm = comm
+        self.cgroup = cgroup
+        self.user_stacks, self.kernel_stacks = user_stacks, kernel_stacks
+        self.include_idle = include_idle
+        self.min_block_ns = int(min_block_us * 1000)
+        self.max_block_ns = int(max_block_us * 1000) if max_block_us else (1 << 64) - 1
+        self.top = top
+        self.sample_every = max(1, sample_every)
+        self.threshold = threshold
+        self.load_source = load_source
+        self.gate: LoadGate | None = None
+        if self.mode.name in ("mem", "io"):
+            self.kernel_stacks = False  # who asked, in user space: no kernel stacks taken
+        self.stack_traces = stack_traces
+        self.max_entries = max_entries
+        self.outputs = outputs
+        self.sym = symbolizer or Symbolizer()
+        self.obj: BpfObject | None = None
+        self._ips: dict[int, tuple[int, ...]] = {}  # stack id -> ips (leaf first)
+        self._kframes: dict[int, list[str]] = {}  # kernel stack id -> frames (root first)
+        self._stats = [0] * 4
+        self.totals: Counter[str] = Counter()  # per comm, weight (bounded by --top at export)
+        self.stacks_cleared = 0
+
+    # ---- kernel side ------------------------------------------------------------------------
+    def open(self) -> None:
+        from ..hostenv import cgroup2_root
+
+        root = cgroup2_root()
+        self.cgroups = CgroupNames(root)
+        cg_id = cg_level = 0
+        if self.cgroup:
+            if not root:
+                raise FileNotFoundError("no cgroup v2 mount for --cgroup")
+            cg_id, cg_level = cgroup_filter(self.cgroup, root)
+        rodata = {"target_tgid": self.pid or 0, "self_tgid": os.getpid(), "target_cgroup_id": cg_id,
+                  "target_cgroup_level": cg_level, "user_stacks": self.user_stacks,
+                  "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
+                  "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
+                  "sample_every": self.sample_every, "gated": self.mode.name == "load"}
+        sizes = {"stack_traces": self.stack_traces, "counts": self.max_entries}
+        if self.mode.name == "mem":
+            only = [p for pair in MEM_PROBES.values() for p in pair if p]
+        else:
+            only = [self.mode.program]
+        self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
+        prog = self.obj.programs[self.mode.program]
+        if self.mode.name == "load":
+            self.gate = LoadGate(self.obj.maps["gate"], self.threshold, self.load_source)
+            self.gate.start()
+        if self.mode.name in ("cpu", "load"):
+            prog.attach_perf_event(self.freq, online_cpus())
+        elif self.mode.name == "mem":
+            self._attach_mem()
+        else:
+            prog.attach()
+
+    def _attach_mem(self) -> None:
+        from ..bpf import BpfError
+
+        lib = libc_path(self.pid)
+        for i, (func, (enter, ret)) in enumerate(MEM_PROBES.items()):
+            try:
+                self.obj.programs[enter].attach_uprobe(lib, func, pid=self.pid or -1)
+                if ret:
+                    self.obj.programs[ret].attach_uprobe(lib, func, pid=self.pid or -1, retprobe=True)
+            except BpfError:
+                if i < 2:  # malloc and free are required; the rest may be missing from a libc
+                    raise
+
+    def _stack(self, stack_id: int) -> tuple[int, ...]:
+        ips = self._ips.get(stack_id)
+        if ips is None:
+            raw = self.obj.maps["stack_traces"].lookup(stack_id)
+            if raw is None:
+                return ()
+            vals = memoryview(bytes(raw)).cast("Q")
+            ips = tuple(itertools.takewhile(bool, vals))  # the kernel zero-fills after the last frame
+            self._ips[stack_id] = ips
+        return ips
+
+    def frames(self, pid: int, user_id: int, kernel_id: int) -> list[str]:
+        """The stack root first: user frames (outermost first), then kernel frames."""
+        out: list[str] = []
+        if user_id >= 0:
+            out.extend(reversed(self.sym.user_stack(pid, self._stack(user_id))))
+        elif user_id in (-EEXIST, -ENOMEM):
+            out.append(LOST)
+        if kernel_id >= 0:
+            kframes = self._kframes.get(kernel_id)
+            if kframes is None:  # a kernel stack names the same frames for every task
+                kframes = self._kframes[kernel_id] = list(reversed(self.sym.kernel_stack(self._stack(kernel_id))))
+            out.extend(kframes)
+        elif kernel_id in (-EEXIST, -ENOMEM) and not out:
+            out.append(LOST)
+        return out or ["[no stack]"]
+
+    def _maybe_clear_stacks(self, errors_grew: bool) -> None:
+        # Ids stay valid until the map is cleared; clear it (right after the counts were
+        # emptied, so few live keys still point into it) when it is half full or
+        # colliding. A sample counted between the two reads may lose its stack.
+        # Never in mem mode: its counts live on (outstanding allocations point at their
+        # ids until freed). In offcpu mode a task blocked across the clear keeps an id
+        # taken before it, so its block may be named "[no stack]" or, if the id is given
+        # out again meanwhile, another stack: rare (the map must fill up), and counted.
+        if self.mode.name == "mem":
+            return
+        if len(self._ips) < self.stack_traces // 2 and not errors_grew:
+            return
+        m = self.obj.maps["stack_traces"]
+        for key in list(m.keys()):
+            m.delete(key)
+        self._ips.clear()
+        self._kframes.clear()
+        self.stacks_cleared += 1
+
+    def _drop_exited(self, rows: list) -> list:
+        """mem: a process that exited freed everything; forget its rows, and (every tenth
+        interval, it is a walk over every live allocation) its allocations."""
+        alive = {}
+        kept = []
+        for key, val in rows:
+            if key.pid not in alive:
+                alive[key.pid] = os.path.exists(f"/proc/{key.pid}")
+            if alive[key.pid]:
+                kept.append((key, val))
+            else:
+                self.obj.maps["counts"].delete(key)
+        self._mem_reads = getattr(self, "_mem_reads", 0) + 1
+        if self._mem_reads % 10 == 0:
+            allocs = self.obj.maps["allocs"]
+            for addr, info in allocs.batch():
+                pid = info.key.pid
+                if pid not in alive:
+                    alive[pid] = os.path.exists(f"/proc/{pid}")
+                if not alive[pid]:
+                    allocs.delete(addr)
+        return kept
+
+    def _read_stats(self) -> list[int]:
+        m = self.obj.maps["stats"]
+        return [sum(m.cpu_values(m.lookup(i))) for i in range(4)]
+
+    # ---- interval -----------------------------------------------------------------------------
+    def collect(self, elapsed_s: float) -> list[dict]:
+        counts = self.obj.maps["counts"]
+        mem = self.mode.name == "mem"
+        rows = counts.batch(delete=not mem)  # mem: outstanding now, not per interval
+        if mem:
+            rows = self._drop_exited(rows)
+        self.sym.refresh()
+        agg: dict[tuple, list[int]] = {}
+        for key, val in rows:
+            comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))
+            if self.comm and comm != self.comm:
+                continue
+            frames = tuple(self.frames(key.pid, key.user_stack_id, key.kernel_stack_id))
+            k = (key.pid, key.tid, comm, key.cgroup_id, key.state, frames)
+            a = agg.setdefault(k, [0, 0, 0])
+            a[0] += val.count
+            a[1] += val.ns
+            a[2] += val.bytes
+        stats = self._read_stats()
+        errors_grew = stats[STAT_STACK_ERRORS] > self._stats[STAT_STACK_ERRORS]
+        self._stats = stats
+        self._maybe_clear_stacks(errors_grew)
+        ts = None
+        records = []
+        if mem and self.outputs is not None:
+            self.outputs.weights.clear()  # a snapshot: the files show what is outstanding at the end
+        for (pid, tid, comm, cg, state, frames), (count, ns, nbytes) in agg.items():
+            labels = {"cgroup": self.cgroups.name(cg)}
+            if mem:
+                if count <= 0 and nbytes <= 0:
+                    continue
+                if self.sample_every > 1:
+                    labels["sample_every"] = str(self.sample_every)
+                values = {"outstanding_bytes": nbytes * self.sample_every,
+                          "outstanding_count": count * self.sample_every}
+            elif self.mode.name == "load":
+                labels["load"] = str(state)
+                labels["load_source"] = self.load_source
+                values = {"count": count}
+            elif self.mode.name == "io":
+                labels["direction"] = IO_DIRECTIONS.get(state, "other")
+                values = {"bytes": nbytes, "count": count}
+            elif self.mode.name == "offcpu":
+                labels["state"] = STATES.get(state, "other")
+                values = {"ns": ns, "count": count}
+            else:
+                values = {"count": count}
+            rec = make_record("stack", self.mode.kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels,
+                              values=values, stack=list(frames))
+            ts = rec["ts"]  # one timestamp per interval
+            records.append(rec)
+            weight = values[self.mode.weight]
+            if not mem:
+                self.totals[comm] += weight
+            if self.outputs is not None:
+                self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction"), list(frames),
+                                 weight)
+        records.sort(key=lambda r: r["values"][self.mode.weight], reverse=True)
+        return records
+
+    # ---- views ----------------------------------------------------------------------------------
+    def table(self, records: list[dict]) -> Table:
+        w = self.mode.weight
+        total = sum(r["values"][w] for r in records) or 1
+        title = {"cpu": f"on-CPU stacks at {self.freq} Hz", "offcpu": "off-CPU time per stack",
+                 "mem": "outstanding libc allocations per stack",
+                 "io": "bytes read and written per stack",
+                 "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"}[self.mode.name]
+        t = Table(title=f"{title} (top {self.top}, per interval)", title_justify="left", expand=False)
+        cols = [("PID", "right"), ("TID", "right"), ("COMM", "left")]
+        if self.mode.name == "offcpu":
+            cols += [("STATE", "left"), ("MS", "right")]
+        elif self.mode.name == "mem":
+            cols += [("BYTES", "right"), ("BLOCKS", "right")]
+        elif self.mode.name == "io":
+            cols += [("DIR", "left"), ("BYTES", "right"), ("CALLS", "right")]
+        elif self.mode.name == "load":
+            cols += [("LOAD", "right"), ("SAMPLES", "right")]
+        else:
+            cols += [("SAMPLES", "right")]
+        cols += [("%", "right"), ("STACK (leaf <- root)", "left")]
+        for col, just in cols:
+            t.add_column(col, justify=just, no_wrap=col != "STACK (leaf <- root)")
+        for r in records[: self.top or None]:
+            v = r["values"][w]
+            cells = [str(r["pid"]), str(r["tid"]), r["comm"] or ""]
+            if self.mode.name == "offcpu":
+                cells += [r["labels"]["state"], f"{v / 1e6:,.1f}"]
+            elif self.mode.name == "mem":
+                cells += [f"{v:,}", f"{r['values']['outstanding_count']:,}"]
+            elif self.mode.name == "io":
+                cells += [r["labels"]["direction"], f"{v:,}", f"{r['values']['count']:,}"]
+            elif self.mode.name == "load":
+                cells += [r["labels"]["load"], f"{v:,}"]
+            else:
+                cells += [f"{v:,}"]
+            stack = r["stack"] or []
+            cells += [f"{100 * v / total:.1f}", " <- ".join(reversed(stack[-4:]))]
+            t.add_row(*(Text(str(c)) for c in cells))  # Text: frames like 'f_[k]' are not markup
+        return t
+
+    def metrics(self):
+        unit = {"cpu": "samples", "offcpu": "ns", "mem": "allocations", "io": "bytes", "load": "samples"}[self.mode.name]
+        c = CounterMetricFamily(f"bpfscope_stack_{self.mode.name}_{unit}",
+                                f"Weight of the {self.mode.name} stacks seen, per command (top 20)", labels=["comm"])
+        if self.mode.name == "mem":
+            self.totals = Counter({"all": self._stats[STAT_SAMPLES]})
+        for comm, n in self.totals.most_common(20):
+            c.add_metric([comm], n)
+        yield c
+        for name, idx, help_ in (("stack_errors", STAT_STACK_ERRORS, "Stacks the kernel could not store"),
+                                 ("map_full_events", STAT_MAP_FULL, "Samples not counted because the map was full"),
+                                 ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)")):
+            m = CounterMetricFamily(f"bpfscope_stack_{name}", help_, labels=["mode"])
+            m.add_metric([self.mode.name], self._stats[idx])
+            yield m
+
+    def close(self) -> None:
+        if self.gate:
+            self.gate.stop()
+        if self.obj:
+            self.obj.close()
+            self.obj = None
+        if self.outputs is not None:
+            self.outputs.write()

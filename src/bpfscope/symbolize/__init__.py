@@ -1,0 +1,194 @@
+"""Addresses -> function names: kernel frames from /proc/kallsyms, user frames from the
+ELF symbol tables of the files a process maps (/proc/PID/maps; PIE and shared
+libraries; files inside containers through /proc/PID/root; deleted files through
+/proc/PID/map_files), JIT code from /tmp/perf-PID.map. Symbol tables are cached per
+file (device, inode, size, mtime) and per GNU build id, so one library mapped by many
+processes, or by many containers, is read once.
+
+A frame that cannot be named is `module+0xoffset` (file offset in that module), never a
+bare address: `[anon]+0x...` for anonymous executable memory, `[unknown]+0x...` for an
+address no mapping covers (the process had exited before its maps were read).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+
+from .elf import ElfError, ElfSymbols, read_build_id, read_elf
+from .kallsyms import Kallsyms
+from .procmaps import Mapping, PerfMap, ProcessMaps, ns_pid
+
+KERNEL_SUFFIX = "_[k]"  # flamegraph.pl's annotation of kernel frames
+_BPF_FRAMES = ("bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__bpf_prog_")
+
+__all__ = ["KERNEL_SUFFIX", "Kallsyms", "Mapping", "PerfMap", "ProcessMaps", "Symbolizer", "read_elf"]
+
+
+class Symbolizer:
+    def __init__(self, proc: str = "/proc", kallsyms_path: str = "/proc/kallsyms"):
+        self.proc = proc
+        self.kallsyms_path = kallsyms_path
+        self._kallsyms: Kallsyms | None = None
+        self._maps: dict[int, ProcessMaps | None] = {}
+        self._old_maps: dict[int, ProcessMaps | None] = {}
+        self._perf_maps: dict[int, PerfMap | None] = {}
+        self._files: dict[tuple, ElfSymbols | None] = {}
+        self._by_build_id: dict[str, ElfSymbols] = {}
+        self._frames: dict[int, dict[int, str]] = {}  # pid -> addr -> frame, while its maps are unchanged
+        self._mapping_files: dict[tuple, tuple] = {}  # (pid, start, inode) -> (file key, symbols), this interval
+        self._named: dict[tuple, str] = {}  # (file key, file offset) -> frame, kept across intervals
+        self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
+
+    # ---- kernel -------------------------------------------------------------------------
+    @property
+    def kallsyms(self) -> Kallsyms:
+        if self._kallsyms is None:
+            self._kallsyms = Kallsyms(self.kallsyms_path)
+        return self._kallsyms
+
+    def kernel_frame(self, addr: int) -> str:
+        name = self.kallsyms.lookup(addr)
+        return (name or f"[kernel]+0x{addr:x}") + KERNEL_SUFFIX
+
+    def kernel_stack(self, ips: Iterable[int]) -> list[str]:
+        """Frames leaf first; return addresses are looked up one byte back (the call). The
+        leaf frames of the BPF program that took the stack (bpf_prog_*, bpf_trace_run*) are
+        left out: they are the observer, not the observed."""
+        frames = [self.kernel_frame(ip - 1 if i else ip) for i, ip in enumerate(ips)]
+        i = 0
+        while i < len(frames) - 1 and frames[i].startswith(_BPF_FRAMES):
+            i += 1
+        return frames[i:]
+
+    # ---- user ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Forget per-process state (maps change: dlopen, exec); called once per interval.
+        The last maps of a process that has exited stay usable for its late samples, and
+        the named frames of a process whose maps did not change are kept."""
+        if len(self._old_maps) > 4096:  # bounded: pids of long-gone processes
+            self._old_maps.clear()
+            self._frames = {pid: f for pid, f in self._frames.items() if pid in self._maps}
+        self._old_maps.update((pid, m) for pid, m in self._maps.items() if m is not None)
+        for pid, perf in self._perf_maps.items():
+            if perf is not None:  # a JIT rewrites its map: do not trust yesterday's names
+                self._frames.pop(pid, None)
+        if sum(len(f) for f in self._frames.values()) > 2_000_000:
+            self._frames.clear()
+        self._maps.clear()
+        self._perf_maps.clear()
+        self._mapping_files.clear()
+
+    def process_maps(self, pid: int) -> ProcessMaps | None:
+        if pid not in self._maps:
+            try:
+                maps = ProcessMaps(pid, self.proc)
+            except OSError:
+                maps = None
+            old = self._old_maps.get(pid)
+            if maps is None or not maps.mappings:  # gone, or a zombie (its maps are empty)
+                maps = old or maps
+            elif old is None or old.mappings != maps.mappings:
+                self._frames.pop(pid, None)  # exec, dlopen, munmap: names may differ now
+            self._maps[pid] = maps
+        return self._maps[pid]
+
+    def _perf_map(self, pid: int) -> PerfMap | None:
+        if pid not in self._perf_maps:
+            path = f"{self.proc}/{pid}/root/tmp/perf-{ns_pid(pid, self.proc)}.map"
+            try:
+                self._perf_maps[pid] = PerfMap(path)
+            except OSError:
+                self._perf_maps[pid] = None
+        return self._perf_maps[pid]
+
+    def elf(self, path: str) -> ElfSymbols | None:
+        """The symbols of an ELF file, cached per (dev, inode, size, mtime) and per build id."""
+        return self._elf_keyed(path)[1]
+
+    def _elf_keyed(self, path: str) -> tuple[tuple | None, ElfSymbols | None]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None, None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in self._files:
+            return key, self._files[key]
+        syms = None
+        build_id = read_build_id(path)
+        if build_id and build_id in self._by_build_id:
+            syms = self._by_build_id[build_id]
+        else:
+            try:
+                syms = read_elf(path)
+                self.elf_reads += 1
+            except (OSError, ElfError, struct.error, ValueError):
+                syms = None
+            if syms is not None and syms.build_id:
+                self._by_build_id[syms.build_id] = syms
+        self._files[key] = syms
+        return key, syms
+
+    def _mapping_elf(self, pid: int, maps: ProcessMaps, m: Mapping) -> tuple[tuple | None, ElfSymbols | None]:
+        """The file behind a mapping, resolved once per interval per (pid, mapping)."""
+        mkey = (pid, m.start, m.inode)
+        hit = self._mapping_files.get(mkey)
+        if hit is None:
+            hit = self._elf_keyed(maps.open_path(m))
+            if hit[1] is None and not m.deleted:
+                # the process has exited: the same file seen from here, if it is the same inode
+                try:
+                    same = os.stat(m.path).st_ino == m.inode
+                except OSError:
+                    same = False
+                if same:
+                    hit = self._elf_keyed(m.path)
+            self._mapping_files[mkey] = hit
+        return hit
+
+    def user_frame(self, pid: int, addr: int) -> str:
+        frames = self._frames.get(pid)
+        if frames is None or pid not in self._maps:
+            self.process_maps(pid)  # once per interval: drops the cache if the maps changed
+            frames = self._frames.setdefault(pid, {})
+        cached = frames.get(addr)
+        if cached is None:
+            cached = frames[addr] = self._user_frame(pid, addr)
+        return cached
+
+    def _user_frame(self, pid: int, addr: int) -> str:
+        maps = self.process_maps(pid)
+        m = maps.find(addr) if maps else None
+        if m is None or not m.is_file:
+            perf = self._perf_map(pid)
+            name = perf.lookup(addr) if perf else None
+            if name:
+                return name
+            if m is None:
+                return f"[unknown]+0x{addr:x}"
+            return f"{m.path or '[anon]'}+0x{m.file_offset(addr):x}"
+        off = m.file_offset(addr)
+        fkey, syms = self._mapping_elf(pid, maps, m)
+        if fkey is not None:
+            named = self._named.get((fkey, off))  # the same file and offset: the same name, in any process
+            if named is not None:
+                return named
+        frame = None
+        if syms is not None:
+            vaddr = syms.file_offset_to_vaddr(off)
+            if vaddr is not None:
+                hit = syms.lookup(vaddr)
+                if hit:
+                    frame = hit[0]
+        if frame is None:
+            frame = f"{os.path.basename(m.path)}+0x{off:x}"
+        if fkey is not None:
+            if len(self._named) > 2_000_000:
+                self._named.clear()
+            self._named[(fkey, off)] = frame
+        return frame
+
+    def user_stack(self, pid: int, ips: Iterable[int]) -> list[str]:
+        """Frames leaf first; return addresses are looked up one byte back (the call)."""
+        return [self.user_frame(pid, ip - 1 if i else ip) for i, ip in enumerate(ips)]
