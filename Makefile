@@ -45,7 +45,7 @@ test: setup
 	$(VENV)/bin/pytest -q -ra $(ARGS)
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean:
 	@$(MAKE) -s -C bpf clean
