@@ -162,3 +162,27 @@ def test_slots_of_exited_processes_are_freed():
         assert child.pid not in owners
     finally:
         exp.close()
+
+
+def test_a_process_that_execs_is_named_by_its_new_comm():
+    from bpfscope.exporters.sys import SysExporter
+
+    # python (comm python3) reads a line, then execs sh, which reads again: the `read` pair is
+    # first seen under the old name
+    code = "import os, sys; sys.stdin.readline(); os.execv('/bin/sh', ['sh', '-c', 'read x'])"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    exp = SysExporter(pid=child.pid, top=0)
+    try:
+        exp.open()
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        time.sleep(0.5)
+        rows = exp.collect(1.0)
+        child.stdin.write(b"\n")
+        child.stdin.close()
+        child.wait(10)
+        assert rows and {r["comm"] for r in rows} == {"sh"}
+    finally:
+        exp.close()
+        child.kill()
+        child.wait()

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bpf import BpfObject, Map
-from ..decode import c_string, syscall_name
+from ..decode import c_string, comm_of, syscall_name
 from ..schema import make_record
 from .base import Exporter
 
@@ -104,7 +104,11 @@ class SysExporter(Exporter):
         missed = self.obj.maps["missed"]
         self.missed_total = sum(missed.cpu_values(missed.lookup(0)))
         out = []
+        # The kernel keeps the comm of a pair's first syscall; a process that has exec'd since
+        # has a new name. Live processes are named from /proc (one read per pid per interval).
+        current = {tgid: comm_of(tgid) for tgid in {t for t, _ in rows}}
         for (tgid, nr), (count, comm) in rows.items():
+            comm = current[tgid] or comm
             name = syscall_name(nr)
             self.totals[name] += count
             if self.comm and comm != self.comm:
