@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from bpfscope.bpf import wait_for_links  # noqa: E402
+
 SECONDS = float(os.environ.get("BENCH_SECONDS", 4))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 TARGETS = {49: 0.99, 999: 0.95}
@@ -33,25 +35,6 @@ def build(tmp: Path) -> Path:
     subprocess.run(["cc", "-O1", "-fno-omit-frame-pointer", "-o", str(out), str(REPO / "bench/workloads/stack_hot.c")],
                    check=True)
     return out
-
-
-def wait_attached(proc: subprocess.Popen, timeout_s: float = 60) -> bool:
-    """True once the process holds a BPF link (its programs are attached)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-        except OSError:
-            fds = []
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == "anon_inode:bpf_link":
-                    time.sleep(0.2)  # every CPU's link
-                    return True
-            except OSError:
-                continue
-        time.sleep(0.05)
-    return False
 
 
 def run_workload(prog: Path) -> float:
@@ -66,8 +49,9 @@ def with_profiler(prog: Path, freq: int) -> tuple[float, int]:
                                  "--interval", "1"], stdout=out, stderr=subprocess.PIPE,
                                 env={**os.environ, "PYTHONPATH": str(REPO / "src")})
         try:
-            if not wait_attached(proc):
+            if not wait_for_links(proc, timeout_s=60):
                 raise SystemExit(f"bpfscope stack cpu failed: {proc.stderr.read().decode()}")
+            time.sleep(0.2)  # the first link is up; let the other CPUs' links follow
             speed = run_workload(prog)
         finally:
             proc.terminate()

@@ -26,13 +26,13 @@ def run(prog: Path, sample_every: int | None) -> float:
     exporter = None
     try:
         if sample_every is not None:
-            from stack_cpu_overhead import wait_attached
+            from bpfscope.bpf import wait_for_links
 
             exporter = subprocess.Popen([sys.executable, "-m", "bpfscope", "stack", "mem", "--pid", str(work.pid),
                                          "--sample-every", str(sample_every), "--json", "--interval", "1"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-            if not wait_attached(exporter):
+            if not wait_for_links(exporter, timeout_s=60):
                 raise SystemExit(f"bpfscope stack mem failed: {exporter.stderr.read().decode()}")
             time.sleep(0.3)  # every probe attached
         out, _ = work.communicate("go\n", timeout=300)

@@ -18,6 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from bpfscope.bpf import wait_for_links  # noqa: E402
+
 HOPS = int(os.environ.get("BENCH_HOPS", 200_000))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 
@@ -27,25 +29,6 @@ def build(tmp: Path) -> Path:
     subprocess.run(["cc", "-O2", "-fno-omit-frame-pointer", "-o", str(out),
                     str(REPO / "bench/workloads/pipe_pingpong.c")], check=True)
     return out
-
-
-def wait_attached(proc: subprocess.Popen, timeout_s: float = 60) -> bool:
-    """True once the process holds a BPF link (its programs are attached)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-        except OSError:
-            fds = []
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == "anon_inode:bpf_link":
-                    time.sleep(0.2)  # every CPU's link
-                    return True
-            except OSError:
-                continue
-        time.sleep(0.05)
-    return False
 
 
 def run_workload(prog: Path) -> float:
@@ -61,8 +44,9 @@ def with_offcpu(prog: Path, extra: list[str]) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
-        if not wait_attached(proc):
+        if not wait_for_links(proc, timeout_s=60):
             raise SystemExit(f"bpfscope stack offcpu failed: {proc.stderr.read().decode()}")
+        time.sleep(0.2)  # the first link is up; let the other CPUs' links follow
         return run_workload(prog)
     finally:
         proc.terminate()

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,11 +50,13 @@ def time_loop(loop: Path) -> float:
 
 
 def with_sys_exporter(loop: Path) -> float:
+    from bpfscope.bpf import wait_for_links
+
     proc = subprocess.Popen([sys.executable, "-m", "bpfscope", "sys", "--json", "--interval", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
-        time.sleep(2.0)  # loaded and attached
-        if proc.poll() is not None:
+        if not wait_for_links(proc, timeout_s=60):
             raise SystemExit(f"bpfscope sys failed: {proc.stderr.read().decode()}")
         return time_loop(loop)
     finally:

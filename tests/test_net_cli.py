@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BPFSCOPE, free_port, run_cli
+
+from bpfscope.bpf import wait_for_links
 from test_net_conn import MIB, peers  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.bpf
@@ -29,23 +31,6 @@ def _run_net(args: list[str], until_first_record: bool = True) -> tuple[subproce
         assert line, f"bpfscope net printed nothing: {proc.stderr.read() if proc.poll() is not None else ''}"
         records.append(json.loads(line))
     return proc, records
-
-
-def _wait_attached(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Until the exporter holds its BPF links (net_state, net_send, net_recv)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        links = 0
-        for fd in Path(f"/proc/{proc.pid}/fd").glob("*"):
-            try:
-                links += os.readlink(fd) == "anon_inode:bpf_link"
-            except OSError:
-                pass
-        if links >= 3:
-            return
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    raise AssertionError("bpfscope net did not attach its programs in time")
 
 
 def _finish(proc: subprocess.Popen, records: list[dict]) -> list[dict]:
@@ -65,7 +50,8 @@ def test_json_records_are_schema_v1_filtered_by_port_and_end_with_a_close(peers)
     peers("client", "--port", other_port, "--name", "nt-other-c")
     proc, records = _run_net(["--port", str(port), "--interval", "0.3", "--duration", "3", "--events"],
                              until_first_record=False)
-    _wait_attached(proc)
+    # until the exporter holds its BPF links (net_state, net_send, net_recv)
+    assert wait_for_links(proc, at_least=3), proc.stderr.read() if proc.poll() is not None else "not attached in time"
     cli = peers("client", "--port", port, "--send", MIB, "--name", "nt-cli-c")
     assert cli.line() == "done" and srv.line() == "done"
     time.sleep(0.7)

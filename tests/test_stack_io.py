@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import BPFSCOPE
 from test_stack_cpu import build
-from test_stack_offcpu import wait_attached
+from bpfscope.bpf import wait_for_links
 
 pytestmark = pytest.mark.bpf
 MIB64 = 64 << 20
@@ -31,7 +31,7 @@ def test_64_mib_written_with_write_are_on_the_writing_stack(tmp_path):
     exporter = subprocess.Popen(BPFSCOPE + ["stack", "io", "--pid", str(work.pid), "--json", "--interval", "0.5"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_attached(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter), exporter.stderr.read()
         before = _wchar(work.pid)
         work.stdin.write("go\n")
         work.stdin.flush()

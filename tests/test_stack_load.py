@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from conftest import BPFSCOPE
-from test_stack_offcpu import wait_attached
+from bpfscope.bpf import wait_for_links
 
 pytestmark = pytest.mark.bpf
 
@@ -28,7 +28,7 @@ def run_load(threshold: str, busy_s: float = 3.0) -> tuple[list[dict], str]:
                                 text=True)
     work = subprocess.Popen([sys.executable, "-c", BUSY_PROCS, str(busy_s)], stdin=subprocess.PIPE, text=True)
     try:
-        assert wait_attached(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter), exporter.stderr.read()
         work.stdin.write("go\n")
         work.stdin.flush()
         work.wait(60)

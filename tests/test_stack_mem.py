@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import BPFSCOPE
 from test_stack_cpu import build
-from test_stack_offcpu import wait_attached
+from bpfscope.bpf import wait_for_links
 
 pytestmark = pytest.mark.bpf
 
@@ -21,7 +21,7 @@ def run_mem(leak, extra: list[str] = ()) -> tuple[list[dict], int]:
     exporter = subprocess.Popen(BPFSCOPE + ["stack", "mem", "--pid", str(work.pid), "--json", "--interval", "0.5",
                                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_attached(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter), exporter.stderr.read()
         work.stdin.write("go\n")
         work.stdin.flush()
         assert work.stdout.readline().strip() == "done"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BPFSCOPE
+
+from bpfscope.bpf import wait_for_links
 from test_stack_cpu import build
 
 pytestmark = pytest.mark.bpf
@@ -19,24 +21,6 @@ pytestmark = pytest.mark.bpf
 @pytest.fixture(scope="module")
 def sleep_loop(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("off"), "sleep_loop")
-
-
-def wait_attached(proc: subprocess.Popen, timeout_s: float = 30) -> bool:
-    """True once the process holds a BPF link (its programs are attached)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-        except OSError:
-            fds = []
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{proc.pid}/fd/{fd}") == "anon_inode:bpf_link":
-                    return True
-            except OSError:
-                continue
-        time.sleep(0.05)
-    return False
 
 
 def run_offcpu(sleep_loop: Path, count: int, ms: int, extra: list[str] = (),
@@ -51,7 +35,7 @@ def run_offcpu(sleep_loop: Path, count: int, ms: int, extra: list[str] = (),
                                             "--duration", str(duration), *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if release_when_attached:
-        assert wait_attached(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter), exporter.stderr.read()
         work.stdin.write("go\n")
         work.stdin.flush()
     records, started = [], False
@@ -113,7 +97,7 @@ def test_disk_wait_of_direct_writes_is_state_disk_on_io_schedule(tmp_path):
                                             "--duration", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     try:
-        assert wait_attached(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter), exporter.stderr.read()
         t0 = time.monotonic()
         subprocess.run(["dd", "if=/dev/zero", f"of={tmp_path / 'direct'}", "bs=1M", "count=32", "oflag=direct,sync"],
                        capture_output=True, check=True)
@@ -139,7 +123,7 @@ def test_preempted_time_matches_the_run_queue_wait_of_proc_schedstat(tmp_path):
                                             "0.5", "--duration", "30"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_attached(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter), exporter.stderr.read()
         for h in hogs:
             h.stdin.write("go\n")
             h.stdin.flush()

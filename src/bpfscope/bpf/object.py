@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
 from . import libbpf as L
@@ -58,6 +59,31 @@ def prog_exists(prog_id: int) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def links_held(pid: int) -> int:
+    """How many BPF links process `pid` holds: its attached programs, seen from /proc."""
+    count = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link"
+        except OSError:
+            continue
+    return count
+
+
+def wait_for_links(proc, at_least: int = 1, timeout_s: float = 30.0) -> bool:
+    """True once the subprocess `proc` holds `at_least` BPF links; False if it exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if links_held(proc.pid) >= at_least:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class Link:
@@ -235,8 +261,9 @@ class Map:
             if self.percpu:
                 stride = (self.value_size + 7) // 8 * 8
                 if stride != ctypes.sizeof(t):
+                    pad = ctypes.c_uint8 * (stride - self.value_size)
                     t = type(t.__name__ + "_aligned", (ctypes.Structure,),
-                             {"_pack_": 1, "_fields_": [("v", t), ("_pad", ctypes.c_uint8 * (stride - self.value_size))]})
+                             {"_pack_": 1, "_fields_": [("v", t), ("_pad", pad)]})
                 t = t * self.ncpus
             self._val_t = t
         return self._val_t

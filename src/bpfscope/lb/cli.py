@@ -23,6 +23,17 @@ def _kernel(pin_dir: str | None) -> LbKernel:
     return LbKernel(pin_dir or pin_dir_default())
 
 
+def _install_once(k: LbKernel, cgroup: str | None) -> None:
+    """Attach the programs to `cgroup` (default: the cgroup v2 root) unless already pinned."""
+    from ..hostenv import cgroup2_root
+
+    if not k.installed:
+        target = cgroup or cgroup2_root()
+        if not target:
+            raise ConfigError("no cgroup v2 mount to attach to")
+        k.install(target)
+
+
 def _installed(k: LbKernel) -> None:
     if not k.installed:
         raise ConfigError(f"no load balancer installed at {k.pin_dir} (run `bpfscope lb apply FILE` first)")
@@ -35,15 +46,9 @@ def apply(
     pin_dir: PinDir = None,
 ) -> None:
     """Validate FILE and make the kernel's services exactly what it says (atomically per service)."""
-    from ..hostenv import cgroup2_root
-
     config = load(file)  # nothing is touched when the file is wrong
     with _kernel(pin_dir) as k:
-        if not k.installed:
-            target = cgroup or cgroup2_root()
-            if not target:
-                raise ConfigError("no cgroup v2 mount to attach to")
-            k.install(target)
+        _install_once(k, cgroup)
         r = k.apply(config.services)
     print(f"applied {file}: {len(r.added)} added, {len(r.changed)} changed, {len(r.unchanged)} unchanged, "
           f"{len(r.removed)} removed")
@@ -65,7 +70,6 @@ def run(
     pin_dir: PinDir = None,
 ) -> None:
     """The controller: apply the file, health-check backends, reload on change, until Ctrl-C."""
-    from ..hostenv import cgroup2_root
     from .controller import run_controller
 
     if (config is None) == (not kubernetes):
@@ -73,11 +77,7 @@ def run(
     if config:
         load(config)  # a bad file fails here, before anything is touched
     with _kernel(pin_dir) as k:
-        if not k.installed:
-            target = cgroup or cgroup2_root()
-            if not target:
-                raise ConfigError("no cgroup v2 mount to attach to")
-            k.install(target)
+        _install_once(k, cgroup)
         if kubernetes:
             from .kubernetes import KubernetesSource
 

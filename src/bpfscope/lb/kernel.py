@@ -132,13 +132,8 @@ class LbKernel:
     # ---- services ------------------------------------------------------------------
 
     def services(self) -> dict[Endpoint, object]:
-        svcs = self.map("lb_services")
-        out = {}
-        for key in list(svcs.keys()):
-            val = svcs.lookup(key)
-            if val is not None:
-                out[_endpoint(key)] = val
-        return out
+        """Every service entry, read in one batch."""
+        return {_endpoint(key): val for key, val in self.map("lb_services").batch()}
 
     def backends(self, service_id: int, count: int, base: int = 0) -> list[tuple[Endpoint, int, int]]:
         """[(backend, prob, alias)] of one service's choice table (base: CANARY_BASE for the canary's)."""
