@@ -485,13 +485,17 @@ int BPF_PROG(net_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 
 /* ---- --latency ----------------------------------------------------------------------
  * A sampled packet is followed by its skb pointer from one layer to the next; the time
- * between them goes into a per-CPU log2 histogram per stage. Receive: L2 (netif_receive_skb)
- * -> TCP (tcp_probe, in tcp_rcv_established) -> copied to the application. Send: TCP's
- * transmit stamp (skb_mstamp_ns, CLOCK_MONOTONIC) -> queued to the device -> handed to the
- * driver. Unfollowed skbs age out of the LRU maps. */
+ * between them goes into a per-CPU log2 histogram per stage, and into the connection's
+ * own sums (socket storage) once the socket is known. Receive: the device hands the skb
+ * over (netif_rx, napi_gro_receive_entry, netif_receive_skb[_list]_entry) -> L2
+ * (netif_receive_skb) -> TCP (tcp_probe, in tcp_rcv_established) -> copied to the
+ * application. Send: a sampled send call (tcp_sendmsg_locked) -> TCP transmits the segment
+ * holding its first byte (skb_mstamp_ns, CLOCK_MONOTONIC) -> queued to the device -> handed
+ * to the driver. Unfollowed skbs age out of the LRU maps. */
 
 struct lat_mark {
 	__u64 ts;
+	__u64 dev_l2_ns;	/* device -> L2, added to the connection once TCP names it */
 };
 
 struct {
@@ -514,6 +518,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct net_lat_hist);
 } lat_hist SEC(".maps");
+
+/* Per connection; only sockets that had a sampled packet get one (no prealloc). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct net_conn_lat);
+} conn_lat SEC(".maps");
+
+BTF_EXPORT_STRUCT(net_conn_lat);
 
 static __always_inline bool sampled(void)
 {
@@ -542,6 +556,20 @@ static __always_inline void lat_add(__u32 stage, __u64 delta)
 	h->sum_ns += delta;
 }
 
+/* sk may be NULL or not TCP: then only the histogram counts the sample. */
+static __always_inline void conn_add(struct sock *sk, __u32 stage, __u64 delta)
+{
+	struct net_conn_lat *cl;
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP || stage >= NET_LAT_STAGES)
+		return;
+	cl = bpf_sk_storage_get(&conn_lat, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!cl)
+		return;
+	cl->sum_ns[stage] += delta;
+	cl->count[stage]++;
+}
+
 static __always_inline bool is_tcp_skb_sk(const struct sk_buff *skb)
 {
 	struct sock *sk = skb->sk;
@@ -549,10 +577,10 @@ static __always_inline bool is_tcp_skb_sk(const struct sk_buff *skb)
 	return sk && sk->sk_protocol == IPPROTO_TCP;
 }
 
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(net_lat_rx_l2, struct sk_buff *skb)
+/* The device hands a packet to the stack: start following 1 in N. */
+static __always_inline int lat_rx_start(const struct sk_buff *skb)
 {
-	struct lat_mark m;
+	struct lat_mark m = {};
 	__u64 key = (__u64)skb;
 
 	if (!sampled())
@@ -562,16 +590,58 @@ int BPF_PROG(net_lat_rx_l2, struct sk_buff *skb)
 	return 0;
 }
 
-SEC("tp_btf/tcp_probe")
-int BPF_PROG(net_lat_rx_tcp, struct sock *sk, const struct sk_buff *skb)
+SEC("tp_btf/netif_rx")
+int BPF_PROG(net_lat_rx_dev, struct sk_buff *skb)
+{
+	return lat_rx_start(skb);
+}
+
+SEC("tp_btf/napi_gro_receive_entry")
+int BPF_PROG(net_lat_rx_gro, const struct sk_buff *skb)
+{
+	return lat_rx_start(skb);
+}
+
+SEC("tp_btf/netif_receive_skb_entry")
+int BPF_PROG(net_lat_rx_entry, const struct sk_buff *skb)
+{
+	return lat_rx_start(skb);
+}
+
+SEC("tp_btf/netif_receive_skb_list_entry")
+int BPF_PROG(net_lat_rx_list, const struct sk_buff *skb)
+{
+	return lat_rx_start(skb);
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(net_lat_rx_l2, struct sk_buff *skb)
 {
 	__u64 key = (__u64)skb, now;
 	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
 
-	if (!m)
+	if (!m || m->dev_l2_ns)
 		return 0;
 	now = bpf_ktime_get_ns();
-	lat_add(NET_LAT_RX_L2_TCP, now - m->ts);
+	m->dev_l2_ns = now - m->ts ?: 1;
+	lat_add(NET_LAT_RX_DEV_L2, m->dev_l2_ns);
+	m->ts = now;
+	return 0;
+}
+
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(net_lat_rx_tcp, struct sock *sk, const struct sk_buff *skb)
+{
+	__u64 key = (__u64)skb, now, delta;
+	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
+
+	if (!m || !m->dev_l2_ns)
+		return 0;
+	now = bpf_ktime_get_ns();
+	delta = now - m->ts;
+	lat_add(NET_LAT_RX_L2_TCP, delta);
+	conn_add(sk, NET_LAT_RX_DEV_L2, m->dev_l2_ns);
+	conn_add(sk, NET_LAT_RX_L2_TCP, delta);
 	m->ts = now;
 	return 0;
 }
@@ -579,28 +649,84 @@ int BPF_PROG(net_lat_rx_tcp, struct sock *sk, const struct sk_buff *skb)
 SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(net_lat_rx_app, const struct sk_buff *skb, int len)
 {
-	__u64 key = (__u64)skb;
+	__u64 key = (__u64)skb, delta;
 	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
 
-	if (!m)
+	if (!m || !m->dev_l2_ns)
 		return 0;
-	lat_add(NET_LAT_RX_TCP_APP, bpf_ktime_get_ns() - m->ts);
+	delta = bpf_ktime_get_ns() - m->ts;
+	lat_add(NET_LAT_RX_TCP_APP, delta);
+	conn_add(skb->sk, NET_LAT_RX_TCP_APP, delta);
 	bpf_map_delete_elem(&lat_rx, &key);
 	return 0;
+}
+
+/* A sampled send call: remember when, and where its bytes start in the stream. */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(net_lat_tx_send, const struct sock *csk, const struct msghdr *msg, const struct sk_buff *skb,
+	     int size_goal)
+{
+	struct sock *sk = (struct sock *)csk;
+	struct net_conn_lat *cl;
+	struct tcp_sock *tp;
+
+	if (!sampled())
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	cl = bpf_sk_storage_get(&conn_lat, tp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!cl || cl->tx_pending_ns)
+		return 0;
+	cl->tx_pending_seq = tp->write_seq;
+	cl->tx_pending_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* The first segment holding the pending send's first byte closes the app -> TCP stage. */
+static __always_inline void lat_tx_app(struct sk_buff *skb, __u64 stamp)
+{
+	struct net_conn_lat *cl = bpf_sk_storage_get(&conn_lat, skb->sk, 0, 0);
+	unsigned char *th;
+	__u8 hdr[16];
+	__u32 seq, end;
+	int data;
+
+	if (!cl || !cl->tx_pending_ns)
+		return;
+	th = skb->head + skb->transport_header;
+	if (bpf_probe_read_kernel(hdr, sizeof(hdr), th))
+		return;
+	seq = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) | ((__u32)hdr[6] << 8) | hdr[7];
+	data = (int)skb->len - (int)(th - skb->data) - (hdr[12] >> 4) * 4;
+	end = seq + (data > 0 ? data : 0);
+	if ((int)(end - cl->tx_pending_seq) <= 0)	/* older data, still ahead of the send */
+		return;
+	if (stamp >= cl->tx_pending_ns) {
+		lat_add(NET_LAT_TX_APP_TCP, stamp - cl->tx_pending_ns);
+		cl->sum_ns[NET_LAT_TX_APP_TCP] += stamp - cl->tx_pending_ns;
+		cl->count[NET_LAT_TX_APP_TCP]++;
+	}
+	cl->tx_pending_ns = 0;
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(net_lat_tx_queue, struct sk_buff *skb)
 {
 	__u64 key = (__u64)skb, now, stamp;
-	struct lat_mark m;
+	struct lat_mark m = {};
 
-	if (!is_tcp_skb_sk(skb) || !sampled())
+	if (!is_tcp_skb_sk(skb))
+		return 0;
+	stamp = skb->skb_mstamp_ns;
+	lat_tx_app(skb, stamp);
+	if (!sampled())
 		return 0;
 	now = bpf_ktime_get_ns();
-	stamp = skb->skb_mstamp_ns;
-	if (stamp && stamp <= now)	/* a paced (future) departure time is not a delay */
+	if (stamp && stamp <= now) {	/* a paced (future) departure time is not a delay */
 		lat_add(NET_LAT_TX_TCP_DEV, now - stamp);
+		conn_add(skb->sk, NET_LAT_TX_TCP_DEV, now - stamp);
+	}
 	m.ts = now;
 	bpf_map_update_elem(&lat_tx, &key, &m, BPF_ANY);
 	return 0;
@@ -609,13 +735,36 @@ int BPF_PROG(net_lat_tx_queue, struct sk_buff *skb)
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(net_lat_tx_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
 {
-	__u64 key = (__u64)skb;
+	__u64 key = (__u64)skb, delta;
 	struct lat_mark *m = bpf_map_lookup_elem(&lat_tx, &key);
 
 	if (!m)
 		return 0;
-	lat_add(NET_LAT_TX_DEV_XMIT, bpf_ktime_get_ns() - m->ts);
+	delta = bpf_ktime_get_ns() - m->ts;
+	lat_add(NET_LAT_TX_DEV_XMIT, delta);
+	conn_add(skb->sk, NET_LAT_TX_DEV_XMIT, delta);
 	bpf_map_delete_elem(&lat_tx, &key);
+	return 0;
+}
+
+/* Per-connection latency sums of every socket that has some (run with --latency). */
+SEC("iter/tcp")
+int net_iter_lat(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct net_conn_lat *cl;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	cl = bpf_sk_storage_get(&conn_lat, tp, 0, 0);
+	if (!cl)
+		return 0;
+	cl->cookie = bpf_get_socket_cookie(tp);
+	bpf_seq_write(ctx->meta->seq, cl, sizeof(*cl));
 	return 0;
 }
 

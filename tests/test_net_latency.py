@@ -10,11 +10,14 @@ import time
 import pytest
 
 from bpfscope.exporters.net import log2_quantile
+from bpfscope.exporters.net_kernel import LATENCY_STAGES
 
 pytestmark = pytest.mark.bpf
 
 WAIT_S = 0.03
 MESSAGES = 10
+CORK_S = 0.02
+CORKS = 5
 
 
 def test_log2_quantile_is_the_upper_bound_of_the_bucket():
@@ -28,6 +31,8 @@ def test_log2_quantile_is_the_upper_bound_of_the_bucket():
 
 
 def test_receiver_delay_shows_between_tcp_and_the_application():
+    """Also per connection: the receiving socket's own mean TCP -> app time is >= the wait,
+    and a sender that corks for CORK_S shows that time between its send and TCP."""
     from test_net_conn import open_exporter
 
     exp = open_exporter(latency_sample=1)
@@ -43,20 +48,42 @@ def test_receiver_delay_shows_between_tcp_and_the_application():
                 c.sendall(b"m" * 1000)
                 time.sleep(WAIT_S)  # the packet waits in the receive queue: TCP -> app >= 30 ms
                 assert len(a.recv(1000)) == 1000
-        after = exp.kernel.latency_histograms()
-        records = exp.collect(1.0)
+            for _ in range(CORKS):  # the send waits in TCP until uncorked: app -> TCP >= 20 ms
+                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                a.sendall(b"r" * 100)
+                time.sleep(CORK_S)
+                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+                assert len(c.recv(100)) == 100
+            after = exp.kernel.latency_histograms()
+            records = exp.collect(1.0)
+            server_port, client_port = a.getsockname()[1], c.getsockname()[1]
     finally:
         exp.close()
 
-    def delta(stage: int) -> list[int]:
-        return [x - y for x, y in zip(after[stage][0], before[stage][0])]
+    def delta(stage: str) -> list[int]:
+        i = [s for _, s in LATENCY_STAGES].index(stage)
+        return [x - y for x, y in zip(after[i][0], before[i][0])]
 
     at_least_wait = int(WAIT_S * 1e9).bit_length() - 1  # the slot of 30 ms: [2^24, 2^25) ns
-    to_app, l2_tcp, tx = delta(1), delta(0), delta(2)
+    at_least_cork = int(CORK_S * 1e9).bit_length() - 1
+    to_app, l2_tcp, tx, dev_l2 = delta("tcp_to_app"), delta("l2_to_tcp"), delta("tcp_to_device"), delta("device_to_l2")
     assert sum(to_app[at_least_wait:]) >= MESSAGES
     assert sum(l2_tcp) >= MESSAGES and sum(l2_tcp[:at_least_wait]) >= MESSAGES  # L2 -> TCP is fast
+    assert sum(dev_l2) >= MESSAGES and sum(dev_l2[:at_least_wait]) >= MESSAGES
     assert sum(tx) >= MESSAGES
+    assert sum(delta("app_to_tcp")[at_least_cork:]) >= CORKS
     by_stage = {r["labels"]["stage"]: r for r in records if r["kind"] == "net_latency"}
-    assert set(by_stage) == {"l2_to_tcp", "tcp_to_app", "tcp_to_device", "device_to_driver"}
+    assert set(by_stage) == {s for _, s in LATENCY_STAGES}
     assert all(r["labels"]["path"] in ("rx", "tx") and r["values"]["sample_1_in"] == 1 for r in by_stage.values())
     assert by_stage["tcp_to_app"]["values"]["count"] >= MESSAGES
+
+    conns = {(r["labels"]["lport"], r["labels"]["rport"]): r["values"] for r in records if r["kind"] == "tcp_conn"}
+    receiver = conns[(str(server_port), str(client_port))]
+    sender = conns[(str(client_port), str(server_port))]
+    assert receiver["lat_tcp_to_app_samples"] >= MESSAGES
+    # every sample waited >= WAIT_S except the handshake's and the corked replies' ACKs (none carry data to copy)
+    assert receiver["lat_tcp_to_app_mean_ns"] >= WAIT_S * 1e9 * 0.9
+    assert sender["lat_l2_to_tcp_mean_ns"] < WAIT_S * 1e9
+    assert receiver["lat_app_to_tcp_samples"] >= CORKS
+    assert receiver["lat_app_to_tcp_mean_ns"] >= CORK_S * 1e9 * 0.9
+    assert "lat_app_to_tcp_mean_ns" not in sender or sender["lat_app_to_tcp_mean_ns"] < CORK_S * 1e9

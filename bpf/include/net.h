@@ -103,11 +103,15 @@ struct net_event {
 
 /* --latency: time per packet between layers, log2 histograms (slot i: [2^i, 2^(i+1)) ns) */
 enum net_lat_stage {
-	NET_LAT_RX_L2_TCP = 0,	/* netif_receive_skb -> tcp_rcv_established (tcp_probe) */
-	NET_LAT_RX_TCP_APP = 1,	/* tcp_probe -> copied to the application (skb_copy_datagram_iovec) */
-	NET_LAT_TX_TCP_DEV = 2,	/* TCP transmit (skb_mstamp_ns) -> queued to the device (net_dev_queue) */
-	NET_LAT_TX_DEV_XMIT = 3,	/* net_dev_queue -> handed to the driver (net_dev_xmit) */
-	NET_LAT_STAGES = 4,
+	NET_LAT_RX_DEV_L2 = 0,	/* from the device (netif_rx, napi_gro_receive, netif_receive_skb
+				 * entry) -> L2 receive (netif_receive_skb) */
+	NET_LAT_RX_L2_TCP = 1,	/* netif_receive_skb -> tcp_rcv_established (tcp_probe) */
+	NET_LAT_RX_TCP_APP = 2,	/* tcp_probe -> copied to the application (skb_copy_datagram_iovec) */
+	NET_LAT_TX_APP_TCP = 3,	/* the application's send (tcp_sendmsg_locked) -> TCP transmits
+				 * the segment holding its first byte (skb_mstamp_ns) */
+	NET_LAT_TX_TCP_DEV = 4,	/* TCP transmit (skb_mstamp_ns) -> queued to the device (net_dev_queue) */
+	NET_LAT_TX_DEV_XMIT = 5,	/* net_dev_queue -> handed to the driver (net_dev_xmit) */
+	NET_LAT_STAGES = 6,
 };
 
 #define NET_LAT_SLOTS 40
@@ -116,6 +120,17 @@ struct net_lat_hist {
 	__u64 slots[NET_LAT_SLOTS];
 	__u64 count;
 	__u64 sum_ns;
+};
+
+/* --latency per connection: sampled packets' time per stage, kept in socket storage and
+ * written by iter/tcp (net_iter_lat) for sockets that have any. */
+struct net_conn_lat {
+	__u64 cookie;
+	__u64 sum_ns[NET_LAT_STAGES];
+	__u32 count[NET_LAT_STAGES];
+	__u64 tx_pending_ns;	/* a sampled send waiting for its first transmission */
+	__u32 tx_pending_seq;	/* the sequence number of that send's first byte */
+	__u32 pad;
 };
 
 #endif

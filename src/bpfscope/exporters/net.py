@@ -9,9 +9,11 @@ Kernel side: bpf/net.bpf.c, read through net_kernel.NetKernel. Each interval:
 - with --drops, packets freed per drop reason and interval (`pkt_drops`, the reason
   named from kernel BTF) and one `pkt_drop` per dropped IP packet with its addresses
   and ports (from its socket when it has one, else from its headers);
-- with --latency, per layer stage (receive: L2 -> TCP -> application; send: TCP ->
-  device queue -> driver) the time of 1 in --sample packets (`net_latency`: count, mean,
-  p50/p90/p99 from log2 histograms), and a Prometheus histogram per stage.
+- with --latency, per layer stage (receive: device -> L2 -> TCP -> application; send:
+  application -> TCP -> device queue -> driver) the time of 1 in --sample packets
+  (`net_latency`: count, mean, p50/p90/p99 from log2 histograms), a Prometheus histogram
+  per stage, and per connection the mean time per stage (`lat_<stage>_mean_ns` in its
+  `tcp_conn` record; RX/TX columns of the table).
 How the owner of a socket is found: docs/design/net-attribution.md.
 """
 
@@ -212,7 +214,8 @@ class NetExporter(Exporter):
         rec.update(kind=kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels, values=values)
         return rec
 
-    def _conn_records(self, rows: list[dict], ts: int, elapsed_s: float) -> list[dict]:
+    def _conn_records(self, rows: list[dict], ts: int, elapsed_s: float,
+                      conn_lat: dict[int, tuple[list[int], list[int]]]) -> list[dict]:
         out, prev, now = [], {}, time.time_ns()
         counts: Counter[tuple[str, str, str]] = Counter()
         srtts, cwnds = [], []
@@ -235,6 +238,12 @@ class NetExporter(Exporter):
             if info["start_ns"]:
                 values["start_ts_ns"] = info["start_ns"]
                 values["age_s"] = round((now - info["start_ns"]) / 1e9, 3)
+            lat = conn_lat.get(info["cookie"])
+            if lat:
+                for (_, stage), total, n in zip(LATENCY_STAGES, *lat):
+                    if n:
+                        values[f"lat_{stage}_mean_ns"] = total // n
+                        values[f"lat_{stage}_samples"] = n
             labels = _identity(info, direction, src)
             labels["ca_state"] = tcp_ca_state_name(info["ca_state"])
             out.append(self._record("tcp_conn", ts, pid, tid, comm, labels, values))
@@ -344,7 +353,7 @@ class NetExporter(Exporter):
         ts = time.time_ns()
         rows = self.kernel.snapshot()
         self.owners.learn(rows)
-        out = self._conn_records(rows, ts, elapsed_s)
+        out = self._conn_records(rows, ts, elapsed_s, self.kernel.connection_latency() if self.latency_sample else {})
         for ev in self.kernel.take_events(full=False):
             rec = self._event_record(ev)
             if rec is not None:
@@ -367,12 +376,18 @@ class NetExporter(Exporter):
                           ("STATE", "left"), ("TX/s", "right"), ("RX/s", "right"), ("RTTms", "right"),
                           ("CWND", "right"), ("RETR", "right")):
             t.add_column(col, justify=just, no_wrap=True)
+        if self.latency_sample:  # mean time of sampled packets through the stack, per direction
+            t.add_column("RX-LATus", justify="right", no_wrap=True)
+            t.add_column("TX-LATus", justify="right", no_wrap=True)
         for r in shown:
             lab, v = r["labels"], r["values"]
-            t.add_row(str(r["pid"] or "-"), Text(r["comm"] or "-"), lab["direction"], f"{lab['laddr']}:{lab['lport']}",
-                      f"{lab['raddr']}:{lab['rport']}", _SHORT_STATES.get(lab["state"], lab["state"]),
-                      _human(v.get("tx_bytes_per_s")), _human(v.get("rx_bytes_per_s")), f"{v['srtt_us'] / 1000:.2f}",
-                      str(v["snd_cwnd"]), str(v["total_retrans"]))
+            cells = [str(r["pid"] or "-"), Text(r["comm"] or "-"), lab["direction"], f"{lab['laddr']}:{lab['lport']}",
+                     f"{lab['raddr']}:{lab['rport']}", _SHORT_STATES.get(lab["state"], lab["state"]),
+                     _human(v.get("tx_bytes_per_s")), _human(v.get("rx_bytes_per_s")), f"{v['srtt_us'] / 1000:.2f}",
+                     str(v["snd_cwnd"]), str(v["total_retrans"])]
+            if self.latency_sample:
+                cells += [_path_latency_us(v, "rx"), _path_latency_us(v, "tx")]
+            t.add_row(*cells)
         others = Counter(r["kind"] for r in records if r["kind"] != "tcp_conn")
         if others:
             t.caption = "  ".join(f"{k}: {n}" for k, n in sorted(others.items()))
@@ -415,6 +430,13 @@ class NetExporter(Exporter):
             yield h
         yield _histogram("bpfscope_net_cwnd_segments", "Congestion window of the connections in the last snapshot",
                          self.cwnds, (1, 2, 4, 10, 20, 50, 100, 200, 500, 1000))
+
+
+def _path_latency_us(values: dict, path: str) -> str:
+    """The sum of a connection's mean stage times along one path (rx or tx), in us."""
+    means = [values.get(f"lat_{stage}_mean_ns") for p, stage in LATENCY_STAGES if p == path]
+    known = [m for m in means if m is not None]
+    return f"{sum(known) / 1000:.1f}" if known else "-"
 
 
 def log2_quantile(slots: list[int], q: float) -> int:

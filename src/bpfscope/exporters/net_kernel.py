@@ -39,9 +39,12 @@ CORE_PROGRAMS = ["net_state", "net_send", "net_recv", "net_iter_tcp", "net_iter_
 ESSENTIAL_PROGRAMS = ("net_state", "net_iter_tcp")  # the rest degrade: owners come later, or an option is off
 EVENT_PROGRAMS = ["net_retransmit", "net_send_reset", "net_receive_reset", "net_cong_state", "net_rcvq_full"]
 DROP_PROGRAMS = ["net_kfree_skb"]
-LATENCY_PROGRAMS = ["net_lat_rx_l2", "net_lat_rx_tcp", "net_lat_rx_app", "net_lat_tx_queue", "net_lat_tx_xmit"]
+LATENCY_PROGRAMS = ["net_lat_rx_dev", "net_lat_rx_gro", "net_lat_rx_entry", "net_lat_rx_list", "net_lat_rx_l2",
+                    "net_lat_rx_tcp", "net_lat_rx_app", "net_lat_tx_send", "net_lat_tx_queue", "net_lat_tx_xmit",
+                    "net_iter_lat"]
 # enum net_lat_stage: (path, stage label)
-LATENCY_STAGES = (("rx", "l2_to_tcp"), ("rx", "tcp_to_app"), ("tx", "tcp_to_device"), ("tx", "device_to_driver"))
+LATENCY_STAGES = (("rx", "device_to_l2"), ("rx", "l2_to_tcp"), ("rx", "tcp_to_app"),
+                  ("tx", "app_to_tcp"), ("tx", "tcp_to_device"), ("tx", "device_to_driver"))
 MAX_PENDING_EVENTS = 200_000
 # struct net_tcp_info fields (besides comm and the addresses) that name a socket and its owner
 IDENTITY_FIELDS = ("cookie", "start_ns", "pid", "tid", "sport", "dport", "family", "state", "dir", "owner_src",
@@ -219,6 +222,10 @@ class NetKernel:
                 prog.attach()
         self.info = InfoDecoder(self.obj.struct("net_tcp_info"))
         self._tcp_link = self.obj.programs["net_iter_tcp"].attach_iter()
+        self._lat_link = None
+        if self.latency_sample and "net_iter_lat" not in self.missing:
+            self._lat_link = self.obj.programs["net_iter_lat"].attach_iter()
+            self._lat_struct = self.obj.struct("net_conn_lat")
         ev_t = self.obj.struct("net_event")
         # the head's field order is fixed by net.h; its size is checked against BTF here
         head = "QIIII"
@@ -307,6 +314,30 @@ class NetKernel:
                 total += h.sum_ns
             out.append((slots, count, total))
         return out
+
+    def connection_latency(self) -> dict[int, tuple[list[int], list[int]]]:
+        """{socket cookie: (sum_ns per stage, samples per stage)} of every socket of this
+        network namespace that had a sampled packet (cumulative over its life)."""
+        if self._lat_link is None:
+            return {}
+        t, n = self._lat_struct, len(LATENCY_STAGES)
+        if t.sum_ns.offset != 8 or t.count.offset != 8 + 8 * n:  # the layout the codec below assumes
+            raise TypeError("struct net_conn_lat: unexpected layout")
+        codec = struct.Struct(f"<Q{n}Q{n}I{ctypes.sizeof(t) - 8 - 12 * n}x")
+        out = {}
+        for tup in codec.iter_unpack(self._read_iter(self._lat_link)):
+            out[tup[0]] = (list(tup[1:1 + n]), list(tup[1 + n:1 + 2 * n]))
+        return out
+
+    def _read_iter(self, link) -> bytes:
+        fd = L.check_int(L.bpf_iter_create(link.fd), "create iterator")
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def take_drops(self) -> dict[int, int]:
         """{drop reason: packets} since the last call (read and deleted in one batch)."""
