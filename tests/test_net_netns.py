@@ -96,3 +96,37 @@ def test_netfilter_drop_is_named_with_the_sockets_4tuple(netns_pair, peers):  # 
             and r["labels"]["raddr"] == B_ADDR and r["labels"]["rport"] == "9"]
     assert ours and all(r["labels"]["laddr"] == A_ADDR and r["labels"]["protocol"] == "tcp" for r in ours)
     assert all(r["labels"]["state"] == "SYN_SENT" for r in ours)
+
+
+def test_all_netns_snapshot_shows_every_namespace_with_owners(netns_pair, peers):  # noqa: F811
+    """Connections made before the exporter started, inside two namespaces: --all-netns lists
+    both ends with their owners and namespace; the default snapshot (own namespace) does not."""
+    ns_a, ns_b = netns_pair
+    srv = peers("server", "--host", B_ADDR, "--expect", MIB, "--name", "nt-ns-s", netns=ns_b)
+    port = srv.port()
+    cli = peers("client", "--host", B_ADDR, "--port", port, "--send", MIB, "--name", "nt-ns-c", netns=ns_a)
+    assert cli.line(60) == "done" and srv.line(60) == "done"
+    inode = {ns: os.stat(f"/run/netns/{ns}").st_ino for ns in (ns_a, ns_b)}
+    exp = open_exporter(all_netns=True)
+    try:
+        every = exp.collect(1.0)
+    finally:
+        exp.close()
+    exp = open_exporter()
+    try:
+        own = exp.collect(1.0)
+    finally:
+        exp.close()
+    cli.close()
+    srv.close()
+
+    def ours(records):
+        return [r for r in records if r["kind"] == "tcp_conn" and B_ADDR in (r["labels"]["laddr"], r["labels"]["raddr"])
+                and str(port) in (r["labels"]["lport"], r["labels"]["rport"])]
+
+    assert ours(own) == []
+    (out,) = [r for r in ours(every) if r["labels"]["raddr"] == B_ADDR]
+    (inn,) = [r for r in ours(every) if r["labels"]["laddr"] == B_ADDR]
+    assert (out["pid"], out["comm"], out["labels"]["netns"]) == (cli.pid, "nt-ns-c", str(inode[ns_a]))
+    assert (inn["pid"], inn["comm"], inn["labels"]["netns"]) == (srv.pid, "nt-ns-s", str(inode[ns_b]))
+    assert abs(out["values"]["bytes_acked"] - MIB) <= 300 and abs(inn["values"]["bytes_received"] - MIB) <= 300

@@ -107,6 +107,8 @@ def net(
     latency: Annotated[bool, typer.Option("--latency", help="Also time per packet between layers (log2 "
                                                             "histograms of sampled packets).")] = False,
     sample: Annotated[int, typer.Option(help="With --latency: follow 1 packet in N.", min=1)] = 100,
+    all_netns: Annotated[bool, typer.Option("--all-netns", help="Connections of every network namespace (containers, "
+                                                                "ip netns), not only bpfscope's own.")] = False,
     interval: Interval = 5.0,
     duration: Duration = None,
     as_json: Json = False,
@@ -136,7 +138,8 @@ def net(
         except ValueError:
             raise UserError(f"bad --addr {addr!r}", 2) from None
     filt = ConnFilter(pid=pid, comm=comm, port=port, addr=addr, state=state_nr, direction=direction)
-    exporter = NetExporter(filt, sort=sort, top=top, events=events, drops=drops, latency_sample=sample if latency else 0)
+    exporter = NetExporter(filt, sort=sort, top=top, events=events, drops=drops, latency_sample=sample if latency else 0,
+                           all_netns=all_netns)
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
 
 

@@ -140,7 +140,7 @@ def _identity(info: dict, direction: str, src: str) -> dict[str, str]:
     labels = {
         "conn_id": str(info["cookie"]), "direction": direction, "state": tcp_state_name(info["state"]),
         "family": "ipv4" if info["family"] == 2 else "ipv6", "laddr": info["saddr"], "lport": str(info["sport"]),
-        "raddr": info["daddr"], "rport": str(info["dport"]), "owner": src,
+        "raddr": info["daddr"], "rport": str(info["dport"]), "owner": src, "netns": str(info["netns"]),
     }
     if not info["cookie"]:  # not a socket: a packet's addresses (a reset or drop without socket)
         for k in ("conn_id", "owner", "state", "direction"):
@@ -170,7 +170,7 @@ class NetExporter(Exporter):
     domain = "net"
 
     def __init__(self, filt: ConnFilter | None = None, sort: str = "rate", top: int = 30, events: bool = False,
-                 drops: bool = False, latency_sample: int = 0):
+                 drops: bool = False, latency_sample: int = 0, all_netns: bool = False):
         if sort not in SORT_KEYS:
             raise ValueError(f"unknown sort key {sort!r} (have: {', '.join(SORT_KEYS)})")
         self.filt = filt or ConnFilter()
@@ -179,6 +179,7 @@ class NetExporter(Exporter):
         self.events = events
         self.drops = drops
         self.latency_sample = latency_sample  # 0: no --latency; else follow 1 packet in N
+        self.all_netns = all_netns
         self._lat_prev: list[tuple[list[int], int, int]] | None = None
         self.lat_totals: list[tuple[list[int], int, int]] = []
         self.kernel: NetKernel | None = None
@@ -195,7 +196,8 @@ class NetExporter(Exporter):
 
     def open(self) -> None:
         self._template = make_record("net", "tcp_conn")
-        self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample).open()
+        self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample,
+                                all_netns=self.all_netns).open()
         self._values_of = self.kernel.info.getter(_VALUE_FIELDS)
         self._rate_inputs = self.kernel.info.getter(("snd_cwnd", "snd_ssthresh", "rate_delivered", "mss",
                                                      "rate_interval_us"))
@@ -372,6 +374,8 @@ class NetExporter(Exporter):
         shown = conns[: self.top] if self.top else conns
         t = Table(title=f"TCP connections ({len(shown)} of {len(conns)}, by {self.sort}; totals and internals: --json)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+        if self.all_netns:
+            t.add_column("NETNS", justify="right", no_wrap=True)
         for col, just in (("PID", "right"), ("COMM", "left"), ("DIR", "left"), ("LOCAL", "left"), ("REMOTE", "left"),
                           ("STATE", "left"), ("TX/s", "right"), ("RX/s", "right"), ("RTTms", "right"),
                           ("CWND", "right"), ("RETR", "right")):
@@ -387,6 +391,8 @@ class NetExporter(Exporter):
                      str(v["snd_cwnd"]), str(v["total_retrans"])]
             if self.latency_sample:
                 cells += [_path_latency_us(v, "rx"), _path_latency_us(v, "tx")]
+            if self.all_netns:
+                cells.insert(0, lab["netns"])
             t.add_row(*cells)
         others = Counter(r["kind"] for r in records if r["kind"] != "tcp_conn")
         if others:

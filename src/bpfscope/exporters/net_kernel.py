@@ -27,6 +27,7 @@ from operator import itemgetter
 
 from ..bpf import BpfObject
 from ..bpf import libbpf as L
+from ..netns import call_in, network_namespaces, own_namespace
 from .net_ringbuf import FixedRingReader
 
 NET_EV_CLOSE, NET_EV_CONNECT, NET_EV_ACCEPT, NET_EV_RETRANS = 1, 2, 3, 4
@@ -176,8 +177,10 @@ class InfoDecoder:
 class NetKernel:
     """Loads net.bpf.o with the programs the options need and reads it."""
 
-    def __init__(self, events: bool = False, drops: bool = False, latency_sample: int = 0):
+    def __init__(self, events: bool = False, drops: bool = False, latency_sample: int = 0, all_netns: bool = False):
         self.events_on = events
+        self.all_netns = all_netns  # snapshot every network namespace, not only the exporter's
+        self._own_netns = own_namespace()
         self.drops_on = drops
         self.latency_sample = latency_sample  # 0: no --latency
         self.missing: list[str] = []  # programs this kernel refused
@@ -325,19 +328,29 @@ class NetKernel:
             raise TypeError("struct net_conn_lat: unexpected layout")
         codec = struct.Struct(f"<Q{n}Q{n}I{ctypes.sizeof(t) - 8 - 12 * n}x")
         out = {}
-        for tup in codec.iter_unpack(self._read_iter(self._lat_link)):
+        for tup in codec.iter_unpack(self._read_iter(self._lat_link, "net_iter_lat")):
             out[tup[0]] = (list(tup[1:1 + n]), list(tup[1 + n:1 + 2 * n]))
         return out
 
-    def _read_iter(self, link) -> bytes:
-        fd = L.check_int(L.bpf_iter_create(link.fd), "create iterator")
+    def _iter_fds(self, link, name: str) -> list[int]:
+        """Iterator fds to read: this network namespace's, and with all_netns every other's
+        (each created inside its namespace: iter/tcp walks the creator's)."""
+        fds = [L.check_int(L.bpf_iter_create(link.fd), f"create iterator {name}")]
+        if self.all_netns:
+            others = [path for ino, path in network_namespaces().items() if ino != self._own_netns]
+            fds += [fd for fd in call_in(others, lambda: L.check_int(L.bpf_iter_create(link.fd), name)) if fd]
+        return fds
+
+    def _read_iter(self, link, name: str) -> bytes:
+        chunks, fds = [], self._iter_fds(link, name)
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            for fd in fds:
+                while chunk := os.read(fd, 1 << 20):
+                    chunks.append(chunk)
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
+        return b"".join(chunks)
 
     def take_drops(self) -> dict[int, int]:
         """{drop reason: packets} since the last call (read and deleted in one batch)."""
@@ -359,13 +372,14 @@ class NetKernel:
         os.read releases the GIL, so a reader thread overlaps the two."""
         if self._need_owner_pass:
             self.fill_owners()
-        fd = L.check_int(L.bpf_iter_create(self._tcp_link.fd), "create iterator net_iter_tcp")
+        fds = self._iter_fds(self._tcp_link, "net_iter_tcp")
         chunks: queue.SimpleQueue = queue.SimpleQueue()
 
         def reader() -> None:
             try:
-                while chunk := os.read(fd, 1 << 20):
-                    chunks.put(chunk)
+                for fd in fds:
+                    while chunk := os.read(fd, 1 << 20):
+                        chunks.put(chunk)
             except OSError as exc:
                 chunks.put(exc)
             finally:
@@ -385,7 +399,8 @@ class NetKernel:
                 rest = buf[usable:]
         finally:
             thread.join()
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         # a socket no hook has named yet: look in the fd tables before the next snapshot
         pid_i, state_i = self.info.index["pid"], self.info.index["state"]
         self._need_owner_pass = any(t[pid_i] == 0 and t[state_i] != TCP_LISTEN for t in out)
