@@ -5,7 +5,8 @@
   2. short connections: connect, one 64-byte request, one 64-byte reply, close, in a loop
      for SHORT_S seconds; connections per second.
 Each is timed with nothing attached, with `bpfscope net --quiet` running (interval 1 s),
-and with `--latency --sample 100` added, interleaved, best of ROUNDS; prints the ratios
+with `--latency --sample 100` added, and with `--json` (every close record built and
+written, as a collector would get them), interleaved, best of ROUNDS; prints the ratios
 (targets: bulk >= 0.97x, short >= 0.95x, with --latency >= 0.90x). The workloads are
 Python processes (bench/net_overhead.py --role ...): the interpreter's own per-call cost
 dilutes the hooks' cost more than a C client would, so these are the figures a Python
@@ -102,7 +103,8 @@ def main() -> None:
     if args.role == "client":
         return client(args.kind, args.port)
 
-    modes = {"off": None, "net": [], "latency": ["--latency", "--sample", "100"]}
+    # "json": every record built and written (what --json or a collector costs), for comparison
+    modes = {"off": None, "net": [], "latency": ["--latency", "--sample", "100"], "json": ["--json"]}
     results: dict[tuple[str, str], list[float]] = {(k, m): [] for k in ("bulk", "short") for m in modes}
     for _ in range(args.rounds):
         for on, extra in modes.items():
@@ -120,9 +122,10 @@ def main() -> None:
                     exporter.wait(30)
     print(f"best of {args.rounds}, interleaved")
     for kind, unit, target in (("bulk", "MiB/s", 0.97), ("short", "conn/s", 0.95)):
-        off, on, lat = (max(results[(kind, m)]) for m in modes)
+        off, on, lat, js = (max(results[(kind, m)]) for m in modes)
         print(f"  {kind:<6} without {off:8.0f} {unit}  with bpfscope net {on:8.0f} ({on / off:.3f}x, target >= "
-              f"{target}x)  with --latency --sample 100 {lat:8.0f} ({lat / off:.3f}x, target >= 0.90x)")
+              f"{target}x)  with --latency --sample 100 {lat:8.0f} ({lat / off:.3f}x, target >= 0.90x)  "
+              f"with --json {js:8.0f} ({js / off:.3f}x)")
 
 
 if __name__ == "__main__":

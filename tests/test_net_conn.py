@@ -293,3 +293,32 @@ def test_connections_older_than_bpfscope_are_shown_with_owner_and_direction(peer
     assert {(r["pid"], r["comm"], r["labels"]["direction"], r["labels"]["owner"]) for r in inn} == {
         (srv.pid, "nt-old-s", "in", "fd_table")}
     assert all("start_ts_ns" not in r["values"] for r in out + inn)  # unknown: before we started
+
+
+def test_table_only_mode_counts_closes_without_building_records():
+    """With no --json and no collector, close records are counted (metrics, caption), not built."""
+    import socket
+
+    exp = open_exporter()
+    exp.records_wanted = False
+    try:
+        exp.collect(1.0)
+        before_in, before_out = exp.closed["in"], exp.closed["out"]
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(128)
+        with srv:
+            for _ in range(50):
+                c = socket.create_connection(srv.getsockname())
+                a, _ = srv.accept()
+                c.close()
+                a.close()
+        time.sleep(0.3)
+        records = exp.collect(1.0)
+        caption = str(exp.table(records).caption)
+    finally:
+        exp.close()
+    assert not [r for r in records if r["kind"] == "tcp_close"]
+    assert exp.closed["out"] - before_out >= 50 and exp.closed["in"] - before_in >= 50
+    n = int(re.search(r"tcp_close: (\d+)", caption).group(1))
+    assert n >= 100

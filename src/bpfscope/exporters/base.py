@@ -28,6 +28,9 @@ class Exporter:
 
     name = "exporter"
     domain = "system"
+    # False when only the live table reads the records (no --json, no collector): an
+    # exporter may then skip building records the table does not show, and only count them.
+    records_wanted = True
 
     def open(self) -> None:
         """Load and attach the BPF programs."""
@@ -193,6 +196,7 @@ class ExporterLoop:
         self.json_out = json_out
         self.view = view and not json_out and sys.stdout.isatty()
         self.sender = Sender(collector_url) if collector_url else None
+        exporter.records_wanted = bool(json_out or self.sender)
         self.metrics_addr = metrics_addr
         self.stop = threading.Event()
         self.running = False

@@ -193,12 +193,14 @@ class NetExporter(Exporter):
         self.srtts_us: list[int] = []
         self.cwnds: list[int] = []
         self.lost = 0
+        self.uncounted: Counter[str] = Counter()  # records counted but not built (records_wanted False)
 
     def open(self) -> None:
         self._template = make_record("net", "tcp_conn")
         self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample,
                                 all_netns=self.all_netns).open()
         self._values_of = self.kernel.info.getter(_VALUE_FIELDS)
+        self._dir_i, self._netns_i, self._sport_i = (self.kernel.info.index[k] for k in ("dir", "netns", "sport"))
         self._rate_inputs = self.kernel.info.getter(("snd_cwnd", "snd_ssthresh", "rate_delivered", "mss",
                                                      "rate_interval_us"))
         if self.drops:
@@ -278,6 +280,16 @@ class NetExporter(Exporter):
             values["lifetime_ns"] = max(ev["ts_ns"] - start, 0)
         return self._record("tcp_close", ev["ts_ns"], pid, tid, comm, labels, values)
 
+    def _count_close(self, tup: tuple) -> None:
+        """What a tcp_close record adds to the metrics and the table's caption, without the
+        record (short connections close thousands of times per second)."""
+        direction = DIRECTIONS.get(tup[self._dir_i], "unknown")
+        if direction == "unknown":
+            direction = "in" if (tup[self._netns_i], tup[self._sport_i]) in self.owners.listeners else "out"
+        self.event_counts["tcp_close"] += 1
+        self.closed[direction] += 1
+        self.uncounted["tcp_close"] += 1
+
     def _event_record(self, ev: dict) -> dict | None:
         if ev["type"] == NET_EV_CLOSE:
             return self._close_record(ev)
@@ -356,7 +368,11 @@ class NetExporter(Exporter):
         rows = self.kernel.snapshot()
         self.owners.learn(rows)
         out = self._conn_records(rows, ts, elapsed_s, self.kernel.connection_latency() if self.latency_sample else {})
+        self.uncounted = Counter()
         for ev in self.kernel.take_events(full=False):
+            if ev["type"] == NET_EV_CLOSE and not self.records_wanted:
+                self._count_close(ev["tup"])  # the table shows only how many
+                continue
             rec = self._event_record(ev)
             if rec is not None:
                 out.append(rec)
@@ -394,7 +410,7 @@ class NetExporter(Exporter):
             if self.all_netns:
                 cells.insert(0, lab["netns"])
             t.add_row(*cells)
-        others = Counter(r["kind"] for r in records if r["kind"] != "tcp_conn")
+        others = Counter(r["kind"] for r in records if r["kind"] != "tcp_conn") + self.uncounted
         if others:
             t.caption = "  ".join(f"{k}: {n}" for k, n in sorted(others.items()))
         return t
