@@ -200,7 +200,10 @@ class NetExporter(Exporter):
         self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample,
                                 all_netns=self.all_netns).open()
         self._values_of = self.kernel.info.getter(_VALUE_FIELDS)
-        self._dir_i, self._netns_i, self._sport_i = (self.kernel.info.index[k] for k in ("dir", "netns", "sport"))
+        index = self.kernel.info.index
+        self._dir_i, self._netns_i, self._sport_i, self._state_i = (index[k] for k in ("dir", "netns", "sport", "state"))
+        self._srtt_i, self._cwnd_i, self._acked_i, self._received_i = (
+            index[k] for k in ("srtt_us", "snd_cwnd", "bytes_acked", "bytes_received"))
         self._rate_inputs = self.kernel.info.getter(("snd_cwnd", "snd_ssthresh", "rate_delivered", "mss",
                                                      "rate_interval_us"))
         if self.drops:
@@ -218,30 +221,46 @@ class NetExporter(Exporter):
         rec.update(kind=kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels, values=values)
         return rec
 
-    def _conn_records(self, rows: list[dict], ts: int, elapsed_s: float,
+    def _tuple_values(self, tup: tuple) -> dict:
+        """tcp_values() straight from a struct net_tcp_info tuple (no full dict per socket)."""
+        values = dict(zip(_VALUE_NAMES, self._values_of(tup)))
+        cwnd, ssthresh, delivered, mss, interval = self._rate_inputs(tup)
+        values["in_slow_start"] = int(cwnd < ssthresh)
+        values["delivery_rate_bytes_per_s"] = delivered * mss * 1_000_000 // interval if interval else 0
+        return values
+
+    def _conn_records(self, tuples: list[tuple], ts: int, elapsed_s: float,
                       conn_lat: dict[int, tuple[list[int], list[int]]]) -> list[dict]:
+        """One tcp_conn per socket of the snapshot, built from its tuple: only the identity
+        fields become a dict (10,000 connections: time and memory are per field)."""
         out, prev, now = [], {}, time.time_ns()
         counts: Counter[tuple[str, str, str]] = Counter()
         srtts, cwnds = [], []
-        for info in rows:
-            if info["state"] == TCP_LISTEN and self.filt.state != TCP_LISTEN:
+        identity, boot = self.kernel.info.identity, self.kernel.boot_offset_ns
+        state_i, srtt_i, cwnd_i = self._state_i, self._srtt_i, self._cwnd_i
+        acked_i, received_i = self._acked_i, self._received_i
+        for tup in tuples:
+            if tup[state_i] == TCP_LISTEN and self.filt.state != TCP_LISTEN:
                 continue
+            info = identity(tup)
             pid, tid, comm, direction, src = self.owners.resolve(info)
             service_port = info["dport"] if direction == "out" else info["sport"]
             counts[(tcp_state_name(info["state"]), direction, port_class(service_port))] += 1
-            srtts.append(info["srtt_us"])
-            cwnds.append(info["snd_cwnd"])
-            prev[info["cookie"]] = (info["bytes_acked"], info["bytes_received"])
+            srtts.append(tup[srtt_i])
+            cwnds.append(tup[cwnd_i])
+            acked, received = tup[acked_i], tup[received_i]
+            prev[info["cookie"]] = (acked, received)
             if not self.filt.match(pid, comm, info, direction):
                 continue
-            values = tcp_values(info)
+            values = self._tuple_values(tup)
             last = self._prev.get(info["cookie"])
             if last and elapsed_s > 0:
-                values["tx_bytes_per_s"] = round((info["bytes_acked"] - last[0]) / elapsed_s, 1)
-                values["rx_bytes_per_s"] = round((info["bytes_received"] - last[1]) / elapsed_s, 1)
+                values["tx_bytes_per_s"] = round((acked - last[0]) / elapsed_s, 1)
+                values["rx_bytes_per_s"] = round((received - last[1]) / elapsed_s, 1)
             if info["start_ns"]:
-                values["start_ts_ns"] = info["start_ns"]
-                values["age_s"] = round((now - info["start_ns"]) / 1e9, 3)
+                start = info["start_ns"] + boot
+                values["start_ts_ns"] = start
+                values["age_s"] = round((now - start) / 1e9, 3)
             lat = conn_lat.get(info["cookie"])
             if lat:
                 for (_, stage), total, n in zip(LATENCY_STAGES, *lat):
@@ -268,12 +287,7 @@ class NetExporter(Exporter):
         labels = _identity(info, direction, src)
         labels["state"] = "CLOSE"
         labels["old_state"] = tcp_state_name(ev["arg"])
-        values = {}
-        if info["is_tcp"]:
-            values = dict(zip(_VALUE_NAMES, self._values_of(tup)))
-            cwnd, ssthresh, delivered, mss, interval = self._rate_inputs(tup)
-            values["in_slow_start"] = int(cwnd < ssthresh)
-            values["delivery_rate_bytes_per_s"] = delivered * mss * 1_000_000 // interval if interval else 0
+        values = self._tuple_values(tup) if info["is_tcp"] else {}
         if info["start_ns"]:
             start = info["start_ns"] + self.kernel.boot_offset_ns
             values["start_ts_ns"] = start
@@ -365,9 +379,10 @@ class NetExporter(Exporter):
 
     def collect(self, elapsed_s: float) -> list[dict]:
         ts = time.time_ns()
-        rows = self.kernel.snapshot()
-        self.owners.learn(rows)
-        out = self._conn_records(rows, ts, elapsed_s, self.kernel.connection_latency() if self.latency_sample else {})
+        tuples = self.kernel.snapshot_tuples()
+        identity = self.kernel.info.identity
+        self.owners.learn([identity(t) for t in tuples if t[self._state_i] == TCP_LISTEN])
+        out = self._conn_records(tuples, ts, elapsed_s, self.kernel.connection_latency() if self.latency_sample else {})
         self.uncounted = Counter()
         for ev in self.kernel.take_events(full=False):
             if ev["type"] == NET_EV_CLOSE and not self.records_wanted:
