@@ -251,7 +251,8 @@ def test_delete_and_reset_leave_nothing_behind(lb, cgroup):
         assert json.loads(cli("status", "--json").stdout)["services"] == []
         assert cli("delete", "web").returncode == 2
         r = cli("reset")
-        assert r.returncode == 0 and "removed 16 pins" in r.stdout
+        from bpfscope.lb.kernel import MAPS, PROGRAMS
+        assert r.returncode == 0 and f"removed {len(MAPS) + len(PROGRAMS)} pins" in r.stdout
         assert not os.path.exists(pin)
         shown = subprocess.run(["bpftool", "cgroup", "show", str(cgroup)], capture_output=True, text=True)
         assert "lb_" not in shown.stdout

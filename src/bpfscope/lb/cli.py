@@ -67,13 +67,19 @@ def run(
     rise: Annotated[int, typer.Option(help="Good checks in a row that put it back.", min=1)] = 1,
     metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = "127.0.0.1",
+    drain_timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds after a backend leaves the file until its remaining connections are closed.",
+        min=0)] = None,
     pin_dir: PinDir = None,
 ) -> None:
     """The controller: apply the file, health-check backends, reload on change, until Ctrl-C."""
     from .controller import run_controller
+    from .kernel import kernel_has
 
     if (config is None) == (not kubernetes):
         raise ConfigError("give --config FILE or --kubernetes (one of them)")
+    if drain_timeout is not None and (kubernetes or not kernel_has("bpf_sock_destroy")):
+        raise ConfigError("--drain-timeout needs --config and a kernel with bpf_sock_destroy (Linux 6.5+)")
     if config:
         load(config)  # a bad file fails here, before anything is touched
     with _kernel(pin_dir) as k:
@@ -83,7 +89,7 @@ def run(
 
             raise typer.Exit(KubernetesSource(k, kubeconfig).run())
         raise typer.Exit(run_controller(k, config, interval, timeout, fall, rise,
-                                        (metrics_host, metrics_port) if metrics_port else None))
+                                        (metrics_host, metrics_port) if metrics_port else None, drain_timeout))
 
 
 @lb_app.command()
