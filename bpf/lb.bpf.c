@@ -147,25 +147,27 @@ static __always_inline int wants_canary(struct lb_service *svc, struct lb_addr *
 	return bpf_get_prandom_u32() < svc->canary_share;
 }
 
-/* Scan a least-conn table from a random start (ties spread) for the fewest active connections. */
+/* Scan a least-conn table for the fewest active connections; ties are broken uniformly at
+ * random (reservoir sampling: the k-th tie replaces the pick with probability 1/k). */
 static __always_inline struct lb_backend *least_conn(__u32 id, __u32 base, __u32 count, __u32 *index)
 {
 	struct lb_backend_key k = { .service_id = id };
 	struct lb_backend *b, *best = NULL;
-	__u32 start = bpf_get_prandom_u32() % count, i, idx;
 	__s64 fewest = 0x7fffffffffffffffLL, *n, v;
+	__u32 i, ties = 0;
 
 	for (i = 0; i < LB_LEAST_CONN_MAX && i < count; i++) {
-		idx = start + i;
-		if (idx >= count)
-			idx -= count;
-		k.index = base + idx;
+		k.index = base + i;
 		b = bpf_map_lookup_elem(&lb_backends, &k);
 		if (!b)
 			continue;
 		n = bpf_map_lookup_elem(&lb_active, &b->to);
 		v = n ? *n : 0;
-		if (v < fewest) {
+		if (v < fewest)
+			ties = 0;
+		else if (v > fewest)
+			continue;
+		if (bpf_get_prandom_u32() % ++ties == 0) {
 			fewest = v;
 			best = b;
 			*index = k.index;

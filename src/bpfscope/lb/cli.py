@@ -107,16 +107,20 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, pin_dir: Pi
         print(json.dumps({"services": rows, "no_backend_refusals": refused, "rate_limited": limited}, indent=2))
         return
     t = Table(title="bpfscope lb", title_justify="left")
+    tracked = any("active" in b for s in rows for b in s["backends"])  # a least-conn service
     for col, just in (("SERVICE", "left"), ("VIP", "left"), ("ALGO", "left"), ("BACKEND", "left"),
-                      ("SHARE", "right"), ("CHOSEN", "right")):
+                      ("SHARE", "right"), ("CHOSEN", "right")) + ((("OPEN", "right"),) if tracked else ()):
         t.add_column(col, justify=just)
     for s in rows:
         vip = f"{s['vip']}:{s['port']}/{s['protocol']}"
         if not s["backends"]:
-            t.add_row(s["name"], vip, s["algorithm"], "(none: connect fails)", "", "")
+            none = f"(none: uses {s['fallback']})" if s.get("fallback") else "(none: connect fails)"
+            t.add_row(s["name"], vip, s["algorithm"], none, "", "", *([""] if tracked else []))
         for i, b in enumerate(s["backends"]):
+            share = "" if s["algorithm"] == "least-conn" else f"{b['share'] * 100:.1f}%"
             t.add_row(s["name"] if i == 0 else "", vip if i == 0 else "", s["algorithm"] if i == 0 else "",
-                      f"{b['address']}:{b['port']}", f"{b['share'] * 100:.1f}%", f"{b['choices']:,}")
+                      f"{b['address']}:{b['port']}", share, f"{b['choices']:,}",
+                      *([f"{b['active']:,}" if "active" in b else ""] if tracked else []))
     Console().print(t)
     if refused:
         print(f"connects refused for lack of a backend: {refused}")
