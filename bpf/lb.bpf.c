@@ -6,6 +6,12 @@
  * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
  * O(1) whatever the weights) and the socket's local storage written. Nothing per packet.
+ * Only services that ask for more pay for it: least-conn scans its (<= 64) backends' open
+ * counts, affinity looks up and refreshes the client's entry, and least-conn and passive
+ * health need tp_btf/inet_sock_set_state (attached by user space on first use), which
+ * counts the connections of their sockets (SYN_SENT +1, CLOSE -1) and the failed
+ * connects (SYN_SENT -> CLOSE). iter/tcp + bpf_sock_destroy closes a drained backend's
+ * remaining connections when user space runs it.
  *
  * Maps are pinned under /sys/fs/bpf/bpfscope/lb by user space and shared by every
  * controller run; a change to a service writes its backends under a fresh id first and

@@ -282,12 +282,13 @@ def test_passive_health_takes_out_a_backend_whose_client_connects_fail(lb, cgrou
         t0 = time.monotonic()
         failed = 0
         while True:  # connects fail with ECONNREFUSED until the controller takes it out
-            got = connects(cgroup, 20)
+            got = connects(cgroup, 10)
             failed += got["errors"].get("111", 0)
             if not got["errors"]:
                 break
-            assert time.monotonic() - t0 < 5, "passive health did not take the backend out"
-        assert 3 <= failed <= 40, failed
+            assert time.monotonic() - t0 < 10, "passive health did not take the backend out"
+        # out within a few controller ticks (0.2 s), not at the next active check (60 s)
+        assert time.monotonic() - t0 < 10 and failed >= 3, failed
         got = connects(cgroup, 100)
         assert not got["errors"] and set(got["seen"]) == {str(ports[1])}
         backends = status(cli)["web"]["backends"]

@@ -218,18 +218,23 @@ class _LbMetrics:
                                      labels=["service", "backend"])
         healthy = GaugeMetricFamily("bpfscope_lb_backend_healthy", "1 when the backend passes its checks",
                                     labels=["backend"])
+        open_conns = GaugeMetricFamily("bpfscope_lb_backend_open_connections",
+                                       "Open connections per backend (least-conn services)",
+                                       labels=["service", "backend"])
         counts = k.choices()
         for s in k.status():
             for b in s["backends"]:
                 ep = f"{b['address']}:{b['port']}"
                 chosen.add_metric([s["name"], ep], counts.get(Endpoint(b["address"], b["port"], s["protocol"]), 0))
+                if "active" in b:
+                    open_conns.add_metric([s["name"], ep], b["active"])
         for (ep, _), h in self.ctl.health.items():
             healthy.add_metric([f"{ep.address}:{ep.port}"], 1.0 if h.healthy else 0.0)
         refused = CounterMetricFamily("bpfscope_lb_no_backend_refusals", "Connects refused: no healthy backend")
         refused.add_metric([], k.no_backend_refusals())
         reloads = CounterMetricFamily("bpfscope_lb_reload_errors", "Edits of the file that were refused")
         reloads.add_metric([], self.ctl.reload_errors)
-        yield from (chosen, healthy, refused, reloads)
+        yield from (chosen, healthy, refused, reloads, open_conns)
 
 
 def serve_metrics(ctl: Controller, host: str, port: int) -> None:
