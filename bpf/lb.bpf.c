@@ -6,6 +6,12 @@
  * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
  * O(1) whatever the weights) and the socket's local storage written. Nothing per packet.
+ * Only services that ask for more pay for it: least-conn scans its (<= 64) backends' open
+ * counts, affinity looks up and refreshes the client's entry, and least-conn and passive
+ * health need tp_btf/inet_sock_set_state (attached by user space on first use), which
+ * counts the connections of their sockets (SYN_SENT +1, CLOSE -1) and the failed
+ * connects (SYN_SENT -> CLOSE). iter/tcp + bpf_sock_destroy closes a drained backend's
+ * remaining connections when user space runs it.
  *
  * Maps are pinned under /sys/fs/bpf/bpfscope/lb by user space and shared by every
  * controller run; a change to a service writes its backends under a fresh id first and
@@ -14,6 +20,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "bpfscope.h"
 #include "lb.h"
 
@@ -22,6 +29,11 @@
 #define EHOSTUNREACH 113
 #define ECONNREFUSED 111
 #define NSEC 1000000000ULL
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym __weak;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -74,6 +86,40 @@ struct {
 	__type(value, __u64);
 } lb_limited SEC(".maps");
 
+/* Active connections per backend (least-conn): +1 at SYN_SENT, -1 at CLOSE. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_addr);
+	__type(value, __s64);
+} lb_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_addr);
+	__type(value, struct lb_passive);
+} lb_passive SEC(".maps");
+
+/* LRU: a client that stops connecting is forgotten first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+} lb_affinity SEC(".maps");
+
+/* Backends whose remaining connections the drain iterator closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
+	__type(key, struct lb_addr);
+	__type(value, __u8);
+} lb_drain SEC(".maps");
+
 /* Connects refused because a service had no backend. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -107,7 +153,36 @@ static __always_inline int wants_canary(struct lb_service *svc, struct lb_addr *
 	return bpf_get_prandom_u32() < svc->canary_share;
 }
 
-static __always_inline struct lb_backend *choose(struct lb_service *svc, struct lb_addr *vip)
+/* Scan a least-conn table for the fewest active connections; ties are broken uniformly at
+ * random (reservoir sampling: the k-th tie replaces the pick with probability 1/k). */
+static __always_inline struct lb_backend *least_conn(__u32 id, __u32 base, __u32 count, __u32 *index)
+{
+	struct lb_backend_key k = { .service_id = id };
+	struct lb_backend *b, *best = NULL;
+	__s64 fewest = 0x7fffffffffffffffLL, *n, v;
+	__u32 i, ties = 0;
+
+	for (i = 0; i < LB_LEAST_CONN_MAX && i < count; i++) {
+		k.index = base + i;
+		b = bpf_map_lookup_elem(&lb_backends, &k);
+		if (!b)
+			continue;
+		n = bpf_map_lookup_elem(&lb_active, &b->to);
+		v = n ? *n : 0;
+		if (v < fewest)
+			ties = 0;
+		else if (v > fewest)
+			continue;
+		if (bpf_get_prandom_u32() % ++ties == 0) {
+			fewest = v;
+			best = b;
+			*index = k.index;
+		}
+	}
+	return best;
+}
+
+static __always_inline struct lb_backend *choose(struct lb_service *svc, struct lb_addr *vip, __u32 *index)
 {
 	struct lb_backend_key k = { .service_id = svc->id };
 	struct lb_backend *b;
@@ -119,6 +194,8 @@ static __always_inline struct lb_backend *choose(struct lb_service *svc, struct 
 	}
 	if (!count)
 		return NULL;
+	if (svc->algo == LB_ALGO_LEAST_CONN)
+		return least_conn(svc->id, base, count, index);
 	k.index = base + bpf_get_prandom_u32() % count;
 	b = bpf_map_lookup_elem(&lb_backends, &k);
 	if (!b)
@@ -126,6 +203,39 @@ static __always_inline struct lb_backend *choose(struct lb_service *svc, struct 
 	if (svc->algo == LB_ALGO_WEIGHTED && bpf_get_prandom_u32() >= b->prob) {
 		k.index = base + b->alias;
 		b = bpf_map_lookup_elem(&lb_backends, &k);
+	}
+	*index = k.index;
+	return b;
+}
+
+/* The client's remembered backend while it is fresh and the table unchanged, else a new
+ * choice that is remembered. */
+static __always_inline struct lb_backend *choose_affine(struct bpf_sock_addr *ctx, struct lb_service *svc,
+							struct lb_addr *vip)
+{
+	struct lb_affinity_key ak = { .vip = *vip };
+	struct lb_affinity *a, fresh = {};
+	struct lb_backend_key k = { .service_id = svc->id };
+	struct lb_backend *b;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 index = 0;
+
+	ak.client = svc->flags & LB_F_AFFINITY_NETNS ? bpf_get_netns_cookie(ctx) : bpf_get_current_cgroup_id();
+	a = bpf_map_lookup_elem(&lb_affinity, &ak);
+	if (a && a->service_id == svc->id && now - a->last_ns < svc->affinity_ns) {
+		k.index = a->index;
+		b = bpf_map_lookup_elem(&lb_backends, &k);
+		if (b) {
+			a->last_ns = now;
+			return b;
+		}
+	}
+	b = choose(svc, vip, &index);
+	if (b) {
+		fresh.service_id = svc->id;
+		fresh.index = index;
+		fresh.last_ns = now;
+		bpf_map_update_elem(&lb_affinity, &ak, &fresh, BPF_ANY);
 	}
 	return b;
 }
@@ -170,7 +280,7 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 	struct lb_stats_key sk = {};
 	struct lb_origin *origin;
 	struct lb_backend *b;
-	__u32 zero = 0;
+	__u32 zero = 0, index;
 
 	if (!svc)
 		return 1;
@@ -187,11 +297,20 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 			return 1;
 	}
 	if (svc->count == 0 && svc->canary_count == 0) {
-		bump(&lb_no_backend, &zero);
-		bpf_set_retval(-EHOSTUNREACH);
-		return 0;
+		/* none healthy: another service's backends when it names one and that one has any */
+		struct lb_service *backup = svc->backup.family ? bpf_map_lookup_elem(&lb_services, &svc->backup) : NULL;
+
+		if (!backup || (backup->count == 0 && backup->canary_count == 0)) {
+			bump(&lb_no_backend, &zero);
+			bpf_set_retval(-EHOSTUNREACH);
+			return 0;
+		}
+		svc = backup;
 	}
-	b = choose(svc, vip);
+	if (svc->flags & (LB_F_AFFINITY_CGROUP | LB_F_AFFINITY_NETNS))
+		b = choose_affine(ctx, svc, vip);
+	else
+		b = choose(svc, vip, &index);
 	if (!b || b->to.family != family)
 		return 1;
 	if (family == AF_INET) {
@@ -207,6 +326,7 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 	if (origin) {
 		origin->vip = *vip;
 		origin->backend = b->to;
+		origin->flags = svc->flags & (LB_F_TRACK | LB_F_PASSIVE);
 	}
 	sk.backend = b->to;
 	bump(&lb_choices, &sk);
@@ -349,6 +469,73 @@ SEC("cgroup/getpeername6")
 int lb_getpeername6(struct bpf_sock_addr *ctx)
 {
 	return restore_vip(ctx, AF_INET6);
+}
+
+/* Connection ends and failed connects of the sockets a tracking service redirected (this
+ * program is attached only once some service uses least-conn or passive health). */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(lb_sock_state, const struct sock *csk, const int oldstate, const int newstate)
+{
+	struct sock *sk = (struct sock *)csk;
+	struct lb_origin *o;
+	struct lb_passive *p, init = {};
+	__s64 *n, one = 1;
+
+	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE && newstate != TCP_ESTABLISHED)
+		return 0;
+	o = bpf_sk_storage_get(&lb_origins, sk, 0, 0);
+	if (!o || !(o->flags & (LB_F_TRACK | LB_F_PASSIVE)))
+		return 0;
+	if (newstate == TCP_SYN_SENT && (o->flags & LB_F_TRACK) && !(o->flags & LB_O_COUNTED)) {
+		o->flags |= LB_O_COUNTED;
+		n = bpf_map_lookup_elem(&lb_active, &o->backend);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else if (bpf_map_update_elem(&lb_active, &o->backend, &one, BPF_NOEXIST) && (n = bpf_map_lookup_elem(&lb_active, &o->backend)))
+			__sync_fetch_and_add(n, 1);	/* another CPU created it first */
+	}
+	if (newstate == TCP_CLOSE && (o->flags & LB_O_COUNTED)) {
+		o->flags &= ~LB_O_COUNTED;
+		n = bpf_map_lookup_elem(&lb_active, &o->backend);
+		if (n)
+			__sync_fetch_and_add(n, -1);
+	}
+	if (oldstate == TCP_SYN_SENT && (o->flags & LB_F_PASSIVE)) {
+		p = bpf_map_lookup_elem(&lb_passive, &o->backend);
+		if (!p) {
+			bpf_map_update_elem(&lb_passive, &o->backend, &init, BPF_NOEXIST);
+			p = bpf_map_lookup_elem(&lb_passive, &o->backend);
+			if (!p)
+				return 0;
+		}
+		if (newstate == TCP_ESTABLISHED) {
+			p->consecutive = 0;
+			__sync_fetch_and_add(&p->succeeded, 1);
+		} else if (newstate == TCP_CLOSE) {
+			__sync_fetch_and_add(&p->consecutive, 1);
+			__sync_fetch_and_add(&p->failed, 1);
+		}
+	}
+	return 0;
+}
+
+/* Close the remaining connections to drained backends (run once per drain by user space). */
+SEC("iter/tcp")
+int lb_drain_iter(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+	struct lb_origin *o;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	o = bpf_sk_storage_get(&lb_origins, tp, 0, 0);
+	if (o && bpf_map_lookup_elem(&lb_drain, &o->backend) && bpf_sock_destroy(skc) == 0)
+		BPF_SEQ_PRINTF(ctx->meta->seq, "x");
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -49,10 +49,11 @@ def test_malformed_config_names_the_place(text, place):
 # ---- kernel ----------------------------------------------------------------------------
 
 class Backends:
-    """TCP servers on 127.0.0.1 that answer each connection with their own port."""
+    """TCP servers on 127.0.0.1 that answer each connection with their own port (and then
+    close it, or with hold=True keep it open until close())."""
 
-    def __init__(self, n: int):
-        self.socks = []
+    def __init__(self, n: int, hold: bool = False):
+        self.socks, self.held, self.hold = [], [], hold
         for _ in range(n):
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
@@ -61,8 +62,7 @@ class Backends:
             threading.Thread(target=self._serve, args=(s,), daemon=True).start()
         self.ports = [s.getsockname()[1] for s in self.socks]
 
-    @staticmethod
-    def _serve(s: socket.socket) -> None:
+    def _serve(self, s: socket.socket) -> None:
         port = str(s.getsockname()[1]).encode()
         while True:
             try:
@@ -70,7 +70,10 @@ class Backends:
             except OSError:
                 return
             c.sendall(port)
-            c.close()
+            if self.hold:
+                self.held.append(c)
+            else:
+                c.close()
 
     def stop(self, i: int) -> None:
         """Stop one backend for real: shutdown wakes its accept() so the port is free again."""
@@ -83,6 +86,8 @@ class Backends:
     def close(self) -> None:
         for i in range(len(self.socks)):
             self.stop(i)
+        for c in self.held:
+            c.close()
 
 
 CLIENT = textwrap.dedent("""
@@ -251,7 +256,8 @@ def test_delete_and_reset_leave_nothing_behind(lb, cgroup):
         assert json.loads(cli("status", "--json").stdout)["services"] == []
         assert cli("delete", "web").returncode == 2
         r = cli("reset")
-        assert r.returncode == 0 and "removed 16 pins" in r.stdout
+        from bpfscope.lb.kernel import MAPS, PROGRAMS
+        assert r.returncode == 0 and f"removed {len(MAPS) + len(PROGRAMS)} pins" in r.stdout
         assert not os.path.exists(pin)
         shown = subprocess.run(["bpftool", "cgroup", "show", str(cgroup)], capture_output=True, text=True)
         assert "lb_" not in shown.stdout

@@ -68,3 +68,17 @@ def test_bad_annotation_is_a_clear_error():
     svcs = [service("web", "d", "127.77.0.1", [("http", 80, "TCP")], annotations={"bpfscope.io/rate-limit": "fast"})]
     with pytest.raises(ConfigError, match="bpfscope.io/rate-limit"):
         services_from(svcs, [])
+
+
+def test_session_affinity_and_least_conn():
+    svcs = [service("api", "d", "127.77.0.1", [("http", 80, "TCP"), ("q", 81, "UDP")],
+                    annotations={"bpfscope.io/algorithm": "least-conn"})]
+    svcs[0].spec.session_affinity = "ClientIP"
+    svcs[0].spec.session_affinity_config = client.V1SessionAffinityConfig(
+        client_ip=client.V1ClientIPConfig(timeout_seconds=60))
+    got = {s.name: s for s in services_from(svcs, [])}
+    tcp, udp = got["d.api.http"], got["d.api.q"]
+    assert (tcp.algorithm, udp.algorithm) == ("least-conn", "random")  # least-conn counts TCP connections
+    assert (tcp.affinity.by, tcp.affinity.timeout) == ("netns", 60.0) and udp.affinity.timeout == 60.0
+    svcs[0].spec.session_affinity_config = None
+    assert services_from(svcs, [])[0].affinity.timeout == 10800.0

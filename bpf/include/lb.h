@@ -10,7 +10,16 @@
 enum lb_algo {
 	LB_ALGO_RANDOM = 0,
 	LB_ALGO_WEIGHTED = 1,
+	LB_ALGO_LEAST_CONN = 2,	/* the backend with the fewest active connections */
 };
+
+/* lb_service.flags: per-connect work only the services that ask for it pay for. */
+#define LB_F_TRACK		1	/* count active connections (least-conn) */
+#define LB_F_PASSIVE		2	/* count connects that fail (passive health) */
+#define LB_F_AFFINITY_CGROUP	4	/* same backend per client cgroup for affinity_ns */
+#define LB_F_AFFINITY_NETNS	8	/* same backend per client network namespace */
+
+#define LB_LEAST_CONN_MAX 64	/* backends a least-conn service may have (scanned per connect) */
 
 /* A service address: IPv4 in addr[0..3] with family 2, IPv6 in addr[0..15] with 10. */
 struct lb_addr {
@@ -38,6 +47,29 @@ struct lb_service {
 	struct lb_addr fallback;	/* the service to degrade to */
 	__u32 canary_share;	/* a connect goes to the canary when a random u32 is below it */
 	__u32 pad2;
+	struct lb_addr backup;	/* the service to use when this one has no backend (family 0: none) */
+	__u64 affinity_ns;	/* with LB_F_AFFINITY_*: how long a client keeps its backend */
+};
+
+/* Client affinity: (service VIP, client cgroup id or netns cookie) -> the backend's index in
+ * the table of service id `service_id` (a changed table means a new choice). */
+struct lb_affinity_key {
+	struct lb_addr vip;
+	__u32 pad;
+	__u64 client;
+};
+
+struct lb_affinity {
+	__u32 service_id;
+	__u32 index;
+	__u64 last_ns;
+};
+
+/* Passive health of a backend, from the kernel's view of the connects sent to it. */
+struct lb_passive {
+	__u64 consecutive;	/* failed connects since the last one that succeeded */
+	__u64 failed;
+	__u64 succeeded;
 };
 
 #define LB_CANARY_BASE (1u << 20)
@@ -73,7 +105,11 @@ struct lb_backend {
 struct lb_origin {
 	struct lb_addr vip;
 	struct lb_addr backend;
+	__u32 flags;		/* LB_F_TRACK / LB_F_PASSIVE of the service, LB_O_COUNTED */
+	__u32 pad;
 };
+
+#define LB_O_COUNTED 0x100	/* this socket is in lb_active: take it out when it closes */
 
 struct lb_stats_key {
 	struct lb_addr backend;

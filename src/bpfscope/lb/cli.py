@@ -67,13 +67,19 @@ def run(
     rise: Annotated[int, typer.Option(help="Good checks in a row that put it back.", min=1)] = 1,
     metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = "127.0.0.1",
+    drain_timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds after a backend leaves the file until its remaining connections are closed.",
+        min=0)] = None,
     pin_dir: PinDir = None,
 ) -> None:
     """The controller: apply the file, health-check backends, reload on change, until Ctrl-C."""
     from .controller import run_controller
+    from .kernel import kernel_has
 
     if (config is None) == (not kubernetes):
         raise ConfigError("give --config FILE or --kubernetes (one of them)")
+    if drain_timeout is not None and (kubernetes or not kernel_has("bpf_sock_destroy")):
+        raise ConfigError("--drain-timeout needs --config and a kernel with bpf_sock_destroy (Linux 6.5+)")
     if config:
         load(config)  # a bad file fails here, before anything is touched
     with _kernel(pin_dir) as k:
@@ -83,7 +89,7 @@ def run(
 
             raise typer.Exit(KubernetesSource(k, kubeconfig).run())
         raise typer.Exit(run_controller(k, config, interval, timeout, fall, rise,
-                                        (metrics_host, metrics_port) if metrics_port else None))
+                                        (metrics_host, metrics_port) if metrics_port else None, drain_timeout))
 
 
 @lb_app.command()
@@ -101,16 +107,20 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False, pin_dir: Pi
         print(json.dumps({"services": rows, "no_backend_refusals": refused, "rate_limited": limited}, indent=2))
         return
     t = Table(title="bpfscope lb", title_justify="left")
+    tracked = any("active" in b for s in rows for b in s["backends"])  # a least-conn service
     for col, just in (("SERVICE", "left"), ("VIP", "left"), ("ALGO", "left"), ("BACKEND", "left"),
-                      ("SHARE", "right"), ("CHOSEN", "right")):
+                      ("SHARE", "right"), ("CHOSEN", "right")) + ((("OPEN", "right"),) if tracked else ()):
         t.add_column(col, justify=just)
     for s in rows:
         vip = f"{s['vip']}:{s['port']}/{s['protocol']}"
         if not s["backends"]:
-            t.add_row(s["name"], vip, s["algorithm"], "(none: connect fails)", "", "")
+            none = f"(none: uses {s['fallback']})" if s.get("fallback") else "(none: connect fails)"
+            t.add_row(s["name"], vip, s["algorithm"], none, "", "", *([""] if tracked else []))
         for i, b in enumerate(s["backends"]):
+            share = "" if s["algorithm"] == "least-conn" else f"{b['share'] * 100:.1f}%"
             t.add_row(s["name"] if i == 0 else "", vip if i == 0 else "", s["algorithm"] if i == 0 else "",
-                      f"{b['address']}:{b['port']}", f"{b['share'] * 100:.1f}%", f"{b['choices']:,}")
+                      f"{b['address']}:{b['port']}", share, f"{b['choices']:,}",
+                      *([f"{b['active']:,}" if "active" in b else ""] if tracked else []))
     Console().print(t)
     if refused:
         print(f"connects refused for lack of a backend: {refused}")

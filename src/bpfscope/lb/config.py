@@ -7,13 +7,30 @@ e.g. `services[0].backends[1].weight: Input should be less than or equal to 6553
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+LEAST_CONN_MAX = 64  # LB_LEAST_CONN_MAX: the kernel scans a least-conn table per connect
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(v):
+    """A duration: a number of seconds, or a string such as 500ms, 30s, 2m, 1h."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", v)
+        if not m:
+            raise ValueError(f"{v!r} is not a duration (e.g. 500ms, 30s, 2m)")
+        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    return v
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=86400)]
 
 
 class ConfigError(Exception):
@@ -60,6 +77,30 @@ class Canary(BaseModel):
     cgroups: list[str] = Field(default_factory=list)  # cgroup v2 directories
 
 
+class Affinity(BaseModel):
+    """Each client (cgroup or network namespace) keeps its backend while it connects again
+    within `timeout`; then, or when the service's backends change, it gets a new choice."""
+    model_config = ConfigDict(extra="forbid")
+
+    by: Literal["cgroup", "netns"] = "cgroup"
+    timeout: Seconds
+
+
+class Health(BaseModel):
+    """Active checks from the controller (tcp connect, or an HTTP GET that must answer
+    2xx/3xx) and passive ones from the kernel: `passive_failures` failed connects of
+    clients in a row take a backend out (0: off). Unset values come from `lb run`'s options."""
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["tcp", "http"] = "tcp"
+    path: Annotated[str, Field(pattern=r"^/[!-~]*$")] = "/"
+    interval: Seconds | None = None
+    timeout: Seconds | None = None
+    fall: Annotated[int, Field(ge=1, le=1000)] | None = None
+    rise: Annotated[int, Field(ge=1, le=1000)] | None = None
+    passive_failures: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+
+
 class Service(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,10 +108,13 @@ class Service(BaseModel):
     vip: str
     port: Port
     protocol: Literal["tcp", "udp"] = "tcp"
-    algorithm: Literal["random", "weighted"] = "random"
+    algorithm: Literal["random", "weighted", "least-conn"] = "random"
     backends: list[Backend] = Field(default_factory=list)
     rate_limit: RateLimit | None = None
     canary: Canary | None = None
+    fallback: str | None = None  # a service whose backends to use when this one has none healthy
+    affinity: Affinity | None = None
+    health: Health | None = None
 
     @field_validator("vip")
     @classmethod
@@ -85,7 +129,18 @@ class Service(BaseModel):
                 raise ValueError(f"backends[{i}].address {b.address} is not IPv{family} like the vip")
         if self.canary and not any(b.version == self.canary.version for b in self.backends):
             raise ValueError(f"canary.version: no backend has version {self.canary.version!r}")
+        if self.protocol != "tcp":  # these watch TCP connections
+            if self.algorithm == "least-conn":
+                raise ValueError("algorithm: least-conn is for tcp services")
+            if self.health is not None:
+                raise ValueError("health: checks are for tcp services")
+        if self.algorithm == "least-conn" and len(self.backends) > LEAST_CONN_MAX:
+            raise ValueError(f"backends: least-conn takes at most {LEAST_CONN_MAX} backends")
         return self
+
+    @property
+    def passive_failures(self) -> int:
+        return self.health.passive_failures if self.health else 0
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -108,15 +163,16 @@ class ServicesFile(BaseModel):
                                  f"services[{vips[s.key]}]")
             names[s.name], vips[s.key] = i, i
         for i, s in enumerate(self.services):
-            fb = s.rate_limit.fallback if s.rate_limit else None
-            if fb is None:
-                continue
-            if fb not in names or fb == s.name:
-                raise ValueError(f"services[{i}].rate_limit.fallback: no other service named {fb!r}")
-            other = self.services[names[fb]]
-            if (other.protocol, ipaddress.ip_address(other.vip).version) != \
-                    (s.protocol, ipaddress.ip_address(s.vip).version):
-                raise ValueError(f"services[{i}].rate_limit.fallback: {fb!r} has another protocol or family")
+            for place, fb in (("rate_limit.fallback", s.rate_limit.fallback if s.rate_limit else None),
+                              ("fallback", s.fallback)):
+                if fb is None:
+                    continue
+                if fb not in names or fb == s.name:
+                    raise ValueError(f"services[{i}].{place}: no other service named {fb!r}")
+                other = self.services[names[fb]]
+                if (other.protocol, ipaddress.ip_address(other.vip).version) != \
+                        (s.protocol, ipaddress.ip_address(s.vip).version):
+                    raise ValueError(f"services[{i}].{place}: {fb!r} has another protocol or family")
         return self
 
 

@@ -23,11 +23,15 @@ from .config import ConfigError, Service
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
 MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend", "lb_buckets", "lb_limited",
-        "lb_canary_clients")
+        "lb_canary_clients", "lb_active", "lb_passive", "lb_affinity", "lb_drain")
 CANARY_BASE = 1 << 20  # LB_CANARY_BASE: index of a service's first canary backend
 PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", "lb_sendmsg4", "lb_sendmsg6",
             "lb_recvmsg4", "lb_recvmsg6")
-ALGOS = {"random": 0, "weighted": 1}
+# Attached (once, then kept until reset) when a service first needs it: every TCP state
+# change of the machine runs it, so services without least-conn or passive health don't pay.
+TRACKER = "lb_sock_state"
+ALGOS = {"random": 0, "weighted": 1, "least-conn": 2}
+F_TRACK, F_PASSIVE, F_AFFINITY_CGROUP, F_AFFINITY_NETNS = 1, 2, 4, 8  # LB_F_*
 LIMIT_ACTIONS = {"refuse": 0, "degrade": 1}
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # A connect that read a service entry just before it was switched still looks up the old
@@ -41,6 +45,29 @@ class Endpoint:
     address: str
     port: int
     protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The per-service choices besides the tables: flags, backup service VIP, affinity."""
+    flags: int = 0
+    backup: Endpoint | None = None
+    affinity_ns: int = 0
+
+    @classmethod
+    def of(cls, svc: Service, vips: dict[str, Endpoint]) -> "Policy":
+        flags = F_TRACK if svc.algorithm == "least-conn" else 0
+        if svc.passive_failures:
+            flags |= F_PASSIVE
+        affinity_ns = 0
+        if svc.affinity:
+            flags |= F_AFFINITY_NETNS if svc.affinity.by == "netns" else F_AFFINITY_CGROUP
+            affinity_ns = int(svc.affinity.timeout * 1e9)
+        return cls(flags, vips.get(svc.fallback) if svc.fallback else None, affinity_ns)
+
+    @classmethod
+    def in_kernel(cls, cur) -> "Policy":
+        return cls(int(cur.flags), _endpoint(cur.backup) if cur.backup.family else None, int(cur.affinity_ns))
 
 
 @dataclass
@@ -94,18 +121,36 @@ class LbKernel:
     def _link_pin(self, prog: str) -> Path:
         return self.pin_dir / f"link_{prog}"
 
+    def _load(self) -> None:
+        """Load the programs here, on the pinned maps (those not pinned yet are created)."""
+        if self.obj.loaded:
+            return
+        for name in MAPS:
+            self.obj.maps[name].reuse_pinned(str(self.pin_dir / name))
+        if not kernel_has("bpf_sock_destroy"):
+            self.obj.programs["lb_drain_iter"].autoload = False
+        self.obj.load()
+
     def install(self, cgroup: str) -> None:
         """Load, pin the maps and attach the programs to `cgroup` (pinned links), once."""
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        for name in MAPS:
-            self.obj.maps[name].reuse_pinned(str(self.pin_dir / name))
-        self.obj.load()
+        self._load()
         for name in MAPS:
             if not (self.pin_dir / name).exists():
                 self.obj.maps[name].pin(str(self.pin_dir / name))
         for prog in PROGRAMS:
             if not self._link_pin(prog).exists():
                 self.obj.programs[prog].attach_cgroup(cgroup).pin(str(self._link_pin(prog)))
+
+    def _track(self) -> None:
+        """Attach the connection tracker (pinned), unless it already is."""
+        if not self._link_pin(TRACKER).exists():
+            self._load()
+            self.obj.programs[TRACKER].attach().pin(str(self._link_pin(TRACKER)))
+
+    @property
+    def tracking(self) -> bool:
+        return self._link_pin(TRACKER).exists()
 
     def reset(self) -> list[str]:
         """Unpin every link (which detaches it) and map; remove the directory."""
@@ -155,7 +200,7 @@ class LbKernel:
         canary = svc.model_copy(update={"backends": [b for b in svc.backends if b.version == version]})
         return cls._table(main), cls._table(canary), min(ONE - 1, int(svc.canary.percent / 100 * ONE))
 
-    def _write(self, sid: int, svc: Service, limit, value) -> None:
+    def _write(self, sid: int, svc: Service, limit, value, policy: Policy = Policy()) -> None:
         """Write a service's tables under `sid` and fill its map value (not yet switched)."""
         bmap = self.map("lb_backends")
         main, canary, share = self._tables(svc)
@@ -170,6 +215,9 @@ class LbKernel:
         value.rate_per_s, value.burst, value.limit_action, fallback = limit
         if fallback is not None:
             _fill_addr(value.fallback, fallback)
+        value.flags, value.affinity_ns = policy.flags, policy.affinity_ns
+        if policy.backup is not None:
+            _fill_addr(value.backup, policy.backup)
 
     def _drop(self, cur) -> None:
         bmap = self.map("lb_backends")
@@ -177,10 +225,11 @@ class LbKernel:
             for i in range(count):
                 bmap.delete(bmap.key_type(service_id=int(cur.id), index=base + i))
 
-    def _same(self, cur, svc: Service, limit) -> bool:
+    def _same(self, cur, svc: Service, limit, policy: Policy) -> bool:
         main, canary, share = self._tables(svc)
         return (c_string(cur.name) == svc.name and cur.algo == ALGOS[svc.algorithm]
                 and self._kernel_limit(cur) == limit and cur.canary_share == share
+                and Policy.in_kernel(cur) == policy
                 and self.backends(cur.id, cur.count) == main
                 and self.backends(cur.id, cur.canary_count, CANARY_BASE) == canary)
 
@@ -210,7 +259,7 @@ class LbKernel:
         if not live:
             return []
         eps = [Endpoint(b.address, b.port, svc.protocol) for b in live]
-        if svc.algorithm == "random":
+        if svc.algorithm != "weighted":  # random and least-conn: every entry keeps itself
             return [(ep, ONE - 1, i) for i, ep in enumerate(eps)]
         return [(ep, prob, alias) for ep, (prob, alias) in zip(eps, alias_table([b.weight for b in live]))]
 
@@ -238,12 +287,15 @@ class LbKernel:
         stale: list = []
         result = ApplyResult([], [], [], [])
         wanted = set()
+        if any(Policy.of(s, vips).flags & (F_TRACK | F_PASSIVE) for s in services):
+            self._track()  # before the first connect that needs it
         for svc in services:
             vip = Endpoint(svc.vip, svc.port, svc.protocol)
             wanted.add(vip)
             limit = self._limit(svc, vips)
+            policy = Policy.of(svc, vips)
             cur = current.get(vip)
-            if cur is not None and self._same(cur, svc, limit):
+            if cur is not None and self._same(cur, svc, limit, policy):
                 result.unchanged.append(svc.name)
                 continue
             while next_id in used:
@@ -252,7 +304,7 @@ class LbKernel:
             used.add(sid)  # ids from apply never have the twin bit
             key, val = svcs.key_type(), svcs.value_type()
             _fill_addr(key, vip)
-            self._write(sid, svc, limit, val)
+            self._write(sid, svc, limit, val, policy)
             if cur is None or self._kernel_limit(cur) != limit:
                 buckets.delete(key)  # a new limit starts with a full bucket
             svcs.update(key, val)  # the switch: one update
@@ -289,7 +341,10 @@ class LbKernel:
         sid = (int(cur.id) ^ ID_TWIN) if cur is not None else self._free_id()
         val = svcs.value_type()
         rate, burst, action, _ = self._limit(svc, {})
-        self._write(sid, svc, (rate, burst, action, fallback), val)
+        policy = Policy.of(svc, {})
+        if policy.flags & (F_TRACK | F_PASSIVE):
+            self._track()
+        self._write(sid, svc, (rate, burst, action, fallback), val, policy)
         svcs.update(key, val)
         if cur is not None:
             time.sleep(GRACE_S)
@@ -332,19 +387,72 @@ class LbKernel:
         m = self.map("lb_no_backend")
         return sum(m.cpu_values(m.lookup(0)))
 
+    def active(self) -> dict[Endpoint, int]:
+        """Open connections per backend of least-conn services."""
+        return {_endpoint(k): int(v.value if hasattr(v, "value") else v) for k, v in self.map("lb_active").batch()}
+
+    def passive(self) -> dict[Endpoint, tuple[int, int, int]]:
+        """(failed in a row, failed, succeeded) connects per backend of passive-health services."""
+        return {_endpoint(k): (int(v.consecutive), int(v.failed), int(v.succeeded))
+                for k, v in self.map("lb_passive").batch()}
+
+    def forget_failures(self, ep: Endpoint) -> None:
+        """A backend back in the choice starts with no failure in a row."""
+        key = self.map("lb_passive").key_type()
+        _fill_addr(key, ep)
+        self.map("lb_passive").delete(key)
+
+    def drain(self, eps: list[Endpoint]) -> int:
+        """Close every remaining TCP connection (of this network namespace) redirected to
+        `eps`; the number closed. Needs the kernel's bpf_sock_destroy (6.5+)."""
+        self._load()
+        prog = self.obj.programs["lb_drain_iter"]
+        if not prog.autoload:
+            raise ConfigError("draining needs bpf_sock_destroy, which this kernel lacks (Linux 6.5+)")
+        m = self.map("lb_drain")
+        keys = []
+        for ep in eps:
+            key = m.key_type()
+            _fill_addr(key, ep)
+            m.update(key, 1)
+            keys.append(key)
+        try:
+            return len(prog.run_iter())  # one byte per socket closed
+        finally:
+            for key in keys:
+                m.delete(key)
+
     def status(self) -> list[dict]:
         chosen = self.choices()
+        active = self.active()
+        passive = self.passive()
         rows = []
-        for vip, cur in sorted(self.services().items(), key=lambda kv: c_string(kv[1].name)):
+        current = self.services()
+        for vip, cur in sorted(current.items(), key=lambda kv: c_string(kv[1].name)):
             table = self.backends(cur.id, cur.count)
             share = shares([(p, a) for _, p, a in table]) if table else []
             canary = self.backends(cur.id, cur.canary_count, CANARY_BASE)
+            policy = Policy.in_kernel(cur)
+            algo = {v: k for k, v in ALGOS.items()}.get(int(cur.algo), "random")
+
+            def extra(ep: Endpoint) -> dict:
+                out = {}
+                if policy.flags & F_TRACK:
+                    out["active"] = active.get(ep, 0)
+                if policy.flags & F_PASSIVE:
+                    fails, failed, ok = passive.get(ep, (0, 0, 0))
+                    out["passive"] = {"failed_in_a_row": fails, "failed": failed, "succeeded": ok}
+                return out
+
             rows.append({
                 "name": c_string(cur.name), "vip": vip.address, "port": vip.port, "protocol": vip.protocol,
-                "algorithm": "weighted" if cur.algo == ALGOS["weighted"] else "random",
+                "algorithm": algo,
                 "rate_per_s": int(cur.rate_per_s) or None,
+                "fallback": self._name_of(policy.backup, current) if policy.backup else None,
+                "affinity": {"by": "netns" if policy.flags & F_AFFINITY_NETNS else "cgroup",
+                             "timeout_s": policy.affinity_ns / 1e9} if policy.affinity_ns else None,
                 "backends": [{"address": ep.address, "port": ep.port, "share": round(s, 4),
-                              "choices": chosen.get(Endpoint(ep.address, ep.port, vip.protocol), 0)}
+                              "choices": chosen.get(Endpoint(ep.address, ep.port, vip.protocol), 0), **extra(ep)}
                              for (ep, _, _), s in zip(table, share)],
                 "canary": {"percent": round(cur.canary_share / ONE * 100, 3),
                            "backends": [{"address": ep.address, "port": ep.port,
@@ -352,6 +460,20 @@ class LbKernel:
                                         for ep, _, _ in canary]} if canary else None,
             })
         return rows
+
+
+    @staticmethod
+    def _name_of(vip: Endpoint, current: dict) -> str:
+        cur = current.get(vip)
+        return c_string(cur.name) if cur is not None else f"{vip.address}:{vip.port}"
+
+
+def kernel_has(func: str) -> bool:
+    """Whether the running kernel's BTF has a function (a kfunc) of this name."""
+    try:
+        return f"\0{func}\0".encode() in Path("/sys/kernel/btf/vmlinux").read_bytes()
+    except OSError:
+        return False
 
 
 def pin_dir_default() -> str:

@@ -4,9 +4,12 @@ the API objects (the official client's models), so the same map contents come ou
 Service + EndpointSlice as out of the equivalent services.yaml.
 
 Annotations on a Service:
-  bpfscope.io/algorithm: random | weighted     (weighted: every endpoint weight 1 unless
-                                                bpfscope.io/weight-<ip> gives another)
+  bpfscope.io/algorithm: random | weighted | least-conn   (weighted: every endpoint weight
+                                                1 unless bpfscope.io/weight-<ip> gives another;
+                                                least-conn: tcp ports, udp ones stay random)
   bpfscope.io/rate-limit: "<per second>[/<burst>]"
+spec.sessionAffinity ClientIP becomes `affinity: {by: netns}` (a pod is a network
+namespace) with sessionAffinityConfig.clientIP.timeoutSeconds (default 10800).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 
-from .config import Backend, ConfigError, RateLimit, Service
+from .config import Affinity, Backend, ConfigError, RateLimit, Service
 from .kernel import LbKernel
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -52,6 +55,7 @@ def services_from(k8s_services: list, slices: list) -> list[Service]:
         notes = meta.annotations or {}
         algorithm = notes.get(f"{ANNOTATION}algorithm", "random")
         limit = _rate_limit(notes.get(f"{ANNOTATION}rate-limit"))
+        affinity = _affinity(spec)
         for port in spec.ports or []:
             protocol = (port.protocol or "TCP").lower()
             if protocol not in ("tcp", "udp"):
@@ -71,9 +75,18 @@ def services_from(k8s_services: list, slices: list) -> list[Service]:
                         backends.append(Backend(address=address, port=target.port, weight=weight))
             backends.sort(key=lambda b: (b.address, b.port))
             out.append(Service(name=_name(meta.namespace, meta.name, port.name, port.port), vip=spec.cluster_ip,
-                               port=port.port, protocol=protocol, algorithm=algorithm, backends=backends,
-                               rate_limit=limit))
+                               port=port.port, protocol=protocol, backends=backends, rate_limit=limit,
+                               algorithm="random" if protocol == "udp" and algorithm == "least-conn" else algorithm,
+                               affinity=affinity))
     return out
+
+
+def _affinity(spec) -> Affinity | None:
+    if spec.session_affinity != "ClientIP":
+        return None
+    cfg = spec.session_affinity_config
+    timeout = (cfg.client_ip.timeout_seconds if cfg and cfg.client_ip else None) or 10800
+    return Affinity(by="netns", timeout=timeout)
 
 
 class KubernetesSource:
