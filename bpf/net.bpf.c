@@ -17,9 +17,12 @@
  *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each.
  * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
  *   ring-buffer record per dropped IP packet.
- * - With --latency: netif_receive_skb, tcp_probe, skb_copy_datagram_iovec, net_dev_queue,
- *   net_dev_xmit: one random number per packet, and for the 1 in N sampled an LRU-hash
- *   update per layer and a per-CPU histogram increment per stage.
+ * - With --latency: netif_rx, napi_gro_receive_entry, netif_receive_skb[_list]_entry,
+ *   netif_receive_skb, tcp_probe, skb_copy_datagram_iovec, tcp_sendmsg_locked,
+ *   net_dev_queue, net_dev_xmit: one random number per packet (per send call), and for the
+ *   1 in N sampled an LRU-hash update per layer, a per-CPU histogram increment per stage
+ *   and the connection's sums in socket storage; net_dev_queue also looks up the socket's
+ *   storage for a pending sampled send. net_iter_lat reads the sums once per interval.
  * The owner lives in socket-local storage (BPF_MAP_TYPE_SK_STORAGE): it is freed with
  * the socket, so nothing can leak or be reused by a later socket at the same address.
  */
