@@ -11,12 +11,18 @@
  *   switch-out -> runnable (preempted or still TASK_RUNNING), sleep, iowait, disk, stopped;
  *   wakeup     -> runnable (only from a sleeping state);
  *   switch-in  -> running.
- * System-wide (follow = false) that is all sched_switch does: two task-storage lookups
- * and a few stores per context switch. With follow = true only threads of the processes
- * in `followed` (the --pid tree; fork adds children, so they are followed from their first
- * instruction) are accounted, and for them: the kernel and user stacks at switch-out per
- * reason (`reasons`), every state span through the ring buffer (the timeline), fork/exec/
- * exit events, futex waits per address and kernel lock contention per lock.
+ * Only threads of the processes in `follow_bits` (the --pid tree; fork adds children, so
+ * they are followed from their first instruction) have task storage in follow mode:
+ * for every other task the hooks cost one bitmap test. For followed threads the
+ * kernel also counts the kernel and user stacks at switch-out per reason (`reasons`),
+ * sends every state span through the ring buffer (the timeline) and fork/exec/exit
+ * events, and counts futex waits per address and kernel lock contention per lock.
+ *
+ * System-wide (follow = false) the scheduler hooks are not attached at all: the table
+ * needs time on CPU, run-queue wait and switch counts, which the kernel keeps per task
+ * already (se.sum_exec_runtime, sched_info.run_delay, nvcsw/nivcsw); the iterator reads
+ * them. Only the lock contention hooks (they fire on contention only) and, with --futex,
+ * the futex syscall tracepoints are attached.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -41,20 +47,15 @@ struct {
 	__type(value, struct proc_task);
 } tasks SEC(".maps");
 
-/* follow: tgids followed; user space adds the roots and bumps follow_gen[0] after */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u32);
-} followed SEC(".maps");
-
+/* follow: a bitmap of followed tgids (bit tgid % 64 of word tgid / 64; user space sizes
+ * it from pid_max). An array lookup is inlined by the verifier: the check every context
+ * switch on the host pays is a few loads. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 32768 / 64);
 	__type(key, __u32);
-	__type(value, __u32);
-} follow_gen SEC(".maps");
+	__type(value, __u64);
+} follow_bits SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -106,29 +107,34 @@ static __always_inline void count_lost(void)
 		(*n)++;
 }
 
-static __always_inline __u32 current_gen(void)
+static __always_inline bool is_followed(__u32 tgid)
 {
-	__u32 zero = 0, *g = bpf_map_lookup_elem(&follow_gen, &zero);
+	__u32 idx = tgid >> 6;
+	__u64 *w = bpf_map_lookup_elem(&follow_bits, &idx);
 
-	return g ? *g : 0;
+	return w && ((*w >> (tgid & 63)) & 1);
 }
 
-/* The accounting of t, created on first sight; in follow mode NULL unless t's process
- * is followed (checked again whenever user space changed `followed`). */
+static __always_inline void set_followed(__u32 tgid, bool on)
+{
+	__u32 idx = tgid >> 6;
+	__u64 *w = bpf_map_lookup_elem(&follow_bits, &idx);
+
+	if (!w)
+		return;
+	if (on)
+		__sync_fetch_and_or(w, 1ULL << (tgid & 63));
+	else
+		__sync_fetch_and_and(w, ~(1ULL << (tgid & 63)));
+}
+
+/* The accounting of a thread, created on first sight; in follow mode NULL unless its
+ * process is followed (for every other task: one bitmap test, no storage). */
 static __always_inline struct proc_task *task_of(struct task_struct *t)
 {
-	struct proc_task *s = bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	__u32 gen, tgid;
-
-	if (!s || !follow)
-		return s;
-	gen = current_gen();
-	if (s->gen != gen) {
-		tgid = t->tgid;
-		s->gen = gen;
-		s->followed = tgid != self_tgid && bpf_map_lookup_elem(&followed, &tgid) != NULL;
-	}
-	return s->followed ? s : NULL;
+	if (follow && !is_followed(t->tgid))
+		return NULL;
+	return bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 }
 
 static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 start, __u64 end)
@@ -182,12 +188,13 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = 0;
 	struct proc_task *s;
 
 	if (prev->pid && (s = task_of(prev))) {
 		__u32 state = state_at_switch_out(prev, preempt, prev_state);
 
+		now = bpf_ktime_get_ns();
 		enter_state(prev, s, state, now);
 		/* as the kernel counts nvcsw/nivcsw in __schedule */
 		if (!preempt && prev_state)
@@ -204,6 +211,8 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 	}
 	if (!next->pid || !(s = task_of(next)))
 		return 0;
+	if (!now)
+		now = bpf_ktime_get_ns();
 	enter_state(next, s, PROC_RUNNING, now);
 	if (follow && stacks && s->out_ts) {
 		struct proc_reason_key key = {
@@ -278,17 +287,15 @@ int BPF_PROG(proc_fork, struct task_struct *parent, struct task_struct *child)
 {
 	struct proc_task *s;
 	struct proc_life *e;
-	__u32 tgid = child->tgid, one = 1;
+	__u32 tgid = child->tgid;
 
 	if (!follow || !task_of(parent))
 		return 0;
-	/* the child's process is followed from now on, before it runs its first instruction */
-	bpf_map_update_elem(&followed, &tgid, &one, BPF_ANY);
+	/* the child is followed from now on, before it runs its first instruction */
+	set_followed(tgid, true);
 	s = bpf_task_storage_get(&tasks, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (s) {
-		s->gen = current_gen();
-		s->followed = 1;
-	}
+	if (s)
+		s->state = PROC_RUNNABLE;	/* since stays 0 until wake_up_new_task */
 	e = new_event(PROC_EV_FORK, child);
 	if (!e)
 		return 0;
@@ -327,6 +334,8 @@ int BPF_PROG(proc_exit, struct task_struct *p, bool group_dead)
 	e = new_event(PROC_EV_EXIT, p);
 	if (!e)
 		return 0;
+	if (group_dead)		/* its pid may be given to an unrelated process next */
+		set_followed(p->tgid, false);
 	e->exit_code = BPF_CORE_READ(p, exit_code);
 	e->group_dead = group_dead;
 	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
@@ -444,24 +453,32 @@ int proc_dump(struct bpf_iter__task *ctx)
 	if (!t)
 		return 0;
 	s = bpf_task_storage_get(&tasks, t, 0, 0);
-	if (!s || (follow && !s->followed))
+	if (follow && !s)
 		return 0;
 	row.tid = t->pid;
 	row.tgid = t->tgid;
 	row.ppid = BPF_CORE_READ(t, real_parent, tgid);
-	row.state = s->state;
-	__builtin_memcpy(row.ns, s->ns, sizeof(row.ns));
-	if (s->since && now > s->since)
-		row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since;
-	row.nvcsw = s->nvcsw;
-	row.nivcsw = s->nivcsw;
-	row.lock_ns = s->lock_ns;
-	row.lock_count = s->lock_count;
-	row.futex_ns = s->futex_ns;
-	row.futex_count = s->futex_count;
 	row.start_time = t->start_time;
+	row.sum_exec_ns = t->se.sum_exec_runtime;
+	row.run_delay_ns = t->sched_info.run_delay;
+	row.knvcsw = t->nvcsw;
+	row.knivcsw = t->nivcsw;
+	row.kstate = t->__state;
 	row.kthread = !!(t->flags & 0x00200000);	/* PF_KTHREAD */
 	__builtin_memcpy(row.comm, t->comm, sizeof(row.comm));
+	if (s) {
+		row.accounted = follow;
+		row.state = s->state;
+		__builtin_memcpy(row.ns, s->ns, sizeof(row.ns));
+		if (s->since && now > s->since)
+			row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since;
+		row.nvcsw = s->nvcsw;
+		row.nivcsw = s->nivcsw;
+		row.lock_ns = s->lock_ns;
+		row.lock_count = s->lock_count;
+		row.futex_ns = s->futex_ns;
+		row.futex_count = s->futex_count;
+	}
 	bpf_seq_write(ctx->meta->seq, &row, sizeof(row));
 	return 0;
 }

@@ -46,8 +46,6 @@ struct proc_task {
 	__s32 kstack, ustack;		/* follow: stacks at the last switch-out */
 	__u32 out_state;		/* follow: state at the last switch-out */
 	__u32 preempt;			/* follow: the last switch-out was a preemption */
-	__u32 gen;			/* follow: `followed` was checked at this generation */
-	__u32 followed;
 };
 
 /* One row of the iter/task dump: a thread with its accounting so far. */
@@ -56,7 +54,14 @@ struct proc_row {
 	__u64 ns[PROC_NSTATES];		/* including the current state until now */
 	__u64 nvcsw, nivcsw, lock_ns, lock_count, futex_ns, futex_count;
 	__u64 start_time;		/* task start, ns of CLOCK_MONOTONIC */
-	__u32 kthread, _pad;
+	/* the kernel's own counters (no hook needed): what the system-wide table shows */
+	__u64 sum_exec_ns;		/* se.sum_exec_runtime: time on a CPU */
+	__u64 run_delay_ns;		/* sched_info.run_delay: time runnable, waiting for a CPU */
+	__u64 knvcsw, knivcsw;		/* task->nvcsw, nivcsw */
+	__u32 kstate;			/* task->__state now */
+	__u32 kthread;
+	__u32 accounted;		/* the ns/state fields above are ours (follow mode) */
+	__u32 _pad;
 	char comm[TASK_COMM_LEN];
 };
 

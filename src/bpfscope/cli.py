@@ -293,6 +293,9 @@ def proc(
     no_timeline: Annotated[bool, typer.Option("--no-timeline", help="Portrait: no per-state span records.")] = False,
     no_stacks: Annotated[bool, typer.Option("--no-stacks", help="Portrait: no stacks at switch-out.")] = False,
     max_spans: Annotated[int, typer.Option(help="Portrait: timeline records kept per interval.", min=0)] = 20000,
+    futex: Annotated[Optional[bool], typer.Option("--futex/--no-futex", help="Count futex waits (syscall tracepoints: "
+                                                  "every syscall on the host takes the slower traced path). "
+                                                  "Default: on for a portrait, off for the table.")] = None,
     interval: Interval = 5.0,
     duration: Duration = None,
     as_json: Json = False,
@@ -330,9 +333,9 @@ def proc(
         from .exporters.proc_portrait import ProcPortrait
 
         exporter = ProcPortrait(pids=pids, command=command, timeline=not no_timeline, stacks=not no_stacks,
-                                max_spans=max_spans, top=top)
+                                max_spans=max_spans, top=top, futex=futex is not False)
     else:
-        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top)
+        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top, futex=bool(futex))
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
 
 

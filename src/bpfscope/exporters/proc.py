@@ -1,13 +1,13 @@
 """bpfscope proc: processes over their life, from the scheduler's point of view.
 
-Kernel side: bpf/proc.bpf.c. Every thread's time per state (running, runnable,
-sleeping, iowait, disk, stopped), its voluntary and involuntary switches, futex waits
-and kernel lock waits are accounted in task storage by tp_btf programs on sched_switch
-and sched_wakeup; one iter/task read per interval dumps them all (`proc_row`).
+Kernel side: bpf/proc.bpf.c; one iter/task read per interval dumps every thread
+(`proc_row`).
 
 Two modes share the object:
 - system-wide (this module, ProcTop): a top-like table of every process, per-interval
-  deltas of the iterator's cumulative counters, no per-event work in Python;
+  deltas of cumulative counters the kernel keeps per task anyway (sum_exec_runtime,
+  sched_info.run_delay, nvcsw/nivcsw) read by the iterator, plus kernel lock waits: no
+  scheduler hook and no per-event work in Python;
 - portrait (proc_portrait.ProcPortrait, --pid / --comm --follow / -- COMMAND): the
   kernel follows one process tree (fork adds children to `followed`) and also sends its
   lifecycle and state spans through a ring buffer and counts switch reasons per stack,
@@ -34,22 +34,55 @@ STATES = ("running", "runnable", "sleeping", "iowait", "disk", "stopped", "other
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SORT_KEYS = {"cpu": "running_ns", "runq": "runnable_ns", "vcsw": "vcsw", "ivcsw": "ivcsw", "rss": "rss_bytes",
              "lock": "lock_wait_ns", "threads": "threads", "pid": "pid"}
-# the programs every mode attaches (the iterator is run, not attached)
-PROGRAMS = ("proc_switch", "proc_wakeup", "proc_wakeup_new", "proc_futex_enter", "proc_futex_exit",
-            "proc_lock_begin", "proc_lock_end")
-FOLLOW_PROGRAMS = ("proc_fork", "proc_exec", "proc_exit")
+# system-wide: the kernel's own counters are read by the iterator; only waits are hooked
+TOP_PROGRAMS = ("proc_lock_begin", "proc_lock_end")
+FUTEX_PROGRAMS = ("proc_futex_enter", "proc_futex_exit")
+FOLLOW_PROGRAMS = ("proc_switch", "proc_wakeup", "proc_wakeup_new", "proc_fork", "proc_exec", "proc_exit",
+                   "proc_lock_begin", "proc_lock_end")
 
 
-def open_object(follow: bool, timeline: bool = True, stacks: bool = True) -> BpfObject:
+def open_object(follow: bool, timeline: bool = True, stacks: bool = True, futex: bool = True) -> BpfObject:
+    """Load proc.bpf.o and attach what the mode needs. The iterators are run, not attached.
+    futex: the futex syscall tracepoints; enabling any syscall tracepoint sends every
+    system call on the host through the kernel's slower traced path (measured: a few %)."""
     obj = BpfObject.open("proc", rodata={"follow": follow, "timeline": timeline, "stacks": stacks,
-                                         "self_tgid": os.getpid()})
+                                         "self_tgid": os.getpid()},
+                         max_entries={"follow_bits": pid_max() // 64 + 1})
     try:
-        for name in PROGRAMS + (FOLLOW_PROGRAMS if follow else ()):
+        for name in (FOLLOW_PROGRAMS if follow else TOP_PROGRAMS) + (FUTEX_PROGRAMS if futex else ()):
             obj.programs[name].attach()
     except BaseException:
         obj.close()
         raise
     return obj
+
+
+def pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22  # the kernel's ceiling (PID_MAX_LIMIT on 64-bit)
+
+
+def follow_tgid(obj: BpfObject, tgid: int) -> None:
+    """Set tgid's bit in the kernel's bitmap of followed processes."""
+    bits = obj.maps["follow_bits"]
+    word = bits.lookup(tgid // 64)
+    bits.update(tgid // 64, (word.value if word is not None else 0) | (1 << (tgid % 64)))
+
+
+def task_state(kstate: int) -> str:
+    """task->__state as a word (what ps shows as R, S, D, T, I)."""
+    if kstate == 0:
+        return "running"
+    if kstate & 1:
+        return "sleeping"
+    if kstate & 2:
+        return "idle" if kstate & 0x400 else "disk"
+    if kstate & (4 | 8):
+        return "stopped"
+    return "other"
 
 
 def read_rows(obj: BpfObject) -> list:
@@ -101,13 +134,17 @@ class ProcRow:
 
 
 class ProcTop(Exporter):
-    """The system-wide table."""
+    """The system-wide table: per process and interval, time on CPU and waiting for one,
+    switches (the kernel's own per-task counters, read by the iterator: no scheduler hook
+    at all), kernel lock waits (and futex waits with futex=True)."""
 
     name = "proc"
     domain = "proc"
 
     def __init__(self, comm: str | None = None, cgroup: str | None = None, sort: str = "cpu", top: int = 30,
-                 include_kthreads: bool = True):
+                 include_kthreads: bool = True, futex: bool = False):
+        self.futex = futex
+        self.first_read = True
         if sort not in SORT_KEYS:
             raise ValueError(f"unknown sort key {sort!r}")
         self.comm, self.cgroup, self.sort, self.top = comm, cgroup, sort, top
@@ -120,40 +157,44 @@ class ProcTop(Exporter):
         self.elapsed_s = 1.0
 
     def open(self) -> None:
-        self.obj = open_object(follow=False)
+        self.obj = open_object(follow=False, futex=self.futex)
+        self.first_read = True
+        self._deltas(read_rows(self.obj))  # threads alive now: the baseline of the first interval
 
     def _deltas(self, rows) -> dict[int, ProcRow]:
         procs: dict[int, ProcRow] = {}
         seen: dict[tuple[int, int], tuple] = {}
         for r in rows:
             key = (r.tid, r.start_time)
-            cur = (tuple(r.ns[: len(STATES)]), r.nvcsw, r.nivcsw, r.lock_ns, r.futex_ns)
+            cur = (r.sum_exec_ns, r.run_delay_ns, r.knvcsw, r.knivcsw, r.lock_ns, r.futex_ns)
             seen[key] = cur
-            before = self.prev.get(key)
+            before = self.prev.get(key, (0,) * len(cur))  # a new thread: all of its life so far
+            if key not in self.prev and self.first_read:
+                before = cur  # the first read is the baseline, not an interval
             p = procs.get(r.tgid)
             if p is None:
                 p = procs[r.tgid] = ProcRow(pid=r.tgid, kthread=bool(r.kthread))
             if r.tid == r.tgid or not p.comm:
                 p.comm = c_string(bytes(r.comm))
             if r.tid == r.tgid:
-                p.state = STATES[r.state] if r.state < len(STATES) else "other"
+                p.state = task_state(r.kstate)
             p.threads += 1
-            if before is None:
-                before = ((0,) * len(STATES), 0, 0, 0, 0)
-            for i in range(len(STATES)):
-                p.ns[i] += max(cur[0][i] - before[0][i], 0)
-            p.vcsw += max(cur[1] - before[1], 0)
-            p.ivcsw += max(cur[2] - before[2], 0)
-            p.lock_wait_ns += max(cur[3] - before[3], 0)
-            p.futex_wait_ns += max(cur[4] - before[4], 0)
+            d = [max(c - b, 0) for c, b in zip(cur, before)]
+            p.ns[0] += d[0]
+            p.ns[1] += d[1]
+            p.vcsw += d[2]
+            p.ivcsw += d[3]
+            p.lock_wait_ns += d[4]
+            p.futex_wait_ns += d[5]
         self.prev = seen  # threads gone since are forgotten
+        self.first_read = False
         return procs
 
     def collect(self, elapsed_s: float) -> list[dict]:
         self.elapsed_s = max(elapsed_s, 1e-9)
         procs = self._deltas(read_rows(self.obj))
         for p in procs.values():
-            for i, st in enumerate(STATES):
+            for i, st in enumerate(STATES[:2]):
                 if p.ns[i]:
                     self.totals[(p.comm, st)] += p.ns[i]
             self.switches[(p.comm, "voluntary")] += p.vcsw
@@ -185,7 +226,7 @@ class ProcTop(Exporter):
         records, ts = [], None
         per_s = self.elapsed_s
         for p in chosen:
-            values = {f"{st}_ns": p.ns[i] for i, st in enumerate(STATES[:6])}
+            values = {"running_ns": p.ns[0], "runnable_ns": p.ns[1]}
             values.update(cpu_pct=round(100.0 * p.ns[0] / (per_s * 1e9), 2),
                           vcsw_per_s=round(p.vcsw / per_s, 2), ivcsw_per_s=round(p.ivcsw / per_s, 2),
                           threads=p.threads, lock_wait_ns=p.lock_wait_ns, futex_wait_ns=p.futex_wait_ns)

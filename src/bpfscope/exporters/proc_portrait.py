@@ -1,8 +1,8 @@
 """bpfscope proc --pid / --comm --follow / -- COMMAND: the portrait of a process tree.
 
-The kernel follows the tree itself (bpf/proc.bpf.c, follow mode): user space puts the
-roots (and the descendants they already have) in `followed`; sched_process_fork adds
-every new child before it runs. For followed threads only, the kernel also sends fork,
+The kernel follows the tree itself (bpf/proc.bpf.c, follow mode): user space sets the
+bits of the roots (and the descendants they already have) in `follow_bits`;
+sched_process_fork sets every new child's before it runs. For followed threads only, the kernel also sends fork,
 exec and exit events and every state span (the timeline) through the ring buffer, and
 counts switch-outs per (thread, kernel stack, user stack, state, preempted), futex waits
 per user address and kernel lock waits per lock. A thread here drains the ring buffer;
@@ -39,7 +39,7 @@ from ..decode import c_string
 from ..schema import make_record
 from ..symbolize import KERNEL_SUFFIX, Symbolizer
 from .base import Exporter
-from .proc import STATES, fmt_bytes, fmt_ns, open_object, read_rows
+from .proc import STATES, fmt_bytes, fmt_ns, follow_tgid, open_object, read_rows
 
 EV_SPAN, EV_FORK, EV_EXEC, EV_EXIT = 1, 2, 3, 4
 EEXIST, ENOMEM = 17, 12
@@ -170,7 +170,9 @@ class ProcPortrait(Exporter):
     domain = "proc"
 
     def __init__(self, pids: list[int] | None = None, command: list[str] | None = None, timeline: bool = True,
-                 stacks: bool = True, max_spans: int = 20000, top: int = 30, symbolizer: Symbolizer | None = None):
+                 stacks: bool = True, max_spans: int = 20000, top: int = 30, symbolizer: Symbolizer | None = None,
+                 futex: bool = True):
+        self.futex = futex
         self.roots = set(pids or [])
         self.command = command
         self.timeline, self.stacks = timeline, stacks
@@ -202,17 +204,15 @@ class ProcPortrait(Exporter):
         self.stop = stop
 
     def open(self) -> None:
-        self.obj = open_object(follow=True, timeline=self.timeline, stacks=self.stacks)
-        followed = self.obj.maps["followed"]
+        self.obj = open_object(follow=True, timeline=self.timeline, stacks=self.stacks, futex=self.futex)
         release = None
         if self.command:
             release = self._spawn()
             self.roots.add(self.child.pid)
         for pid in descendants(self.roots):
-            followed.update(pid, 1)
+            follow_tgid(self.obj, pid)  # its threads get their accounting at their next event
             self.alive.add(pid)
             self.procs.setdefault(pid, ProcessInfo(pid=pid))
-        self.obj.maps["follow_gen"].update(0, 1)  # every task re-checks `followed`
         self._rb = RingBuffer(self.obj.maps["events"], self._on_event)
         self._rb_thread = threading.Thread(target=self._poll, name="bpfscope-proc-events", daemon=True)
         self._rb_thread.start()
