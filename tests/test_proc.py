@@ -94,7 +94,7 @@ def test_life_of_a_process_spin_sleep_io_exit_code(bins, tmp_path):
     data = Path("/var/tmp") / f"bpfscope-proc-{os.getpid()}.dat"
     w = start(bins["life"], str(data))
     try:
-        records, [(stat, _status)] = portrait([w])
+        records, [(stat, _status)] = portrait([w], "--max-spans", "0")  # every span: a busy host preempts a lot
     finally:
         data.unlink(missing_ok=True)
     [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]

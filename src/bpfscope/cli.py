@@ -292,7 +292,8 @@ def proc(
     top: Annotated[int, typer.Option(help="Rows of the table (0: all).", min=0)] = 30,
     no_timeline: Annotated[bool, typer.Option("--no-timeline", help="Portrait: no per-state span records.")] = False,
     no_stacks: Annotated[bool, typer.Option("--no-stacks", help="Portrait: no stacks at switch-out.")] = False,
-    max_spans: Annotated[int, typer.Option(help="Portrait: timeline records kept per interval.", min=0)] = 20000,
+    max_spans: Annotated[int, typer.Option(help="Portrait: timeline records kept per interval (0: all).",
+                                           min=0)] = 100000,
     futex: Annotated[Optional[bool], typer.Option("--futex/--no-futex", help="Count futex waits (syscall tracepoints: "
                                                   "every syscall on the host takes the slower traced path). "
                                                   "Default: on for a portrait, off for the table.")] = None,

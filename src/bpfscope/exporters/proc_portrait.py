@@ -22,6 +22,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -170,13 +171,13 @@ class ProcPortrait(Exporter):
     domain = "proc"
 
     def __init__(self, pids: list[int] | None = None, command: list[str] | None = None, timeline: bool = True,
-                 stacks: bool = True, max_spans: int = 20000, top: int = 30, symbolizer: Symbolizer | None = None,
+                 stacks: bool = True, max_spans: int = 100000, top: int = 30, symbolizer: Symbolizer | None = None,
                  futex: bool = True):
         self.futex = futex
         self.roots = set(pids or [])
         self.command = command
         self.timeline, self.stacks = timeline, stacks
-        self.max_spans = max_spans  # timeline records per interval; the rest are counted
+        self.max_spans = max_spans  # timeline records per interval (0: all); the rest are counted
         self.top = top
         self.sym = symbolizer or Symbolizer()
         self.obj: BpfObject | None = None
@@ -433,7 +434,7 @@ class ProcPortrait(Exporter):
         records, spans = [], 0
         for ev in events:
             if ev.type == EV_SPAN:
-                if spans >= self.max_spans:
+                if self.max_spans and spans >= self.max_spans:
                     self.spans_dropped += 1
                     continue
                 spans += 1
@@ -484,6 +485,9 @@ class ProcPortrait(Exporter):
                     values["exit_code"] = proc.exit_code
             if proc.execs:
                 values["exec"] = proc.execs[-1]
+            # how it ended, as one word for tables: "exit 3", "killed by SIGSEGV", "alive"
+            labels["end"] = (f"killed by {proc.signal}" if proc.signal else
+                             f"exit {proc.exit_code}" if proc.exit_ns else "alive")
             out.append(make_record("proc", "process_summary", ts=ts, pid=proc.pid, comm=proc.comm or None,
                                    labels=labels, values=values))
             out.extend(self._thread_record(t, ts, "thread_summary") for t in ths)
@@ -510,7 +514,8 @@ class ProcPortrait(Exporter):
                                    values={"count": count, "wait_ns": ns, "max_wait_ns": mx,
                                            "avg_wait_ns": ns // count if count else 0}))
         if self.spans_dropped:
-            print(f"bpfscope proc: {self.spans_dropped} timeline spans over --max-spans were not kept")
+            print(f"bpfscope proc: {self.spans_dropped} timeline spans over --max-spans were not kept",
+                  file=sys.stderr)
         return out
 
     # ---- views ---------------------------------------------------------------------------------
