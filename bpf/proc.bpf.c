@@ -440,6 +440,86 @@ int BPF_PROG(proc_lock_end, void *lock, int ret)
 	return 0;
 }
 
+/* ---- --pthread: hold times of libc locks (uprobes; opt-in: every call pays a trap) -- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct proc_held_key);
+	__type(value, struct proc_held);
+} held SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct proc_wait_key);
+	__type(value, struct proc_wait_val);
+} pholds SEC(".maps");
+
+static __always_inline void pt_lock(__u64 addr, __u32 kind)
+{
+	struct proc_task *s = task_of(bpf_get_current_task_btf());
+
+	if (!s)
+		return;
+	s->ulock_addr = addr;
+	s->ulock_kind = kind;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(pt_mutex_lock, void *lock) { pt_lock((__u64)lock, PROC_PT_MUTEX); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(pt_rdlock, void *lock) { pt_lock((__u64)lock, PROC_PT_RDLOCK); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(pt_wrlock, void *lock) { pt_lock((__u64)lock, PROC_PT_WRLOCK); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(pt_spin_lock, void *lock) { pt_lock((__u64)lock, PROC_PT_SPIN); return 0; }
+
+/* the lock call returned: held from now (when it succeeded) */
+SEC("uretprobe")
+int BPF_KRETPROBE(pt_lock_return, int ret)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_task *s = task_of(t);
+	struct proc_held_key key = {};
+	struct proc_held h = {};
+
+	if (!s || !s->ulock_addr)
+		return 0;
+	if (ret == 0) {
+		key.tid = t->pid;
+		key.addr = s->ulock_addr;
+		h.since = bpf_ktime_get_ns();
+		h.kind = s->ulock_kind;
+		bpf_map_update_elem(&held, &key, &h, BPF_ANY);
+	}
+	s->ulock_addr = 0;
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(pt_unlock, void *lock)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_held_key key = { .tid = t->pid, .addr = (__u64)lock };
+	struct proc_held *h;
+	__u64 now;
+
+	if (follow && !is_followed(t->tgid))
+		return 0;
+	h = bpf_map_lookup_elem(&held, &key);
+	if (!h)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now > h->since)
+		add_wait(&pholds, t, (__u64)lock, h->kind, now - h->since);
+	bpf_map_delete_elem(&held, &key);
+	return 0;
+}
+
 /* ---- iter/task: every accounted thread, one row each --------------------------------- */
 
 SEC("iter/task")

@@ -228,3 +228,16 @@ def test_bad_input_is_one_line():
     assert r.returncode == 2 and "bad --sort" in r.stderr
     r = run_cli("proc", "--", "/nonexistent/command")
     assert r.returncode == 2 and "command not found" in r.stderr
+
+
+def test_pthread_hold_times_of_the_mutex(bins):
+    w = start(bins["mutex"], stdout=subprocess.PIPE)
+    records, _ = portrait([w], "--pthread")
+    holds = [r for r in kinds(records, "pthread_hold_summary") if r["pid"] == w.pid]
+    mutex = [r for r in holds if r["labels"]["lock_type"] == "mutex" and r["values"]["count"] >= 90]
+    assert len(mutex) == 2 and len({r["labels"]["addr"] for r in mutex}) == 1, holds  # both workers, one mutex
+    for r in mutex:
+        v = r["values"]
+        assert v["count"] == 100, v  # each worker locked it 100 times
+        assert 10_000_000 <= v["avg_hold_ns"] <= 15_000_000, v  # held across a 10 ms nanosleep
+

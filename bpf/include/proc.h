@@ -44,6 +44,8 @@ struct proc_task {
 	__u32 state;			/* PROC_* */
 	__u32 lock_flags;
 	__s32 kstack, ustack;		/* follow: stacks at the last switch-out */
+	__u64 ulock_addr;		/* --pthread: the lock a pthread_*lock call is taking */
+	__u32 ulock_kind;		/* PROC_PT_* of that call */
 	__u32 out_state;		/* follow: state at the last switch-out */
 	__u32 preempt;			/* follow: the last switch-out was a preemption */
 };
@@ -87,6 +89,23 @@ struct proc_wait_key {
 
 struct proc_wait_val {
 	__u64 count, ns, max_ns;
+};
+
+/* --pthread: which libc lock function took a lock (proc_wait_key.flags of `pholds`) */
+#define PROC_PT_MUTEX 1
+#define PROC_PT_RDLOCK 2
+#define PROC_PT_WRLOCK 3
+#define PROC_PT_SPIN 4
+
+/* --pthread: a lock held by a thread, from its lock call's return to its unlock */
+struct proc_held_key {
+	__u32 tid, _pad;
+	__u64 addr;
+};
+
+struct proc_held {
+	__u64 since;
+	__u32 kind, _pad;
 };
 
 struct proc_span {

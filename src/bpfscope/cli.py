@@ -294,6 +294,9 @@ def proc(
     no_stacks: Annotated[bool, typer.Option("--no-stacks", help="Portrait: no stacks at switch-out.")] = False,
     max_spans: Annotated[int, typer.Option(help="Portrait: timeline records kept per interval (0: all).",
                                            min=0)] = 100000,
+    pthread: Annotated[bool, typer.Option("--pthread", help="Portrait: hold times of pthread mutexes, rwlocks and "
+                                                           "spin locks (uprobes on libc: every call on the host "
+                                                           "traps, expensive).")] = False,
     futex: Annotated[Optional[bool], typer.Option("--futex/--no-futex", help="Count futex waits (syscall tracepoints: "
                                                   "every syscall on the host takes the slower traced path). "
                                                   "Default: on for a portrait, off for the table.")] = None,
@@ -330,11 +333,13 @@ def proc(
 
         if not shutil.which(command[0]):
             raise UserError(f"command not found: {command[0]}", 2)
+    if pthread and not (pids or command):
+        raise UserError("--pthread needs a portrait (--pid, --comm --follow or -- COMMAND)", 2)
     if pids or command:
         from .exporters.proc_portrait import ProcPortrait
 
         exporter = ProcPortrait(pids=pids, command=command, timeline=not no_timeline, stacks=not no_stacks,
-                                max_spans=max_spans, top=top, futex=futex is not False)
+                                max_spans=max_spans, top=top, futex=futex is not False, pthread=pthread)
     else:
         exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top, futex=bool(futex))
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)

@@ -51,6 +51,12 @@ SCHED_FRAMES = ("__schedule", "schedule", "io_schedule", "preempt_schedule", "__
                 "__mutex_lock", "mutex_lock", "rt_mutex_schedule", "do_sched_yield", "__wait_for_common",
                 "wait_for_completion")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --pthread: libc function, entry program, has a return probe (the first two are required)
+PTHREAD_PROBES = (("pthread_mutex_lock", "pt_mutex_lock", True), ("pthread_mutex_unlock", "pt_unlock", False),
+                  ("pthread_rwlock_rdlock", "pt_rdlock", True), ("pthread_rwlock_wrlock", "pt_wrlock", True),
+                  ("pthread_rwlock_unlock", "pt_unlock", False), ("pthread_spin_lock", "pt_spin_lock", True),
+                  ("pthread_spin_unlock", "pt_unlock", False))
+PTHREAD_KINDS = {1: "mutex", 2: "rwlock-read", 3: "rwlock-write", 4: "spin"}  # PROC_PT_*
 SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
            8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE", 14: "SIGALRM",
            15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS"}
@@ -172,8 +178,9 @@ class ProcPortrait(Exporter):
 
     def __init__(self, pids: list[int] | None = None, command: list[str] | None = None, timeline: bool = True,
                  stacks: bool = True, max_spans: int = 100000, top: int = 30, symbolizer: Symbolizer | None = None,
-                 futex: bool = True):
+                 futex: bool = True, pthread: bool = False):
         self.futex = futex
+        self.pthread = pthread
         self.roots = set(pids or [])
         self.command = command
         self.timeline, self.stacks = timeline, stacks
@@ -214,6 +221,8 @@ class ProcPortrait(Exporter):
             follow_tgid(self.obj, pid)  # its threads get their accounting at their next event
             self.alive.add(pid)
             self.procs.setdefault(pid, ProcessInfo(pid=pid))
+        if self.pthread:
+            self._attach_pthread()
         self._rb = RingBuffer(self.obj.maps["events"], self._on_event)
         self._rb_thread = threading.Thread(target=self._poll, name="bpfscope-proc-events", daemon=True)
         self._rb_thread.start()
@@ -221,6 +230,24 @@ class ProcPortrait(Exporter):
             os.write(release, b"\n")  # the command may exec now: it is followed
             os.close(release)
             shutil.rmtree(self._fifo_dir, ignore_errors=True)
+
+    def _attach_pthread(self) -> None:
+        # Every process's calls trap (uprobes on the shared libc); the kernel keeps only the
+        # followed ones. A function this libc lacks is skipped; the mutex pair is required.
+        from ..bpf import BpfError
+        from .stack import libc_path
+
+        roots = sorted(self.roots)
+        lib = libc_path(roots[0] if roots and not self.command else None)
+        progs = self.obj.programs
+        for i, (func, prog, ret) in enumerate(PTHREAD_PROBES):
+            try:
+                progs[prog].attach_uprobe(lib, func)
+                if ret:
+                    progs["pt_lock_return"].attach_uprobe(lib, func, retprobe=True)
+            except BpfError:
+                if i < 2:
+                    raise
 
     def _spawn(self) -> int:
         # The child waits on a FIFO until its pid is in `followed`, then execs the command:
@@ -353,7 +380,7 @@ class ProcPortrait(Exporter):
 
     def _waits(self, ts: int) -> list[dict]:
         records = []
-        for kind, map_name in (("futex_wait", "futexes"), ("lock_wait", "klocks")):
+        for kind, map_name in (("futex_wait", "futexes"), ("lock_wait", "klocks"), ("pthread_hold", "pholds")):
             for key, val in self.obj.maps[map_name].batch(delete=True):
                 acc = self.waits.setdefault((kind, key.tgid, key.tid, key.addr, key.flags), [0, 0, 0])
                 acc[0] += val.count
@@ -364,9 +391,14 @@ class ProcPortrait(Exporter):
                 if kind == "lock_wait":
                     labels["lock_type"] = lock_type(key.flags)
                     labels["symbol"] = self._lock_symbol(key.addr)
+                    values = {"count": val.count, "wait_ns": val.ns, "max_wait_ns": val.max_ns}
+                elif kind == "pthread_hold":
+                    labels["lock_type"] = PTHREAD_KINDS.get(key.flags, "other")
+                    values = {"count": val.count, "hold_ns": val.ns, "max_hold_ns": val.max_ns}
+                else:
+                    values = {"count": val.count, "wait_ns": val.ns, "max_wait_ns": val.max_ns}
                 records.append(make_record("proc", kind, ts=ts, pid=key.tgid, tid=key.tid,
-                                           comm=th.comm if th else None, labels=labels,
-                                           values={"count": val.count, "wait_ns": val.ns, "max_wait_ns": val.max_ns}))
+                                           comm=th.comm if th else None, labels=labels, values=values))
         return records
 
     def _lock_symbol(self, addr: int) -> str:
@@ -507,12 +539,15 @@ class ProcPortrait(Exporter):
                                    values={"count": count, "off_cpu_ns": ns}, stack=list(frames) or None))
         for (kind, pid, tid, addr, flags), (count, ns, mx) in sorted(self.waits.items(), key=lambda kv: -kv[1][1]):
             labels = {"addr": f"0x{addr:x}"}
+            what = "wait"
             if kind == "lock_wait":
                 labels["lock_type"], labels["symbol"] = lock_type(flags), self._lock_symbol(addr)
+            elif kind == "pthread_hold":
+                labels["lock_type"], what = PTHREAD_KINDS.get(flags, "other"), "hold"
             out.append(make_record("proc", kind + "_summary", ts=ts, pid=pid, tid=tid,
                                    comm=self.threads[tid].comm if tid in self.threads else None, labels=labels,
-                                   values={"count": count, "wait_ns": ns, "max_wait_ns": mx,
-                                           "avg_wait_ns": ns // count if count else 0}))
+                                   values={"count": count, f"{what}_ns": ns, f"max_{what}_ns": mx,
+                                           f"avg_{what}_ns": ns // count if count else 0}))
         if self.spans_dropped:
             print(f"bpfscope proc: {self.spans_dropped} timeline spans over --max-spans were not kept",
                   file=sys.stderr)
@@ -584,6 +619,16 @@ class ProcPortrait(Exporter):
                               Text(r["labels"]["blocked_on"]), str(r["values"]["count"]),
                               fmt_ns(r["values"]["off_cpu_ns"]))
                 parts.append(t)
+            holds = [r for r in records if r["kind"] == "pthread_hold_summary"][: self.top]
+            if holds:
+                t = Table(title="pthread lock hold times (--pthread)", title_justify="left")
+                for col in ("TID", "COMM", "ADDRESS", "TYPE", "HOLDS", "TOTAL", "MAX", "AVG"):
+                    t.add_column(col, justify="left" if col in ("COMM", "ADDRESS", "TYPE") else "right")
+                for r in holds:
+                    v = r["values"]
+                    t.add_row(str(r["tid"]), Text(r["comm"] or ""), r["labels"]["addr"], r["labels"]["lock_type"],
+                              str(v["count"]), fmt_ns(v["hold_ns"]), fmt_ns(v["max_hold_ns"]), fmt_ns(v["avg_hold_ns"]))
+                parts.append(t)
             waits = [r for r in records if r["kind"] in ("futex_wait_summary", "lock_wait_summary")][: self.top]
             if waits:
                 t = Table(title="lock waits (futex: user address; kernel: lock)", title_justify="left")
@@ -625,6 +670,8 @@ class ProcPortrait(Exporter):
                                 "Time the followed threads waited for locks, by lock type", labels=["comm", "lock_type"])
         waits: Counter[tuple[str, str]] = Counter()
         for (kind, _pid, tid, _addr, flags), (_c, ns, _m) in self.waits.items():
+            if kind == "pthread_hold":
+                continue
             th = self.threads.get(tid)
             waits[(th.comm if th else "?", "futex" if kind == "futex_wait" else lock_type(flags))] += ns
         for (comm, lt), ns in waits.items():
