@@ -241,3 +241,22 @@ def test_pthread_hold_times_of_the_mutex(bins):
         assert v["count"] == 100, v  # each worker locked it 100 times
         assert 10_000_000 <= v["avg_hold_ns"] <= 15_000_000, v  # held across a 10 ms nanosleep
 
+
+
+def test_system_wide_table_filtered_by_cgroup(bins, cgroup):
+    from bpfscope.hostenv import cgroup2_root
+
+    w = start(bins["spin"], "3")
+    try:
+        (cgroup / "cgroup.procs").write_text(str(w.pid))
+        w.stdin.write(b"go\n")
+        w.stdin.close()
+        rel = "/" + str(cgroup.relative_to(cgroup2_root()))
+        r = run_cli("proc", "--json", "--interval", "1", "--duration", "2.2", "--top", "0", "--cgroup", rel,
+                    timeout=60)
+    finally:
+        w.kill()
+        w.wait()
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert rows and {x["pid"] for x in rows} == {w.pid}
