@@ -10,8 +10,7 @@ wake-up and a context switch (> 100k switches/s here). Interleaved ROUNDS times:
   - `bpfscope proc --pid P` following one busy process (sleep_loop, 1,000 naps/s, on the
     other CPU, with its timeline and stacks) while the ping-pong, not followed, is
     measured: the cost on the others; target >= 0.98x. Every context switch and wake-up
-    on the host still runs the tp_btf programs (to test a bitmap), and the futex syscall
-    tracepoints send every syscall through the traced path: --no-futex is measured too.
+    on the host still runs the tp_btf programs (to test a bitmap of followed tgids).
 The best switches/s of each variant are compared (other load only slows a run down).
 """
 
@@ -89,21 +88,19 @@ def main() -> None:
         followed = subprocess.Popen(["taskset", "-c", "0", str(napper), "1000000", "1"], stdin=subprocess.PIPE)
         followed.stdin.write(b"go\n")
         followed.stdin.flush()
-        runs: dict[str, list[float]] = {"baseline": [], "proc": [], "perf": [], "pid": [], "pid_nofutex": []}
+        runs: dict[str, list[float]] = {"baseline": [], "proc": [], "perf": [], "pid": []}
         try:
             for _ in range(ROUNDS):
                 runs["baseline"].append(run_workload(prog))
                 runs["proc"].append(with_bpfscope(prog, []))
                 runs["pid"].append(with_bpfscope(prog, ["--pid", str(followed.pid)]))
-                runs["pid_nofutex"].append(with_bpfscope(prog, ["--pid", str(followed.pid), "--no-futex"]))
                 runs["perf"].append(with_perf_sched(prog, tmp))
         finally:
             followed.kill()
             followed.wait()
     b = max(runs["baseline"])
     names = {"baseline": "baseline (nothing attached)", "proc": "bpfscope proc (system-wide)",
-             "perf": "perf sched record -a", "pid": "bpfscope proc --pid (another process)",
-             "pid_nofutex": "bpfscope proc --pid --no-futex"}
+             "perf": "perf sched record -a", "pid": "bpfscope proc --pid (another process)"}
     print(f"pipe ping-pong, {HOPS:,} round trips per run, best of {ROUNDS} interleaved rounds")
     for key, name in names.items():
         s = max(runs[key])
@@ -111,7 +108,6 @@ def main() -> None:
     print(f"RATIO proc_systemwide/baseline speed = {max(runs['proc']) / b:.3f} (target 0.93)")
     print(f"RATIO perf_sched_record/baseline speed = {max(runs['perf']) / b:.3f} (comparison)")
     print(f"RATIO proc_pid_others/baseline speed = {max(runs['pid']) / b:.3f} (target 0.98)")
-    print(f"RATIO proc_pid_nofutex_others/baseline speed = {max(runs['pid_nofutex']) / b:.3f} (target 0.98)")
 
 
 if __name__ == "__main__":

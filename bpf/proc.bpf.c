@@ -166,6 +166,55 @@ static __always_inline void enter_state(struct task_struct *t, struct proc_task 
 	s->since = now;
 }
 
+static __always_inline void add_wait(void *map, struct task_struct *t, __u64 addr, __u32 flags, __u64 ns)
+{
+	struct proc_wait_key key = { .tgid = t->tgid, .tid = t->pid, .addr = addr, .flags = flags };
+	struct proc_wait_val *v = bpf_map_lookup_elem(map, &key);
+
+	if (!v) {
+		struct proc_wait_val zero = {};
+
+		bpf_map_update_elem(map, &key, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(map, &key);
+		if (!v)
+			return;
+	}
+	__sync_fetch_and_add(&v->count, 1);
+	__sync_fetch_and_add(&v->ns, ns);
+	if (ns > v->max_ns)
+		v->max_ns = ns;
+}
+
+static __always_inline bool futex_waiting_cmd(__u32 op)
+{
+	__u32 cmd = op & ~(128 | 256);	/* FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
+
+	/* WAIT, LOCK_PI, WAIT_BITSET, WAIT_REQUEUE_PI, LOCK_PI2 */
+	return cmd == 0 || cmd == 6 || cmd == 9 || cmd == 11 || cmd == 13;
+}
+
+/* follow: a thread that blocks inside futex() starts a futex wait, read from the syscall's
+ * own registers; it ends when the thread is switched back in. No syscall tracepoint (they
+ * would send every syscall on the host through the traced path). */
+static __always_inline void futex_sleep(struct task_struct *prev, struct proc_task *s, __u64 now)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+
+	if (!regs || regs->orig_ax != 202 || !futex_waiting_cmd(regs->si))	/* __NR_futex */
+		return;
+	s->futex_uaddr = regs->di;
+	s->futex_begin = now;
+#elif defined(__TARGET_ARCH_arm64)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+
+	if (!regs || regs->syscallno != 98 || !futex_waiting_cmd(regs->regs[1]))
+		return;
+	s->futex_uaddr = regs->regs[0];
+	s->futex_begin = now;
+#endif
+}
+
 static __always_inline __u32 state_at_switch_out(struct task_struct *prev, bool preempt, unsigned int prev_state)
 {
 	if (preempt || prev_state == 0)		/* TASK_RUNNING: still wants the CPU */
@@ -201,6 +250,8 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 			s->nvcsw++;
 		else
 			s->nivcsw++;
+		if (follow && !preempt && prev_state)
+			futex_sleep(prev, s, now);
 		if (follow && stacks) {
 			s->kstack = bpf_get_stackid(ctx, &stack_traces, 0);
 			s->ustack = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
@@ -214,6 +265,14 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 	if (!now)
 		now = bpf_ktime_get_ns();
 	enter_state(next, s, PROC_RUNNING, now);
+	if (follow && s->futex_begin) {		/* a futex wait ends: the thread runs again */
+		__u64 ns = now - s->futex_begin;
+
+		s->futex_begin = 0;
+		s->futex_ns += ns;
+		s->futex_count++;
+		add_wait(&futexes, next, s->futex_uaddr, 0, ns);
+	}
 	if (follow && stacks && s->out_ts) {
 		struct proc_reason_key key = {
 			.tgid = next->tgid, .tid = next->pid, .kstack = s->kstack, .ustack = s->ustack,
@@ -351,25 +410,6 @@ int BPF_PROG(proc_exit, struct task_struct *p, bool group_dead)
 }
 
 /* ---- waits: futexes (syscall tracepoints) and kernel locks ------------------------- */
-
-static __always_inline void add_wait(void *map, struct task_struct *t, __u64 addr, __u32 flags, __u64 ns)
-{
-	struct proc_wait_key key = { .tgid = t->tgid, .tid = t->pid, .addr = addr, .flags = flags };
-	struct proc_wait_val *v = bpf_map_lookup_elem(map, &key);
-
-	if (!v) {
-		struct proc_wait_val zero = {};
-
-		bpf_map_update_elem(map, &key, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(map, &key);
-		if (!v)
-			return;
-	}
-	__sync_fetch_and_add(&v->count, 1);
-	__sync_fetch_and_add(&v->ns, ns);
-	if (ns > v->max_ns)
-		v->max_ns = ns;
-}
 
 SEC("tracepoint/syscalls/sys_enter_futex")
 int proc_futex_enter(struct trace_event_raw_sys_enter *ctx)

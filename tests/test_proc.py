@@ -55,14 +55,16 @@ def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, s
     raise AssertionError(f"pid {pid} did not exit in {timeout_s}s")
 
 
-def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90) -> tuple[list[dict], list]:
+def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90,
+             links: int = 8) -> tuple[list[dict], list]:
     """Follow the (waiting) workloads, release them, and return bpfscope's records and each
     workload's zombie /proc truth."""
     args = [a for w in workloads for a in ("--pid", str(w.pid))]
     p = subprocess.Popen(BPFSCOPE + ["proc", *args, "--json", "--interval", "0.5", *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for_links(p, 10), p.stderr.read() if p.poll() is not None else "no links"
+        # every link up (they are attached after the followed bits are set): following now
+        assert wait_for_links(p, links), p.stderr.read() if p.poll() is not None else "no links"
         for w in workloads:
             w.stdin.write(b"go\n")
             w.stdin.flush()
@@ -232,7 +234,7 @@ def test_bad_input_is_one_line():
 
 def test_pthread_hold_times_of_the_mutex(bins):
     w = start(bins["mutex"], stdout=subprocess.PIPE)
-    records, _ = portrait([w], "--pthread")
+    records, _ = portrait([w], "--pthread", links=8 + 3)  # + the mutex uprobes (attached first)
     holds = [r for r in kinds(records, "pthread_hold_summary") if r["pid"] == w.pid]
     mutex = [r for r in holds if r["labels"]["lock_type"] == "mutex" and r["values"]["count"] >= 90]
     assert len(mutex) == 2 and len({r["labels"]["addr"] for r in mutex}) == 1, holds  # both workers, one mutex

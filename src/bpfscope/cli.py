@@ -297,9 +297,9 @@ def proc(
     pthread: Annotated[bool, typer.Option("--pthread", help="Portrait: hold times of pthread mutexes, rwlocks and "
                                                            "spin locks (uprobes on libc: every call on the host "
                                                            "traps, expensive).")] = False,
-    futex: Annotated[Optional[bool], typer.Option("--futex/--no-futex", help="Count futex waits (syscall tracepoints: "
-                                                  "every syscall on the host takes the slower traced path). "
-                                                  "Default: on for a portrait, off for the table.")] = None,
+    futex: Annotated[bool, typer.Option("--futex", help="Table: also count futex waits (syscall tracepoints: "
+                                                       "every syscall on the host takes the slower traced path). "
+                                                       "A portrait always counts them, at no such cost.")] = False,
     interval: Interval = 5.0,
     duration: Duration = None,
     as_json: Json = False,
@@ -339,9 +339,9 @@ def proc(
         from .exporters.proc_portrait import ProcPortrait
 
         exporter = ProcPortrait(pids=pids, command=command, timeline=not no_timeline, stacks=not no_stacks,
-                                max_spans=max_spans, top=top, futex=futex is not False, pthread=pthread)
+                                max_spans=max_spans, top=top, pthread=pthread)
     else:
-        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top, futex=bool(futex))
+        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top, futex=futex)
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
 
 

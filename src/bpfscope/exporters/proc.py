@@ -41,15 +41,19 @@ FOLLOW_PROGRAMS = ("proc_switch", "proc_wakeup", "proc_wakeup_new", "proc_fork",
                    "proc_lock_begin", "proc_lock_end")
 
 
-def open_object(follow: bool, timeline: bool = True, stacks: bool = True, futex: bool = True) -> BpfObject:
+def open_object(follow: bool, timeline: bool = True, stacks: bool = True, futex: bool = True,
+                roots: tuple[int, ...] = ()) -> BpfObject:
     """Load proc.bpf.o and attach what the mode needs. The iterators are run, not attached.
-    futex: the futex syscall tracepoints; enabling any syscall tracepoint sends every
-    system call on the host through the kernel's slower traced path (measured: a few %)."""
+    futex (system-wide only): the futex syscall tracepoints; enabling any syscall tracepoint
+    sends every system call on the host through the kernel's slower traced path (measured:
+    ~4%). Follow mode needs none: a followed thread's futex waits are read at switch-out."""
     obj = BpfObject.open("proc", rodata={"follow": follow, "timeline": timeline, "stacks": stacks,
                                          "self_tgid": os.getpid()},
                          max_entries={"follow_bits": pid_max() // 64 + 1})
     try:
-        for name in (FOLLOW_PROGRAMS if follow else TOP_PROGRAMS) + (FUTEX_PROGRAMS if futex else ()):
+        for tgid in roots:  # followed before any program is attached: a link means "following"
+            follow_tgid(obj, tgid)
+        for name in FOLLOW_PROGRAMS if follow else TOP_PROGRAMS + (FUTEX_PROGRAMS if futex else ()):
             obj.programs[name].attach()
     except BaseException:
         obj.close()

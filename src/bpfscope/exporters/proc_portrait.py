@@ -40,7 +40,7 @@ from ..decode import c_string
 from ..schema import make_record
 from ..symbolize import KERNEL_SUFFIX, Symbolizer
 from .base import Exporter
-from .proc import STATES, fmt_bytes, fmt_ns, follow_tgid, open_object, read_rows
+from .proc import STATES, fmt_bytes, fmt_ns, open_object, read_rows
 
 EV_SPAN, EV_FORK, EV_EXEC, EV_EXIT = 1, 2, 3, 4
 EEXIST, ENOMEM = 17, 12
@@ -178,8 +178,7 @@ class ProcPortrait(Exporter):
 
     def __init__(self, pids: list[int] | None = None, command: list[str] | None = None, timeline: bool = True,
                  stacks: bool = True, max_spans: int = 100000, top: int = 30, symbolizer: Symbolizer | None = None,
-                 futex: bool = True, pthread: bool = False):
-        self.futex = futex
+                 pthread: bool = False):
         self.pthread = pthread
         self.roots = set(pids or [])
         self.command = command
@@ -212,15 +211,15 @@ class ProcPortrait(Exporter):
         self.stop = stop
 
     def open(self) -> None:
-        self.obj = open_object(follow=True, timeline=self.timeline, stacks=self.stacks, futex=self.futex)
         release = None
         if self.command:
             release = self._spawn()
             self.roots.add(self.child.pid)
-        for pid in descendants(self.roots):
-            follow_tgid(self.obj, pid)  # its threads get their accounting at their next event
+        followed = descendants(self.roots)
+        for pid in followed:  # their threads get their accounting at their next event
             self.alive.add(pid)
             self.procs.setdefault(pid, ProcessInfo(pid=pid))
+        self.obj = open_object(follow=True, timeline=self.timeline, stacks=self.stacks, roots=tuple(followed))
         if self.pthread:
             self._attach_pthread()
         self._rb = RingBuffer(self.obj.maps["events"], self._on_event)
@@ -239,12 +238,16 @@ class ProcPortrait(Exporter):
 
         roots = sorted(self.roots)
         lib = libc_path(roots[0] if roots and not self.command else None)
+        offsets = symbol_offsets(lib, {func for func, _, _ in PTHREAD_PROBES})
         progs = self.obj.programs
         for i, (func, prog, ret) in enumerate(PTHREAD_PROBES):
             try:
-                progs[prog].attach_uprobe(lib, func)
+                if func not in offsets:
+                    raise BpfError(2, f"{lib} has no {func}")
+                # by file offset: libbpf 1.1 refuses names that two symbol versions share
+                progs[prog].attach_uprobe(lib, func, offset=offsets[func])
                 if ret:
-                    progs["pt_lock_return"].attach_uprobe(lib, func, retprobe=True)
+                    progs["pt_lock_return"].attach_uprobe(lib, func, retprobe=True, offset=offsets[func])
             except BpfError:
                 if i < 2:
                     raise
@@ -706,3 +709,25 @@ def pids_of_comm(comm: str) -> list[int]:
             except OSError:
                 continue
     return out
+
+
+def symbol_offsets(path: str, names: set[str]) -> dict[str, int]:
+    """File offsets of the named functions of an ELF file (where a uprobe goes)."""
+    from ..symbolize import read_elf
+
+    elf = read_elf(path)
+    wanted = set(names)
+    if "pthread_spin_unlock" in names:  # glibc: the same code (store 0) as pthread_spin_init, which names it
+        wanted.add("pthread_spin_init")
+    out = {}
+    for vaddr, name in zip(elf.addrs, elf.names):
+        name = name.split("@", 1)[0]
+        if name in wanted and name not in out:
+            for p_off, p_filesz, p_vaddr in elf.segments:
+                if p_vaddr <= vaddr < p_vaddr + p_filesz:
+                    out[name] = vaddr - p_vaddr + p_off
+                    break
+    if "pthread_spin_unlock" in names and "pthread_spin_unlock" not in out and "pthread_spin_init" in out:
+        out["pthread_spin_unlock"] = out["pthread_spin_init"]  # a uprobe there also sees inits: harmless
+    return {k: v for k, v in out.items() if k in names}
+
