@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import BPFSCOPE, REPO, run_cli
 
 from bpfscope.bpf import wait_for_links
-from conftest import BPFSCOPE, REPO, run_cli
 
 pytestmark = pytest.mark.bpf
 WORKLOADS = REPO / "tests/proc_workloads"

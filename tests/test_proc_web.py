@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from conftest import run_cli
 from test_web_ui import chromium, collector, dom  # noqa: F401 (fixtures)
 

@@ -282,7 +282,7 @@ class ProcTop(Exporter):
             self.obj = None
 
 
-def fmt_ns(ns: int | float | None) -> str:
+def fmt_ns(ns: float | None) -> str:
     if ns is None:
         return "-"
     if ns >= 1e9:

@@ -89,7 +89,7 @@ def lock_type(flags: int) -> str:
 def blocked_on(kframes_leaf_first: list[str]) -> str:
     """The first kernel function below the scheduler's own frames."""
     for f in kframes_leaf_first:
-        name = f[: -len(KERNEL_SUFFIX)] if f.endswith(KERNEL_SUFFIX) else f
+        name = f.removesuffix(KERNEL_SUFFIX)
         if not name.startswith(SCHED_FRAMES):
             return name
     return kframes_leaf_first[-1].removesuffix(KERNEL_SUFFIX) if kframes_leaf_first else "?"
