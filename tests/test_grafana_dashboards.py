@@ -94,7 +94,11 @@ def _records_from_the_sys_exporter(url: str) -> None:
 
     ensure_mounts()
     procs = [subprocess.Popen(BPFSCOPE + [domain, "--collector", url, "--interval", "1", "--duration", "4",
-                                          "--quiet"], stderr=subprocess.PIPE, text=True) for domain in ("sys", "net")]
+                                          "--quiet"], stderr=subprocess.PIPE, text=True) for domain in ("sys", "net",
+                                                                                                         "proc")]
+    # a portrait (bpfscope proc -- COMMAND): summaries and thread state spans
+    procs.append(subprocess.Popen(BPFSCOPE + ["proc", "--collector", url, "--interval", "0.5", "--quiet", "--",
+                                              "sh", "-c", "sleep 0.3; exit 5"], stderr=subprocess.PIPE, text=True))
     time.sleep(1.5)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))

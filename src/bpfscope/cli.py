@@ -281,6 +281,74 @@ def stack_load(
 
 
 @app.command()
+def proc(
+    command: Annotated[Optional[list[str]], typer.Argument(help="After --: start COMMAND ARGS and follow it from its "
+                                                                "first instruction.", show_default=False)] = None,
+    pid: Annotated[Optional[list[int]], typer.Option(help="Follow this process, its threads and descendants "
+                                                          "(repeatable).")] = None,
+    comm: Annotated[Optional[str], typer.Option(help="Table: only processes with this command name; with "
+                                                     "--follow: follow them.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="With --comm: the portrait of those processes.")] = False,
+    cgroup: Annotated[Optional[str], typer.Option(help="Table: only processes in this cgroup v2 (path under the "
+                                                       "v2 root) or below.")] = None,
+    sort: Annotated[str, typer.Option(help="Table order: cpu, runq, vcsw, ivcsw, rss, lock, threads, pid.")] = "cpu",
+    top: Annotated[int, typer.Option(help="Rows of the table (0: all).", min=0)] = 30,
+    no_timeline: Annotated[bool, typer.Option("--no-timeline", help="Portrait: no per-state span records.")] = False,
+    no_stacks: Annotated[bool, typer.Option("--no-stacks", help="Portrait: no stacks at switch-out.")] = False,
+    max_spans: Annotated[int, typer.Option(help="Portrait: timeline records kept per interval (0: all).",
+                                           min=0)] = 100000,
+    pthread: Annotated[bool, typer.Option("--pthread", help="Portrait: hold times of pthread mutexes, rwlocks and "
+                                                           "spin locks (uprobes on libc: every call on the host "
+                                                           "traps, expensive).")] = False,
+    futex: Annotated[bool, typer.Option("--futex", help="Table: also count futex waits (syscall tracepoints: "
+                                                       "every syscall on the host takes the slower traced path). "
+                                                       "A portrait always counts them, at no such cost.")] = False,
+    interval: Interval = 5.0,
+    duration: Duration = None,
+    as_json: Json = False,
+    collector: Collector = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
+    quiet: Quiet = False,
+    host: Host = None,
+) -> None:
+    """Processes from the scheduler's side: a top-like table of all, or (--pid, --comm --follow,
+    -- COMMAND) the portrait of one tree: lifecycle, time per state, switch reasons, locks."""
+    from .exporters.proc import SORT_KEYS, ProcTop
+
+    _set_host(host)
+    if sort not in SORT_KEYS:
+        raise UserError(f"bad --sort {sort!r} (have: {', '.join(SORT_KEYS)})", 2)
+    for p in pid or []:
+        if not os.path.exists(f"/proc/{p}"):
+            raise UserError(f"no process with pid {p}", 2)
+    if follow and not comm:
+        raise UserError("--follow needs --comm NAME", 2)
+    pids = list(pid or [])
+    if follow:
+        from .exporters.proc_portrait import pids_of_comm
+
+        pids += pids_of_comm(comm)
+        if not pids:
+            raise UserError(f"no process named {comm!r}", 2)
+    if command:
+        import shutil
+
+        if not shutil.which(command[0]):
+            raise UserError(f"command not found: {command[0]}", 2)
+    if pthread and not (pids or command):
+        raise UserError("--pthread needs a portrait (--pid, --comm --follow or -- COMMAND)", 2)
+    if pids or command:
+        from .exporters.proc_portrait import ProcPortrait
+
+        exporter = ProcPortrait(pids=pids, command=command, timeline=not no_timeline, stacks=not no_stacks,
+                                max_spans=max_spans, top=top, pthread=pthread)
+    else:
+        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top, futex=futex)
+    _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
+
+
+@app.command()
 def doctor(as_json: Json = False) -> None:
     """Measure what this kernel can do: load and attach a tiny program of each hook type."""
     from rich.console import Console

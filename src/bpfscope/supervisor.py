@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-EXPORTER_DOMAINS = ("sys", "net", "stack")  # grows as domains land
+EXPORTER_DOMAINS = ("sys", "net", "stack", "proc")  # grows as domains land
 # the command line of a domain whose exporter is a sub-command (stack has modes)
 DOMAIN_ARGV = {"stack": ["stack", "cpu"]}
 HEALTHY_AFTER_S = 60.0

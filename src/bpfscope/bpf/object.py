@@ -147,11 +147,14 @@ class Program:
     def attach_raw_tracepoint(self, name: str) -> Link:
         return self._link(L.bpf_program__attach_raw_tracepoint(self.ptr, name.encode()), f"raw_tp {name}")
 
-    def attach_uprobe(self, binary: str, symbol: str, pid: int = -1, retprobe: bool = False) -> Link:
-        opts = L.UprobeOpts(sz=ctypes.sizeof(L.UprobeOpts), retprobe=retprobe, func_name=symbol.encode())
+    def attach_uprobe(self, binary: str, symbol: str, pid: int = -1, retprobe: bool = False,
+                      offset: int | None = None) -> Link:
+        """By symbol name, or at a file offset when given (symbol then only names the link)."""
+        opts = L.UprobeOpts(sz=ctypes.sizeof(L.UprobeOpts), retprobe=retprobe,
+                            func_name=None if offset is not None else symbol.encode())
         what = f"{'uretprobe' if retprobe else 'uprobe'} {binary}:{symbol}"
-        return self._link(L.bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(), 0, ctypes.byref(opts)),
-                          what)
+        return self._link(L.bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(), offset or 0,
+                                                            ctypes.byref(opts)), what)
 
     def attach_perf_event(self, freq_hz: int, cpus: list[int] | None = None) -> list[Link]:
         """Sample with the software cpu-clock at freq_hz on every online CPU (works without a PMU)."""

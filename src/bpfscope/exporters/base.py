@@ -50,6 +50,14 @@ class Exporter:
     def close(self) -> None:
         """Detach and free everything (links are fds: closing them detaches)."""
 
+    def bind(self, stop: threading.Event) -> None:
+        """The loop's stop event: an exporter that is done by itself (what it followed has
+        exited) sets it."""
+
+    def final(self) -> list[dict]:
+        """Records that summarise the whole run, emitted once at the end (most: none)."""
+        return []
+
 
 class Sender:
     """Sends records to the collector from a thread. offer() never blocks: when the
@@ -234,6 +242,7 @@ class ExporterLoop:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_ExporterCollector(self))
             start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+        self.exporter.bind(self.stop)
         self.exporter.open()
         self.running = True
         start = last = time.monotonic()
@@ -256,7 +265,13 @@ class ExporterLoop:
             self.running = False
             if live:
                 live.stop()
-            self.exporter.close()
+            final: list[dict] = []
+            try:
+                final = self.exporter.final()
+            finally:
+                self.exporter.close()
+                if final:  # the run's summary: after the last view, before the sender stops
+                    self._emit(final, None)
             if self.sender:
                 self.sender.close()
         return 0

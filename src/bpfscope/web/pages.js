@@ -21,5 +21,6 @@ import charts from "./page-charts.js";
 import flame from "./page-flame.js";
 import timeline from "./page-timeline.js";
 import net from "./page-net.js";
+import proc from "./page-proc.js";
 
-export const PAGES = [overview, records, charts, flame, timeline, net];
+export const PAGES = [overview, records, charts, flame, timeline, net, proc];

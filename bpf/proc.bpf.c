@@ -1,0 +1,606 @@
+// SPDX-License-Identifier: GPL-2.0
+/* bpfscope proc: a process's life: time per state, switch reasons, locks, lifecycle.
+ *
+ * Hooks: tp_btf sched_switch, sched_wakeup(_new), sched_process_fork/exec/exit,
+ * lock:contention_begin/end, tracepoints syscalls:sys_enter/exit_futex, and an iter/task
+ * that dumps every thread's accounting in one read.
+ *
+ * Per-thread accounting lives in task storage (no hash lookup on the hot path; freed
+ * with the task). A thread is in one state at a time (proc.h PROC_*); every transition
+ * adds the time since the last one to the state it leaves:
+ *   switch-out -> runnable (preempted or still TASK_RUNNING), sleep, iowait, disk, stopped;
+ *   wakeup     -> runnable (only from a sleeping state);
+ *   switch-in  -> running.
+ * Only threads of the processes in `follow_bits` (the --pid tree; fork adds children, so
+ * they are followed from their first instruction) have task storage in follow mode:
+ * for every other task the hooks cost one bitmap test. For followed threads the
+ * kernel also counts the kernel and user stacks at switch-out per reason (`reasons`),
+ * sends every state span through the ring buffer (the timeline) and fork/exec/exit
+ * events, and counts futex waits per address and kernel lock contention per lock.
+ *
+ * System-wide (follow = false) the scheduler hooks are not attached at all: the table
+ * needs time on CPU, run-queue wait and switch counts, which the kernel keeps per task
+ * already (se.sum_exec_runtime, sched_info.run_delay, nvcsw/nivcsw); the iterator reads
+ * them. Only the lock contention hooks (they fire on contention only) and, with --futex,
+ * the futex syscall tracepoints are attached.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "bpfscope.h"
+#include "proc.h"
+
+const volatile bool follow = false;		/* --pid mode: only `followed` processes */
+const volatile bool timeline = true;		/* follow: state spans through the ring buffer */
+const volatile bool stacks = true;		/* follow: stacks at switch-out */
+const volatile __u32 self_tgid = 0;		/* the exporter itself, never followed */
+
+BTF_EXPORT_STRUCT(proc_row);
+BTF_EXPORT_STRUCT(proc_span);
+BTF_EXPORT_STRUCT(proc_life);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct proc_task);
+} tasks SEC(".maps");
+
+/* follow: a bitmap of followed tgids (bit tgid % 64 of word tgid / 64; user space sizes
+ * it from pid_max). An array lookup is inlined by the verifier: the check every context
+ * switch on the host pays is a few loads. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 32768 / 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} follow_bits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 8192);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, PROC_STACK_DEPTH * sizeof(__u64));
+} stack_traces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct proc_reason_key);
+	__type(value, struct proc_reason_val);
+} reasons SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct proc_wait_key);
+	__type(value, struct proc_wait_val);
+} futexes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct proc_wait_key);
+	__type(value, struct proc_wait_val);
+} klocks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* events the ring buffer had no room for (the timeline then has gaps) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+	if (n)
+		(*n)++;
+}
+
+static __always_inline bool is_followed(__u32 tgid)
+{
+	__u32 idx = tgid >> 6;
+	__u64 *w = bpf_map_lookup_elem(&follow_bits, &idx);
+
+	return w && ((*w >> (tgid & 63)) & 1);
+}
+
+static __always_inline void set_followed(__u32 tgid, bool on)
+{
+	__u32 idx = tgid >> 6;
+	__u64 *w = bpf_map_lookup_elem(&follow_bits, &idx);
+
+	if (!w)
+		return;
+	if (on)
+		__sync_fetch_and_or(w, 1ULL << (tgid & 63));
+	else
+		__sync_fetch_and_and(w, ~(1ULL << (tgid & 63)));
+}
+
+/* The accounting of a thread, created on first sight; in follow mode NULL unless its
+ * process is followed (for every other task: one bitmap test, no storage). */
+static __always_inline struct proc_task *task_of(struct task_struct *t)
+{
+	if (follow && !is_followed(t->tgid))
+		return NULL;
+	return bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+}
+
+static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 start, __u64 end)
+{
+	struct proc_span *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->type = PROC_EV_SPAN;
+	e->tid = t->pid;
+	e->tgid = t->tgid;
+	e->state = state;
+	e->start = start;
+	e->end = end;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Close the current state (its time goes to its bucket) and begin `state` now. */
+static __always_inline void enter_state(struct task_struct *t, struct proc_task *s, __u32 state, __u64 now)
+{
+	if (s->since && now > s->since) {
+		s->ns[s->state & (PROC_NSTATES - 1)] += now - s->since;
+		if (follow && timeline)
+			emit_span(t, s->state, s->since, now);
+	}
+	s->state = state;
+	s->since = now;
+}
+
+static __always_inline void add_wait(void *map, struct task_struct *t, __u64 addr, __u32 flags, __u64 ns)
+{
+	struct proc_wait_key key = { .tgid = t->tgid, .tid = t->pid, .addr = addr, .flags = flags };
+	struct proc_wait_val *v = bpf_map_lookup_elem(map, &key);
+
+	if (!v) {
+		struct proc_wait_val zero = {};
+
+		bpf_map_update_elem(map, &key, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(map, &key);
+		if (!v)
+			return;
+	}
+	__sync_fetch_and_add(&v->count, 1);
+	__sync_fetch_and_add(&v->ns, ns);
+	if (ns > v->max_ns)
+		v->max_ns = ns;
+}
+
+static __always_inline bool futex_waiting_cmd(__u32 op)
+{
+	__u32 cmd = op & ~(128 | 256);	/* FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
+
+	/* WAIT, LOCK_PI, WAIT_BITSET, WAIT_REQUEUE_PI, LOCK_PI2 */
+	return cmd == 0 || cmd == 6 || cmd == 9 || cmd == 11 || cmd == 13;
+}
+
+/* follow: a thread that blocks inside futex() starts a futex wait, read from the syscall's
+ * own registers; it ends when the thread is switched back in. No syscall tracepoint (they
+ * would send every syscall on the host through the traced path). */
+static __always_inline void futex_sleep(struct task_struct *prev, struct proc_task *s, __u64 now)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+
+	if (!regs || regs->orig_ax != 202 || !futex_waiting_cmd(regs->si))	/* __NR_futex */
+		return;
+	s->futex_uaddr = regs->di;
+	s->futex_begin = now;
+#elif defined(__TARGET_ARCH_arm64)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+
+	if (!regs || regs->syscallno != 98 || !futex_waiting_cmd(regs->regs[1]))
+		return;
+	s->futex_uaddr = regs->regs[0];
+	s->futex_begin = now;
+#endif
+}
+
+static __always_inline __u32 state_at_switch_out(struct task_struct *prev, bool preempt, unsigned int prev_state)
+{
+	if (preempt || prev_state == 0)		/* TASK_RUNNING: still wants the CPU */
+		return PROC_RUNNABLE;
+	if (prev_state & 1)			/* TASK_INTERRUPTIBLE */
+		return PROC_SLEEP;
+	if (prev_state & 2) {			/* TASK_UNINTERRUPTIBLE */
+		if (prev_state & 0x400)		/* TASK_NOLOAD: TASK_IDLE, an idle kthread */
+			return PROC_SLEEP;
+		if (BPF_CORE_READ_BITFIELD_PROBED(prev, in_iowait))
+			return PROC_IOWAIT;
+		return PROC_DISK;
+	}
+	if (prev_state & (4 | 8))		/* __TASK_STOPPED, __TASK_TRACED */
+		return PROC_STOPPED;
+	return PROC_OTHER;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u64 now = 0;
+	struct proc_task *s;
+
+	if (prev->pid && (s = task_of(prev))) {
+		__u32 state = state_at_switch_out(prev, preempt, prev_state);
+
+		now = bpf_ktime_get_ns();
+		enter_state(prev, s, state, now);
+		/* as the kernel counts nvcsw/nivcsw in __schedule */
+		if (!preempt && prev_state)
+			s->nvcsw++;
+		else
+			s->nivcsw++;
+		if (follow && !preempt && prev_state)
+			futex_sleep(prev, s, now);
+		if (follow && stacks) {
+			s->kstack = bpf_get_stackid(ctx, &stack_traces, 0);
+			s->ustack = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
+			s->out_state = state;
+			s->preempt = preempt;
+			s->out_ts = now;
+		}
+	}
+	if (!next->pid || !(s = task_of(next)))
+		return 0;
+	if (!now)
+		now = bpf_ktime_get_ns();
+	enter_state(next, s, PROC_RUNNING, now);
+	if (follow && s->futex_begin) {		/* a futex wait ends: the thread runs again */
+		__u64 ns = now - s->futex_begin;
+
+		s->futex_begin = 0;
+		s->futex_ns += ns;
+		s->futex_count++;
+		add_wait(&futexes, next, s->futex_uaddr, 0, ns);
+	}
+	if (follow && stacks && s->out_ts) {
+		struct proc_reason_key key = {
+			.tgid = next->tgid, .tid = next->pid, .kstack = s->kstack, .ustack = s->ustack,
+			.state = s->out_state, .preempt = s->preempt,
+		};
+		struct proc_reason_val *v = bpf_map_lookup_elem(&reasons, &key);
+
+		if (!v) {
+			struct proc_reason_val zero = {};
+
+			bpf_map_update_elem(&reasons, &key, &zero, BPF_NOEXIST);
+			v = bpf_map_lookup_elem(&reasons, &key);
+		}
+		if (v) {
+			v->count++;
+			v->ns += now - s->out_ts;
+		}
+		s->out_ts = 0;
+	}
+	return 0;
+}
+
+static __always_inline void woken(struct task_struct *p)
+{
+	struct proc_task *s;
+
+	if (!p->pid || !(s = task_of(p)))
+		return;
+	/* a wakeup of a thread that is running or already runnable changes nothing */
+	if (s->since && (s->state == PROC_RUNNING || s->state == PROC_RUNNABLE))
+		return;
+	enter_state(p, s, PROC_RUNNABLE, bpf_ktime_get_ns());
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(proc_wakeup, struct task_struct *p)
+{
+	woken(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(proc_wakeup_new, struct task_struct *p)
+{
+	woken(p);
+	return 0;
+}
+
+/* ---- lifecycle (follow mode) --------------------------------------------------------- */
+
+static __always_inline struct proc_life *new_event(__u32 type, struct task_struct *t)
+{
+	struct proc_life *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->tid = t->pid;
+	e->tgid = t->tgid;
+	e->ts = bpf_ktime_get_ns();
+	e->start_time = t->start_time;
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), t->comm);
+	return e;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(proc_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct proc_task *s;
+	struct proc_life *e;
+	__u32 tgid = child->tgid;
+
+	if (!follow || !task_of(parent))
+		return 0;
+	/* the child is followed from now on, before it runs its first instruction */
+	set_followed(tgid, true);
+	s = bpf_task_storage_get(&tasks, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s)
+		s->state = PROC_RUNNABLE;	/* since stays 0 until wake_up_new_task */
+	e = new_event(PROC_EV_FORK, child);
+	if (!e)
+		return 0;
+	e->ptid = parent->pid;
+	e->ppid = parent->tgid;
+	e->thread = child->tgid == parent->tgid;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(proc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct proc_life *e;
+
+	if (!follow || !task_of(p))
+		return 0;
+	e = new_event(PROC_EV_EXEC, p);
+	if (!e)
+		return 0;
+	e->ptid = old_pid;
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(proc_exit, struct task_struct *p, bool group_dead)
+{
+	struct proc_task *s;
+	struct proc_life *e;
+
+	if (!follow || !(s = task_of(p)))
+		return 0;
+	enter_state(p, s, PROC_OTHER, bpf_ktime_get_ns());	/* its running time ends here */
+	e = new_event(PROC_EV_EXIT, p);
+	if (!e)
+		return 0;
+	if (group_dead)		/* its pid may be given to an unrelated process next */
+		set_followed(p->tgid, false);
+	e->exit_code = BPF_CORE_READ(p, exit_code);
+	e->group_dead = group_dead;
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	__builtin_memcpy(e->ns, s->ns, sizeof(e->ns));
+	e->nvcsw = s->nvcsw;
+	e->nivcsw = s->nivcsw;
+	e->lock_ns = s->lock_ns;
+	e->lock_count = s->lock_count;
+	e->futex_ns = s->futex_ns;
+	e->futex_count = s->futex_count;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- waits: futexes (syscall tracepoints) and kernel locks ------------------------- */
+
+SEC("tracepoint/syscalls/sys_enter_futex")
+int proc_futex_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_task *s;
+	__u32 cmd = ctx->args[1] & ~(128 | 256);	/* FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME */
+
+	/* the waiting commands: WAIT, LOCK_PI, WAIT_BITSET, WAIT_REQUEUE_PI, LOCK_PI2 */
+	if (cmd != 0 && cmd != 6 && cmd != 9 && cmd != 11 && cmd != 13)
+		return 0;
+	if (!(s = task_of(t)))
+		return 0;
+	s->futex_begin = bpf_ktime_get_ns();
+	s->futex_uaddr = ctx->args[0];
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_futex")
+int proc_futex_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_task *s = task_of(t);
+	__u64 now, ns;
+
+	if (!s || !s->futex_begin)
+		return 0;
+	now = bpf_ktime_get_ns();
+	ns = now - s->futex_begin;
+	s->futex_begin = 0;
+	s->futex_ns += ns;
+	s->futex_count++;
+	if (follow)
+		add_wait(&futexes, t, s->futex_uaddr, 0, ns);
+	return 0;
+}
+
+SEC("tp_btf/contention_begin")
+int BPF_PROG(proc_lock_begin, void *lock, unsigned int flags)
+{
+	struct proc_task *s = task_of(bpf_get_current_task_btf());
+
+	if (!s)
+		return 0;
+	if (!s->lock_begin || s->lock_addr != (__u64)lock) {	/* a mutex spins, then sleeps: one wait */
+		s->lock_begin = bpf_ktime_get_ns();
+		s->lock_addr = (__u64)lock;
+	}
+	s->lock_flags = flags;
+	return 0;
+}
+
+SEC("tp_btf/contention_end")
+int BPF_PROG(proc_lock_end, void *lock, int ret)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_task *s = task_of(t);
+	__u64 ns;
+
+	if (!s || !s->lock_begin || s->lock_addr != (__u64)lock)
+		return 0;
+	ns = bpf_ktime_get_ns() - s->lock_begin;
+	s->lock_begin = 0;
+	s->lock_ns += ns;
+	s->lock_count++;
+	if (follow)
+		add_wait(&klocks, t, (__u64)lock, s->lock_flags, ns);
+	return 0;
+}
+
+/* ---- --pthread: hold times of libc locks (uprobes; opt-in: every call pays a trap) -- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct proc_held_key);
+	__type(value, struct proc_held);
+} held SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct proc_wait_key);
+	__type(value, struct proc_wait_val);
+} pholds SEC(".maps");
+
+static __always_inline void pt_lock(__u64 addr, __u32 kind)
+{
+	struct proc_task *s = task_of(bpf_get_current_task_btf());
+
+	if (!s)
+		return;
+	s->ulock_addr = addr;
+	s->ulock_kind = kind;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(pt_mutex_lock, void *lock) { pt_lock((__u64)lock, PROC_PT_MUTEX); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(pt_rdlock, void *lock) { pt_lock((__u64)lock, PROC_PT_RDLOCK); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(pt_wrlock, void *lock) { pt_lock((__u64)lock, PROC_PT_WRLOCK); return 0; }
+
+SEC("uprobe")
+int BPF_KPROBE(pt_spin_lock, void *lock) { pt_lock((__u64)lock, PROC_PT_SPIN); return 0; }
+
+/* the lock call returned: held from now (when it succeeded) */
+SEC("uretprobe")
+int BPF_KRETPROBE(pt_lock_return, int ret)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_task *s = task_of(t);
+	struct proc_held_key key = {};
+	struct proc_held h = {};
+
+	if (!s || !s->ulock_addr)
+		return 0;
+	if (ret == 0) {
+		key.tid = t->pid;
+		key.addr = s->ulock_addr;
+		h.since = bpf_ktime_get_ns();
+		h.kind = s->ulock_kind;
+		bpf_map_update_elem(&held, &key, &h, BPF_ANY);
+	}
+	s->ulock_addr = 0;
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(pt_unlock, void *lock)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct proc_held_key key = { .tid = t->pid, .addr = (__u64)lock };
+	struct proc_held *h;
+	__u64 now;
+
+	if (follow && !is_followed(t->tgid))
+		return 0;
+	h = bpf_map_lookup_elem(&held, &key);
+	if (!h)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now > h->since)
+		add_wait(&pholds, t, (__u64)lock, h->kind, now - h->since);
+	bpf_map_delete_elem(&held, &key);
+	return 0;
+}
+
+/* ---- iter/task: every accounted thread, one row each --------------------------------- */
+
+SEC("iter/task")
+int proc_dump(struct bpf_iter__task *ctx)
+{
+	struct task_struct *t = ctx->task;
+	struct proc_task *s;
+	struct proc_row row = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!t)
+		return 0;
+	s = bpf_task_storage_get(&tasks, t, 0, 0);
+	if (follow && !s)
+		return 0;
+	row.tid = t->pid;
+	row.tgid = t->tgid;
+	row.ppid = BPF_CORE_READ(t, real_parent, tgid);
+	row.start_time = t->start_time;
+	row.sum_exec_ns = t->se.sum_exec_runtime;
+	row.run_delay_ns = t->sched_info.run_delay;
+	row.knvcsw = t->nvcsw;
+	row.knivcsw = t->nivcsw;
+	row.kstate = t->__state;
+	row.kthread = !!(t->flags & 0x00200000);	/* PF_KTHREAD */
+	__builtin_memcpy(row.comm, t->comm, sizeof(row.comm));
+	if (s) {
+		row.accounted = follow;
+		row.state = s->state;
+		__builtin_memcpy(row.ns, s->ns, sizeof(row.ns));
+		if (s->since && now > s->since)
+			row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since;
+		row.nvcsw = s->nvcsw;
+		row.nivcsw = s->nivcsw;
+		row.lock_ns = s->lock_ns;
+		row.lock_count = s->lock_count;
+		row.futex_ns = s->futex_ns;
+		row.futex_count = s->futex_count;
+	}
+	bpf_seq_write(ctx->meta->seq, &row, sizeof(row));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

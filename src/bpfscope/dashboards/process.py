@@ -1,0 +1,95 @@
+"""bpfscope proc: processes from the scheduler's side. Prometheus for every process (time per
+state, switches, lock waits by type: bounded labels comm, state, lock type); stored records
+for the table, the portraits and a state timeline of the chosen process's threads."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders.statetimeline import Panel as StateTimelinePanel
+
+from .common import (
+    HOST_MATCH,
+    INFINITY,
+    RATE,
+    TIME,
+    TIME_RANGE,
+    Column,
+    Infinity,
+    _ref_ids,
+    dashboard,
+    infinity_table,
+    prometheus,
+    prometheus_timeseries,
+    records_query,
+    row,
+)
+
+UID = "bpfscope-process"
+PROCESS_RECORDS = (("domain", "proc"), ("kind", "process"))
+SUMMARY_RECORDS = (("domain", "proc"), ("kind", "process_summary"))
+PID, COMM = Column("pid", "pid", "number"), Column("comm", "comm")
+
+
+def _value(name: str, text: str | None = None) -> Column:
+    return Column(f"values.{name}", text or name, "number")
+
+
+def _timeline(title: str, description: str) -> StateTimelinePanel:
+    # /api/v1/timeline: dense rows {time, <comm:tid>: state}; the columns are the threads,
+    # so none are declared (Infinity takes every field of the rows).
+    query = Infinity("/api/v1/timeline", (("host", "${host}"), ("domain", "proc"), ("kind", "thread_state"),
+                                          ("pid", "${pid}"), *TIME_RANGE, ("series", "comm:tid")), ())
+    return (StateTimelinePanel().title(title).description(description).datasource(INFINITY)
+            .targets(_ref_ids([query])).span(24).height(10))
+
+
+def build():
+    d = dashboard(UID, "bpfscope / Process", "Processes from the scheduler's side: time per state, switches, "
+                  "lock waits, and the portraits of followed processes.", tags=("proc",), scope=SUMMARY_RECORDS)
+
+    d = (d.with_row(row("Every process (Prometheus)"))
+         .with_panel(prometheus_timeseries(
+             "CPU time by command", "Seconds on a CPU per second (1 = one CPU), the 10 busiest commands.",
+             prometheus(f'topk(10, sum by (comm) (rate(bpfscope_proc_state_seconds_total{{{HOST_MATCH}, '
+                        f'state="running"}}[{RATE}])))', "{{comm}}"), unit="short"))
+         .with_panel(prometheus_timeseries(
+             "Run-queue wait by command", "Seconds runnable but waiting for a CPU, per second.",
+             prometheus(f'topk(10, sum by (comm) (rate(bpfscope_proc_state_seconds_total{{{HOST_MATCH}, '
+                        f'state="runnable"}}[{RATE}])))', "{{comm}}"), unit="short"))
+         .with_panel(prometheus_timeseries(
+             "Context switches per second, voluntary and involuntary", "Switch-outs of every process.",
+             prometheus(f"sum by (kind) (rate(bpfscope_proc_context_switches_total{{{HOST_MATCH}}}[{RATE}]))",
+                        "{{kind}}"), unit="ops"))
+         .with_panel(prometheus_timeseries(
+             "Lock wait by type", "Seconds waiting for kernel locks (lock:contention_begin/end) and, with "
+             "--futex, futexes, per second.",
+             prometheus(f"sum by (lock_type) (rate(bpfscope_proc_lock_wait_seconds_total{{{HOST_MATCH}}}[{RATE}]))",
+                        "{{lock_type}}"), unit="short")))
+
+    d = (d.with_row(row("Processes (stored records: the top processes of each interval)"))
+         .with_panel(infinity_table(
+             "Top processes", "The newest intervals of `bpfscope proc`: CPU %, run-queue wait, switches, RSS.",
+             records_query(*PROCESS_RECORDS, columns=(TIME, PID, COMM, _value("cpu_pct", "cpu %"),
+                                                      _value("running_ns", "on cpu ns"),
+                                                      _value("runnable_ns", "run queue ns"),
+                                                      _value("vcsw_per_s", "vcsw/s"), _value("ivcsw_per_s", "ivcsw/s"),
+                                                      _value("rss_bytes", "rss"), _value("threads"),
+                                                      Column("labels.state", "state")), limit=500),
+             width=24, sort_by="cpu %")))
+
+    d = (d.with_row(row("Portraits: ${comm} (pid ${pid})"))
+         .with_panel(_timeline("Thread states of pid ${pid}", "Per thread: running, runnable, sleeping, iowait, "
+                               "disk, stopped (spans sent by `bpfscope proc --pid`)."))
+         .with_panel(infinity_table(
+             "Followed processes, whole life", "Per process of each portrait: exit code or signal, lifetime, time "
+             "per state, switches.",
+             records_query(*SUMMARY_RECORDS, columns=(TIME, PID, COMM, _value("parent_pid", "parent"),
+                                                      Column("labels.end", "end"),
+                                                      _value("lifetime_ns", "lifetime ns"),
+                                                      _value("running_ns", "running ns"),
+                                                      _value("runnable_ns", "runnable ns"),
+                                                      _value("sleeping_ns", "sleeping ns"),
+                                                      _value("iowait_ns", "iowait ns"), _value("disk_ns", "disk ns"),
+                                                      _value("futex_wait_ns", "futex wait ns"),
+                                                      _value("lock_wait_ns", "kernel lock wait ns")), limit=500),
+             width=24)))
+    return d

@@ -1,0 +1,263 @@
+"""bpfscope proc: portraits of test programs with known lives, checked against /proc.
+
+Each workload (tests/proc_workloads/*.c, built here with cc) waits for a line on stdin,
+so the test starts it, attaches `bpfscope proc --pid`, then lets it go. The truth for CPU
+time and switches is read from /proc/PID/stat and /proc/PID/status while the workload is
+a zombie (it has exited, its parent, the test, has not reaped it yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BPFSCOPE, REPO, run_cli
+
+from bpfscope.bpf import wait_for_links
+
+pytestmark = pytest.mark.bpf
+WORKLOADS = REPO / "tests/proc_workloads"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def bins(tmp_path_factory) -> dict[str, Path]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    out = tmp_path_factory.mktemp("procbin")
+    built = {}
+    for src in WORKLOADS.glob("*.c"):
+        exe = out / src.stem
+        # frame pointers and no tail calls: the recursion stays visible in user stacks
+        subprocess.run([cc, "-O0", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread",
+                        "-o", str(exe), str(src)], check=True)
+        built[src.stem] = exe
+    return built
+
+
+def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, str]]:
+    """/proc/PID/stat fields (after the comm) and /proc/PID/status once PID is a zombie."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if stat[0] == "Z":
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":\t" in line)
+            return stat, status
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} did not exit in {timeout_s}s")
+
+
+def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90,
+             links: int = 8) -> tuple[list[dict], list]:
+    """Follow the (waiting) workloads, release them, and return bpfscope's records and each
+    workload's zombie /proc truth."""
+    args = [a for w in workloads for a in ("--pid", str(w.pid))]
+    p = subprocess.Popen(BPFSCOPE + ["proc", *args, "--json", "--interval", "0.5", *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # every link up (they are attached after the followed bits are set): following now
+        assert wait_for_links(p, links), p.stderr.read() if p.poll() is not None else "no links"
+        for w in workloads:
+            w.stdin.write(b"go\n")
+            w.stdin.flush()
+            w.stdin.close()
+        truth = [zombie_stat(w.pid) for w in workloads]
+        out, err = p.communicate(timeout=timeout_s)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for w in workloads:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+    assert p.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")], truth
+
+
+def start(exe: Path, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([str(exe), *args], stdin=subprocess.PIPE, **kw)
+
+
+def kinds(records: list[dict], kind: str) -> list[dict]:
+    return [r for r in records if r["kind"] == kind]
+
+
+def test_life_of_a_process_spin_sleep_io_exit_code(bins, tmp_path):
+    # a real disk: O_DIRECT needs one (tmpfs refuses it)
+    data = Path("/var/tmp") / f"bpfscope-proc-{os.getpid()}.dat"
+    w = start(bins["life"], str(data))
+    try:
+        records, [(stat, _status)] = portrait([w], "--max-spans", "0")  # every span: a busy host preempts a lot
+    finally:
+        data.unlink(missing_ok=True)
+    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+    v = proc["values"]
+    assert v["exit_code"] == 3 and proc["labels"]["status"] == "exited"
+    # 1 s of CPU spinning (+ the I/O's own CPU time), 1 s asleep, and I/O wait
+    assert 0.95 <= v["running_ns"] / 1e9 <= 1.1, v
+    assert 0.95 <= v["sleeping_ns"] / 1e9 <= 1.1, v
+    assert v["iowait_ns"] > 0, v
+    assert v["lifetime_ns"] >= v["running_ns"] + v["sleeping_ns"] + v["iowait_ns"]
+    # the kernel's own account: utime+stime is scaled to the task's exact runtime
+    cpu_s = (int(stat[11]) + int(stat[12])) / CLK_TCK
+    assert abs(v["running_ns"] / 1e9 - cpu_s) <= 0.05 * cpu_s, (v["running_ns"], cpu_s)
+    exits = [r for r in kinds(records, "lifecycle") if r["labels"]["event"] == "exit" and r["pid"] == w.pid]
+    assert exits and exits[-1]["values"]["exit_code"] == 3
+    # what it blocked on at switch-out: the nanosleep and the direct I/O
+    blocked = {(r["labels"]["state"], r["labels"]["blocked_on"]) for r in kinds(records, "switch_reason_summary")}
+    assert ("sleeping", "do_nanosleep") in blocked, blocked
+    assert any(state == "iowait" for state, _ in blocked), blocked
+    # the timeline: state spans whose durations add up to the totals
+    spans = [r for r in kinds(records, "thread_state") if r["tid"] == w.pid]
+    slept = sum(r["values"]["duration_ns"] for r in spans if r["labels"]["state"] == "sleeping")
+    assert abs(slept - v["sleeping_ns"]) <= 0.01 * v["sleeping_ns"]
+
+
+def test_involuntary_switches_match_proc_status(bins):
+    # two spinners pinned to one CPU take turns: every switch-out is a preemption
+    ws = [start(bins["spin"], "1.5", preexec_fn=lambda: os.sched_setaffinity(0, {0})) for _ in range(2)]
+    records, truth = portrait(ws)
+    for w, (_stat, status) in zip(ws, truth):
+        [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+        ours, kernel = proc["values"]["ivcsw"], int(status["nonvoluntary_ctxt_switches"])
+        assert kernel > 50, kernel
+        assert abs(ours - kernel) <= 0.05 * kernel, (ours, kernel)
+        preempted = sum(r["values"]["count"] for r in kinds(records, "switch_reason_summary")
+                        if r["pid"] == w.pid and r["labels"]["reason"] == "preempted")
+        assert preempted >= 0.9 * ours
+
+
+def test_tree_of_children_and_threads_with_signal_and_deep_stack(bins):
+    w = start(bins["tree"], stdout=subprocess.PIPE)
+    records, _ = portrait([w])
+    children = [int(line.split()[1]) for line in w.stdout.read().decode().splitlines() if line.startswith("child")]
+    assert len(children) == 5
+    forks = kinds(records, "lifecycle")
+    procs = {r["pid"]: r["values"]["parent_pid"] for r in forks if r["labels"]["event"] == "fork"}
+    threads = {r["tid"]: r["values"]["parent_tid"] for r in forks if r["labels"]["event"] == "clone_thread"}
+    assert procs == {c: w.pid for c in children}
+    assert len(threads) == 3 and set(threads.values()) == {w.pid}
+    summaries = {r["pid"]: r for r in kinds(records, "process_summary")}
+    assert summaries[w.pid]["values"]["exit_code"] == 0 and summaries[w.pid]["values"]["threads"] == 4
+    for i, c in enumerate(children):
+        s = summaries[c]
+        assert s["values"]["parent_pid"] == w.pid
+        if i == 4:
+            assert s["labels"]["signal"] == "SIGSEGV" and "exit_code" not in s["values"]
+        else:
+            assert s["values"]["exit_code"] == i
+    # child 3 slept at the bottom of a 40-deep recursion: its stack at switch-out shows it
+    deep = [r for r in kinds(records, "switch_reason_summary")
+            if r["pid"] == children[3] and r["labels"]["blocked_on"] == "do_nanosleep"]
+    assert deep and max(r["stack"].count("recurse_deeply") for r in deep) >= 40, deep
+
+
+def test_futex_waits_of_two_threads_on_one_mutex(bins):
+    w = start(bins["mutex"], stdout=subprocess.PIPE)
+    records, _ = portrait([w])
+    in_lock_s = float(w.stdout.read())  # the program's own clock around pthread_mutex_lock
+    futex = [r for r in kinds(records, "futex_wait_summary") if r["pid"] == w.pid]
+    assert 0.85 <= in_lock_s <= 2.3, in_lock_s  # 200 holds of 10 ms: one thread mostly waits
+    # the mutex is the user address both workers waited on, many times (main's
+    # pthread_join waits on each worker's tid word, once)
+    by_addr: dict[str, list[dict]] = {}
+    for r in futex:
+        by_addr.setdefault(r["labels"]["addr"], []).append(r)
+    mutex = max(by_addr.values(), key=lambda rs: sum(r["values"]["count"] for r in rs))
+    assert len({r["tid"] for r in mutex}) == 2 and w.pid not in {r["tid"] for r in mutex}
+    waited_s = sum(r["values"]["wait_ns"] for r in mutex) / 1e9
+    assert abs(waited_s - in_lock_s) <= 0.15 * in_lock_s, (waited_s, in_lock_s)
+    assert all(r["values"]["max_wait_ns"] >= 9_000_000 for r in mutex)  # a wait lasts a 10 ms hold
+    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+    total_ns = sum(r["values"]["wait_ns"] for r in futex)
+    assert abs(proc["values"]["futex_wait_ns"] - total_ns) <= 0.01 * total_ns
+
+
+def test_kernel_lock_contention_of_mmap_storm(bins):
+    w = start(bins["mmap_storm"], "1.5")
+    records, _ = portrait([w])
+    locks = [r for r in kinds(records, "lock_wait_summary") if r["pid"] == w.pid]
+    assert locks, "no kernel lock contention seen"
+    types = {r["labels"]["lock_type"] for r in locks}
+    assert types & {"rwsem-read", "rwsem-write"}, types  # mmap_lock
+    for r in locks:
+        v = r["values"]
+        assert v["count"] >= 1 and 0 < v["max_wait_ns"] <= v["wait_ns"]
+        assert v["avg_wait_ns"] == v["wait_ns"] // v["count"]
+    assert sum(r["values"]["wait_ns"] for r in locks) > 1_000_000  # 8 threads on one rwsem: > 1 ms
+
+
+def test_command_is_followed_from_its_first_instruction(tmp_path):
+    r = run_cli("proc", "--json", "--interval", "0.5", "--", "sh", "-c", "sleep 0.2; exit 7", timeout=60)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    execs = [x["values"]["filename"] for x in kinds(records, "lifecycle") if x["labels"]["event"] == "exec"]
+    assert execs[0].endswith("/sh") and any(e.endswith("/sleep") for e in execs), execs
+    roots = [x for x in kinds(records, "process_summary") if x["values"].get("exit_code") == 7]
+    assert len(roots) == 1
+
+
+def test_system_wide_table_sees_a_busy_process(bins):
+    w = start(bins["spin"], "3")
+    try:
+        w.stdin.write(b"go\n")
+        w.stdin.close()
+        r = run_cli("proc", "--json", "--interval", "1", "--duration", "2.2", "--top", "0", timeout=60)
+    finally:
+        w.kill()
+        w.wait()
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    mine = [x for x in rows if x["pid"] == w.pid and x["kind"] == "process"]
+    assert mine, "the spinner is not in the table"
+    assert max(x["values"]["cpu_pct"] for x in mine) > 30
+    assert all(x["values"]["threads"] == 1 and x["comm"] == "spin" for x in mine)
+
+
+def test_bad_input_is_one_line():
+    r = run_cli("proc", "--pid", "999999999")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no process" in r.stderr
+    r = run_cli("proc", "--sort", "nonsense")
+    assert r.returncode == 2 and "bad --sort" in r.stderr
+    r = run_cli("proc", "--", "/nonexistent/command")
+    assert r.returncode == 2 and "command not found" in r.stderr
+
+
+def test_pthread_hold_times_of_the_mutex(bins):
+    w = start(bins["mutex"], stdout=subprocess.PIPE)
+    records, _ = portrait([w], "--pthread", links=8 + 3)  # + the mutex uprobes (attached first)
+    holds = [r for r in kinds(records, "pthread_hold_summary") if r["pid"] == w.pid]
+    mutex = [r for r in holds if r["labels"]["lock_type"] == "mutex" and r["values"]["count"] >= 90]
+    assert len(mutex) == 2 and len({r["labels"]["addr"] for r in mutex}) == 1, holds  # both workers, one mutex
+    for r in mutex:
+        v = r["values"]
+        assert v["count"] == 100, v  # each worker locked it 100 times
+        assert 10_000_000 <= v["avg_hold_ns"] <= 15_000_000, v  # held across a 10 ms nanosleep
+
+
+
+def test_system_wide_table_filtered_by_cgroup(bins, cgroup):
+    from bpfscope.hostenv import cgroup2_root
+
+    w = start(bins["spin"], "3")
+    try:
+        (cgroup / "cgroup.procs").write_text(str(w.pid))
+        w.stdin.write(b"go\n")
+        w.stdin.close()
+        rel = "/" + str(cgroup.relative_to(cgroup2_root()))
+        r = run_cli("proc", "--json", "--interval", "1", "--duration", "2.2", "--top", "0", "--cgroup", rel,
+                    timeout=60)
+    finally:
+        w.kill()
+        w.wait()
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert rows and {x["pid"] for x in rows} == {w.pid}
