@@ -209,7 +209,8 @@ def stack_cpu(
 
 @stack_app.command("offcpu")
 def stack_offcpu(
-    min_block: Annotated[float, typer.Option(help="Only blocks of at least this many microseconds.", min=0)] = 1.0,
+    min_block: Annotated[float, typer.Option(help="Only blocks of at least this many microseconds (a shorter block costs "
+                                                  "no stack walk).", min=0)] = 10.0,
     max_block: Annotated[Optional[float], typer.Option(help="Only blocks of at most this many microseconds.",
                                                        min=0)] = None,
     pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,

@@ -40,7 +40,7 @@ from .base import Exporter
 STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of stack.h
 EEXIST, ENOMEM, EFAULT = 17, 12, 14
 LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
-STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL = 0, 1, 2, 3
+STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS = range(6)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class StackExporter(Exporter):
 
     def __init__(self, mode: str = "cpu", *, freq: int = 49, pid: int | None = None, comm: str | None = None,
                  cgroup: str | None = None, user_stacks: bool = True, kernel_stacks: bool = True,
-                 include_idle: bool = False, min_block_us: float = 1.0, max_block_us: float | None = None,
+                 include_idle: bool = False, min_block_us: float = 10.0, max_block_us: float | None = None,
                  top: int = 20, stack_traces: int = 16384, max_entries: int = 16384, outputs=None,
                  symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float = 4.0,
                  load_source: str = "runqueue"):
@@ -204,7 +204,7 @@ class StackExporter(Exporter):
         self.obj: BpfObject | None = None
         self._ips: dict[int, tuple[int, ...]] = {}  # stack id -> ips (leaf first)
         self._kframes: dict[int, list[str]] = {}  # kernel stack id -> frames (root first)
-        self._stats = [0] * 4
+        self._stats = [0] * 6
         self.totals: Counter[str] = Counter()  # per comm, weight (bounded by --top at export)
         self.stacks_cleared = 0
 
@@ -224,7 +224,7 @@ class StackExporter(Exporter):
                   "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
                   "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
-        sizes = {"stack_traces": self.stack_traces, "counts": self.max_entries}
+        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces, "counts": self.max_entries}
         if self.mode.name == "mem":
             only = [p for pair in MEM_PROBES.values() for p in pair if p]
         else:
@@ -254,15 +254,18 @@ class StackExporter(Exporter):
                 if i < 2:  # malloc and free are required; the rest may be missing from a libc
                     raise
 
-    def _stack(self, stack_id: int) -> tuple[int, ...]:
-        ips = self._ips.get(stack_id)
+    def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
+        # offcpu kernel stacks are taken at switch-in into their own map (see stack.bpf.c)
+        in_kstacks = kernel and self.mode.name == "offcpu"
+        cache_key = ("k", stack_id) if in_kstacks else stack_id
+        ips = self._ips.get(cache_key)
         if ips is None:
-            raw = self.obj.maps["stack_traces"].lookup(stack_id)
+            raw = self.obj.maps["kstacks" if in_kstacks else "stack_traces"].lookup(stack_id)
             if raw is None:
                 return ()
             vals = memoryview(bytes(raw)).cast("Q")
             ips = tuple(itertools.takewhile(bool, vals))  # the kernel zero-fills after the last frame
-            self._ips[stack_id] = ips
+            self._ips[cache_key] = ips
         return ips
 
     def frames(self, pid: int, user_id: int, kernel_id: int) -> list[str]:
@@ -275,7 +278,7 @@ class StackExporter(Exporter):
         if kernel_id >= 0:
             kframes = self._kframes.get(kernel_id)
             if kframes is None:  # a kernel stack names the same frames for every task
-                kframes = self._kframes[kernel_id] = list(reversed(self.sym.kernel_stack(self._stack(kernel_id))))
+                kframes = self._kframes[kernel_id] = list(reversed(self.sym.kernel_stack(self._stack(kernel_id, kernel=True))))
             out.extend(kframes)
         elif kernel_id in (-EEXIST, -ENOMEM) and not out:
             out.append(LOST)
@@ -293,9 +296,12 @@ class StackExporter(Exporter):
             return
         if len(self._ips) < self.stack_traces // 2 and not errors_grew:
             return
-        m = self.obj.maps["stack_traces"]
-        for key in list(m.keys()):
-            m.delete(key)
+        for name in ("stack_traces", "kstacks"):
+            m = self.obj.maps[name]
+            for key in list(m.keys()):
+                m.delete(key)
+        gen = self.obj.maps["stack_gen"]  # offcpu: user stack ids cached per task are stale now
+        gen.update(0, gen.lookup(0).value + 1)
         self._ips.clear()
         self._kframes.clear()
         self.stacks_cleared += 1
@@ -325,7 +331,7 @@ class StackExporter(Exporter):
 
     def _read_stats(self) -> list[int]:
         m = self.obj.maps["stats"]
-        return [sum(m.cpu_values(m.lookup(i))) for i in range(4)]
+        return [sum(m.cpu_values(m.lookup(i))) for i in range(6)]
 
     # ---- interval -----------------------------------------------------------------------------
     def collect(self, elapsed_s: float) -> list[dict]:
