@@ -24,6 +24,10 @@
  * io:     raw_tp sys_exit (every syscall; a switch on the number keeps the work to the
  *         read/write family): bytes per user stack.
  *
+ * block:  tp_btf block_io_start (a request is made, in the submitter's context: stacks,
+ *         task) -> block_rq_issue (given to the driver) -> block_rq_complete: device
+ *         latency and bytes per stack. Three hash operations per request.
+ *
  * See docs/design/stack-attribution.md for how pid/tid/comm/cgroup attach to a key.
  */
 #include "vmlinux.h"
@@ -593,3 +597,75 @@ int BPF_PROG(io_sys_exit, struct pt_regs *regs, long ret)
 }
 
 char LICENSE[] SEC("license") = "GPL";
+
+/* ---- block: block-device request latency and bytes per submitting stack --------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);	/* a request never completed is pushed out */
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct block_start);
+} block_starts SEC(".maps");
+
+SEC("tp_btf/block_io_start")
+int BPF_PROG(block_start, struct request *rq)
+{
+	__u64 id = bpf_get_current_pid_tgid(), addr = (__u64)rq;
+	struct block_start st = {};
+	__u32 op;
+
+	if (!wanted(id >> 32))
+		return 0;
+	op = rq->cmd_flags & 0xff;	/* REQ_OP_MASK: 0 read, 1 write, else flush, discard, ... */
+	st.key.pid = id >> 32;
+	st.key.tid = (__u32)id;
+	st.key.cgroup_id = bpf_get_current_cgroup_id();
+	st.key.state = op <= 1 ? op : 2;
+	st.key.user_stack_id = stack_id(ctx, user_stacks && (__u32)id, BPF_F_USER_STACK);
+	st.key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
+	bpf_get_current_comm(st.key.comm, sizeof(st.key.comm));
+	if (bpf_map_update_elem(&block_starts, &addr, &st, BPF_ANY))
+		stat_inc(STAT_MAP_FULL);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(block_issue, struct request *rq)
+{
+	__u64 addr = (__u64)rq;
+	struct block_start *st = bpf_map_lookup_elem(&block_starts, &addr);
+
+	if (st)
+		st->issue_ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(block_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	__u64 addr = (__u64)rq, now = bpf_ktime_get_ns();
+	struct block_start *st = bpf_map_lookup_elem(&block_starts, &addr);
+	struct stack_val *val;
+
+	if (!st)
+		return 0;
+	if (st->issue_ts && now > st->issue_ts) {
+		val = bpf_map_lookup_elem(&counts, &st->key);
+		if (!val) {
+			struct stack_val zero = {};
+
+			bpf_map_update_elem(&counts, &st->key, &zero, BPF_NOEXIST);
+			val = bpf_map_lookup_elem(&counts, &st->key);
+		}
+		if (val) {
+			__sync_fetch_and_add(&val->count, 1);
+			__sync_fetch_and_add(&val->ns, now - st->issue_ts);
+			__sync_fetch_and_add(&val->bytes, nr_bytes);
+			stat_inc(STAT_SAMPLES);
+		} else {
+			stat_inc(STAT_MAP_FULL);
+		}
+	}
+	bpf_map_delete_elem(&block_starts, &addr);
+	return 0;
+}

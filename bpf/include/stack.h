@@ -68,6 +68,12 @@ struct kstack {
 	__u64 ips[STACK_MAX_DEPTH];
 };
 
+/* block: one request between its start (submitter's context) and its completion */
+struct block_start {
+	__u64 issue_ts;			/* 0 until the driver is given it */
+	struct stack_key key;
+};
+
 /* load: the gate user space opens while the load is above --threshold */
 struct load_gate {
 	__u32 armed;

@@ -256,6 +256,19 @@ def stack_io(
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
 
 
+@stack_app.command("block")
+def stack_block(
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
+    kernel_only: KernelOnly = False, top: StackTop = 20, folded: Folded = None, flamegraph: FlameSvg = None,
+    speedscope: Speedscope = None, pprof: Pprof = None, interval: Interval = 5.0, duration: Duration = None,
+    as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
+) -> None:
+    """Block-device requests: device time (issue to completion) and bytes per submitting stack and op."""
+    _run_stack("block", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
+
+
 @stack_app.command("load")
 def stack_load(
     threshold: Annotated[float, typer.Option(help="Sample only while the load is at least this: runnable tasks "

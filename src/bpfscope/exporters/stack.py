@@ -58,7 +58,10 @@ MODES = {
     "mem": Mode("mem", "malloc_enter", "alloc_stack", "outstanding_bytes", "bytes"),
     "io": Mode("io", "io_sys_exit", "io_stack", "bytes", "bytes"),
     "load": Mode("load", "cpu_sample", "load_stack", "count", "samples"),
+    "block": Mode("block", "block_start", "block_stack", "ns", "nanoseconds"),
 }
+BLOCK_PROGRAMS = ("block_start", "block_issue", "block_complete")
+BLOCK_OPS = {0: "read", 1: "write", 2: "other"}  # stack_key.state in block mode (flush, discard, ...)
 IO_DIRECTIONS = {0: "read", 1: "write"}  # stack_key.state in io mode
 # mem: libc functions -> (entry program, return program); the first two are required
 MEM_PROBES = {"malloc": ("malloc_enter", "malloc_return"), "free": ("free_enter", None),
@@ -227,6 +230,8 @@ class StackExporter(Exporter):
         sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces, "counts": self.max_entries}
         if self.mode.name == "mem":
             only = [p for pair in MEM_PROBES.values() for p in pair if p]
+        elif self.mode.name == "block":
+            only = list(BLOCK_PROGRAMS)
         else:
             only = [self.mode.program]
         self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
@@ -238,6 +243,9 @@ class StackExporter(Exporter):
             prog.attach_perf_event(self.freq, online_cpus())
         elif self.mode.name == "mem":
             self._attach_mem()
+        elif self.mode.name == "block":
+            for name in BLOCK_PROGRAMS:
+                self.obj.programs[name].attach()
         else:
             prog.attach()
 
@@ -379,6 +387,9 @@ class StackExporter(Exporter):
             elif self.mode.name == "offcpu":
                 labels["state"] = STATES.get(state, "other")
                 values = {"ns": ns, "count": count}
+            elif self.mode.name == "block":
+                labels["op"] = BLOCK_OPS.get(state, "other")
+                values = {"ns": ns, "count": count, "bytes": nbytes}
             else:
                 values = {"count": count}
             rec = make_record("stack", self.mode.kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels,
@@ -389,7 +400,8 @@ class StackExporter(Exporter):
             if not mem:
                 self.totals[comm] += weight
             if self.outputs is not None:
-                self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction"), list(frames),
+                self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction") or labels.get("op"),
+                                 list(frames),
                                  weight)
         records.sort(key=lambda r: r["values"][self.mode.weight], reverse=True)
         return records
@@ -401,6 +413,7 @@ class StackExporter(Exporter):
         title = {"cpu": f"on-CPU stacks at {self.freq} Hz", "offcpu": "off-CPU time per stack",
                  "mem": "outstanding libc allocations per stack",
                  "io": "bytes read and written per stack",
+                 "block": "block-device request time (issue to completion) per submitting stack",
                  "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"}[self.mode.name]
         t = Table(title=f"{title} (top {self.top}, per interval)", title_justify="left", expand=False)
         cols = [("PID", "right"), ("TID", "right"), ("COMM", "left")]
@@ -410,6 +423,8 @@ class StackExporter(Exporter):
             cols += [("BYTES", "right"), ("BLOCKS", "right")]
         elif self.mode.name == "io":
             cols += [("DIR", "left"), ("BYTES", "right"), ("CALLS", "right")]
+        elif self.mode.name == "block":
+            cols += [("OP", "left"), ("MS", "right"), ("BYTES", "right"), ("REQS", "right")]
         elif self.mode.name == "load":
             cols += [("LOAD", "right"), ("SAMPLES", "right")]
         else:
@@ -426,6 +441,9 @@ class StackExporter(Exporter):
                 cells += [f"{v:,}", f"{r['values']['outstanding_count']:,}"]
             elif self.mode.name == "io":
                 cells += [r["labels"]["direction"], f"{v:,}", f"{r['values']['count']:,}"]
+            elif self.mode.name == "block":
+                cells += [r["labels"]["op"], f"{v / 1e6:,.2f}", f"{r['values']['bytes']:,}",
+                          f"{r['values']['count']:,}"]
             elif self.mode.name == "load":
                 cells += [r["labels"]["load"], f"{v:,}"]
             else:
@@ -436,7 +454,8 @@ class StackExporter(Exporter):
         return t
 
     def metrics(self):
-        unit = {"cpu": "samples", "offcpu": "ns", "mem": "allocations", "io": "bytes", "load": "samples"}[self.mode.name]
+        unit = {"cpu": "samples", "offcpu": "ns", "mem": "allocations", "io": "bytes", "load": "samples",
+                "block": "ns"}[self.mode.name]
         c = CounterMetricFamily(f"bpfscope_stack_{self.mode.name}_{unit}",
                                 f"Weight of the {self.mode.name} stacks seen, per command (top 20)", labels=["comm"])
         if self.mode.name == "mem":
