@@ -18,7 +18,9 @@
  * id, once given, keeps naming the same stack until user space clears the map, so a
  * count read later can never be attributed to a different stack). A collision or a
  * full map is counted in `stats` and the key gets a negative id ("[lost stack]").
- * mem:    uprobes/uretprobes on libc's allocators and free (see below).
+ * mem:    uprobes/uretprobes on libc's allocators and free (see below); with --kernel,
+ *         tp_btf kmalloc/kmem_cache_alloc/mm_page_alloc and their frees instead: a hash
+ *         lookup per free and a stack walk per tracked allocation (filter with --pid).
  * load:   the cpu program behind a gate (an array user space arms every 100 ms while
  *         the run-queue length or PSI cpu some is above --threshold); quiet otherwise.
  * io:     raw_tp sys_exit (every syscall; a switch on the number keeps the work to the
@@ -407,25 +409,20 @@ static __always_inline void mem_enter(__u64 size)
 	bpf_map_update_elem(&alloc_sizes, &tid, &size, BPF_ANY);
 }
 
-static __always_inline void mem_return(void *ctx, __u64 ptr)
+/* count one live allocation at ptr under the current task and stacks */
+static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	__u64 *size = bpf_map_lookup_elem(&alloc_sizes, &tid);
 	struct alloc_info info = {};
 	struct stack_val *val;
 
-	if (!size)
-		return;
-	info.size = *size;
-	bpf_map_delete_elem(&alloc_sizes, &tid);
-	if (!ptr)
-		return;
+	info.size = size;
 	info.key.pid = id >> 32;
 	info.key.tid = tid;
 	info.key.cgroup_id = bpf_get_current_cgroup_id();
-	info.key.user_stack_id = stack_id(ctx, user_stacks, BPF_F_USER_STACK);
-	info.key.kernel_stack_id = -1;
+	info.key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
+	info.key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
 	if (bpf_map_update_elem(&allocs, &ptr, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);
@@ -446,6 +443,20 @@ static __always_inline void mem_return(void *ctx, __u64 ptr)
 	__sync_fetch_and_add(&val->count, 1);
 	__sync_fetch_and_add(&val->bytes, info.size);
 	stat_inc(STAT_SAMPLES);
+}
+
+static __always_inline void mem_return(void *ctx, __u64 ptr)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *size = bpf_map_lookup_elem(&alloc_sizes, &tid);
+	__u64 n;
+
+	if (!size)
+		return;
+	n = *size;
+	bpf_map_delete_elem(&alloc_sizes, &tid);
+	if (ptr)
+		mem_track(ctx, ptr, n);
 }
 
 static __always_inline void mem_free(__u64 ptr)
@@ -524,6 +535,68 @@ int BPF_KRETPROBE(posix_memalign_return, int ret)
 
 SEC("uprobe")
 int BPF_KPROBE(free_enter, void *ptr) { mem_free((__u64)ptr); return 0; }
+
+/* ---- mem --kernel: kernel allocations (kmem tracepoints), outstanding per stack ------- */
+
+static __always_inline bool kmem_sampled(void)
+{
+	__u32 zero = 0;
+	__u64 *tick;
+
+	if (!wanted(bpf_get_current_pid_tgid() >> 32))
+		return false;
+	if (sample_every > 1) {
+		tick = bpf_map_lookup_elem(&sample_tick, &zero);
+		if (!tick || (*tick)++ % sample_every)
+			return false;
+	}
+	return true;
+}
+
+SEC("tp_btf/kmalloc")
+int BPF_PROG(kmem_kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc)
+{
+	if (ptr && kmem_sampled())
+		mem_track(ctx, (__u64)ptr, bytes_alloc);
+	return 0;
+}
+
+SEC("tp_btf/kmem_cache_alloc")
+int BPF_PROG(kmem_cache_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *cache)
+{
+	if (ptr && kmem_sampled())
+		mem_track(ctx, (__u64)ptr, BPF_CORE_READ(cache, size));
+	return 0;
+}
+
+SEC("tp_btf/kfree")
+int BPF_PROG(kmem_kfree, unsigned long call_site, const void *ptr)
+{
+	mem_free((__u64)ptr);
+	return 0;
+}
+
+SEC("tp_btf/kmem_cache_free")
+int BPF_PROG(kmem_cache_free, unsigned long call_site, const void *ptr)
+{
+	mem_free((__u64)ptr);
+	return 0;
+}
+
+SEC("tp_btf/mm_page_alloc")
+int BPF_PROG(kmem_page_alloc, struct page *page, unsigned int order)
+{
+	if (page && kmem_sampled())
+		mem_track(ctx, (__u64)page, 4096ULL << order);
+	return 0;
+}
+
+SEC("tp_btf/mm_page_free")
+int BPF_PROG(kmem_page_free, struct page *page, unsigned int order)
+{
+	mem_free((__u64)page);
+	return 0;
+}
 
 /* ---- io: bytes of read/write-family system calls per user stack ------------------------ */
 

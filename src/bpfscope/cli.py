@@ -229,6 +229,8 @@ def stack_offcpu(
 def stack_mem(
     sample_every: Annotated[int, typer.Option(help="Track one libc allocation in N (a uprobe costs ~1.7 us per "
                                                    "call); figures are scaled by N.", min=1)] = 1,
+    kernel: Annotated[bool, typer.Option("--kernel", help="Kernel allocations instead (kmalloc, kmem_cache, "
+                                                        "pages; kmem tracepoints), per kernel and user stack.")] = False,
     pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, top: StackTop = 20,
     folded: Folded = None, flamegraph: FlameSvg = None, speedscope: Speedscope = None, pprof: Pprof = None,
     interval: Interval = 5.0, duration: Duration = None, as_json: Json = False, collector: Collector = None,
@@ -239,7 +241,7 @@ def stack_mem(
     minus free) per user stack: leaks. Files written at exit show what is outstanding then."""
     _run_stack("mem", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
-               sample_every=sample_every)
+               sample_every=sample_every, kernel_mem=kernel)
 
 
 @stack_app.command("io")

@@ -60,6 +60,9 @@ MODES = {
     "load": Mode("load", "cpu_sample", "load_stack", "count", "samples"),
     "block": Mode("block", "block_start", "block_stack", "ns", "nanoseconds"),
 }
+# mem --kernel: slab objects and pages (kmem tracepoints)
+KMEM_PROGRAMS = ("kmem_kmalloc", "kmem_cache_alloc", "kmem_kfree", "kmem_cache_free", "kmem_page_alloc",
+                 "kmem_page_free")
 BLOCK_PROGRAMS = ("block_start", "block_issue", "block_complete")
 BLOCK_OPS = {0: "read", 1: "write", 2: "other"}  # stack_key.state in block mode (flush, discard, ...)
 IO_DIRECTIONS = {0: "read", 1: "write"}  # stack_key.state in io mode
@@ -180,7 +183,7 @@ class StackExporter(Exporter):
                  include_idle: bool = False, min_block_us: float = 10.0, max_block_us: float | None = None,
                  top: int = 20, stack_traces: int = 16384, max_entries: int = 16384, outputs=None,
                  symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float = 4.0,
-                 load_source: str = "runqueue"):
+                 load_source: str = "runqueue", kernel_mem: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown stack mode {mode!r}")
         self.mode = MODES[mode]
@@ -198,7 +201,8 @@ class StackExporter(Exporter):
         self.threshold = threshold
         self.load_source = load_source
         self.gate: LoadGate | None = None
-        if self.mode.name in ("mem", "io"):
+        self.kernel_mem = kernel_mem and self.mode.name == "mem"
+        if self.mode.name in ("mem", "io") and not self.kernel_mem:
             self.kernel_stacks = False  # who asked, in user space: no kernel stacks taken
         self.stack_traces = stack_traces
         self.max_entries = max_entries
@@ -229,7 +233,7 @@ class StackExporter(Exporter):
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
         sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces, "counts": self.max_entries}
         if self.mode.name == "mem":
-            only = [p for pair in MEM_PROBES.values() for p in pair if p]
+            only = list(KMEM_PROGRAMS) if self.kernel_mem else [p for pair in MEM_PROBES.values() for p in pair if p]
         elif self.mode.name == "block":
             only = list(BLOCK_PROGRAMS)
         else:
@@ -242,7 +246,11 @@ class StackExporter(Exporter):
         if self.mode.name in ("cpu", "load"):
             prog.attach_perf_event(self.freq, online_cpus())
         elif self.mode.name == "mem":
-            self._attach_mem()
+            if self.kernel_mem:
+                for name in KMEM_PROGRAMS:
+                    self.obj.programs[name].attach()
+            else:
+                self._attach_mem()
         elif self.mode.name == "block":
             for name in BLOCK_PROGRAMS:
                 self.obj.programs[name].attach()
@@ -347,7 +355,8 @@ class StackExporter(Exporter):
         mem = self.mode.name == "mem"
         rows = counts.batch(delete=not mem)  # mem: outstanding now, not per interval
         if mem:
-            rows = self._drop_exited(rows)
+            if not self.kernel_mem:  # kernel objects outlive the process that made them
+                rows = self._drop_exited(rows)
         self.sym.refresh()
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
@@ -375,6 +384,8 @@ class StackExporter(Exporter):
                     continue
                 if self.sample_every > 1:
                     labels["sample_every"] = str(self.sample_every)
+                if self.kernel_mem:
+                    labels["space"] = "kernel"
                 values = {"outstanding_bytes": nbytes * self.sample_every,
                           "outstanding_count": count * self.sample_every}
             elif self.mode.name == "load":
@@ -411,7 +422,7 @@ class StackExporter(Exporter):
         w = self.mode.weight
         total = sum(r["values"][w] for r in records) or 1
         title = {"cpu": f"on-CPU stacks at {self.freq} Hz", "offcpu": "off-CPU time per stack",
-                 "mem": "outstanding libc allocations per stack",
+                 "mem": "outstanding " + ("kernel" if self.kernel_mem else "libc") + " allocations per stack",
                  "io": "bytes read and written per stack",
                  "block": "block-device request time (issue to completion) per submitting stack",
                  "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"}[self.mode.name]
