@@ -62,7 +62,7 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-DOMAINS = ("sys", "net")  # the exporters whose metrics the dashboards use
+DOMAINS = ("sys", "net", "stack")  # the exporters whose metrics the dashboards use
 
 
 def _churn(seconds: float) -> None:

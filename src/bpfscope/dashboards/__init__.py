@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import network, overview, system
+from . import network, overview, stack, system
 from .common import render
 
-DASHBOARDS = (overview, system, network)  # overview first: it is Grafana's home dashboard
+DASHBOARDS = (overview, system, network, stack)  # overview first: it is Grafana's home dashboard
 
 
 def generate() -> dict[str, dict]:
