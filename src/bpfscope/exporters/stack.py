@@ -5,9 +5,10 @@ Kernel side: bpf/stack.bpf.c, one object, one program set per mode:
 - offcpu: adds the time each task spends switched out to the stack it switched out
   with (tp_btf/sched_switch alone), per task state;
 - mem: libc allocations minus frees per user stack (uprobes), a snapshot of what is
-  outstanding;
+  outstanding; with --kernel, kernel allocations (kmem tracepoints) per kernel stack;
 - io: bytes of read/write-family system calls per user stack (raw_tp sys_exit);
-- load: cpu sampling behind a gate that a thread here arms while the load is high.
+- load: cpu sampling behind a gate that a thread here arms while the load is high;
+- block: block-device requests, device time and bytes per submitting stack.
 All count into one hash keyed by (pid, tid, comm, cgroup, user stack id, kernel stack
 id, state), read once per interval in one batch syscall (emptied as read, except mem);
 the stack ids name entries of a BPF_MAP_TYPE_STACK_TRACE map that are read once and
@@ -15,7 +16,7 @@ cached here (ids are stable until the map is cleared, see _maybe_clear_stacks).
 
 Records: kinds cpu_stack {count}, offcpu_stack {ns, count; label state}, alloc_stack
 {outstanding_bytes, outstanding_count}, io_stack {bytes, count; label direction},
-load_stack {count; label load}, one per (task, stack) per interval, with the
+load_stack {count; label load}, block_stack {ns, count, bytes; label op}, one per (task, stack) per interval, with the
 symbolised stack root first (user frames, then kernel frames suffixed `_[k]`) and the
 cgroup path as a label. docs/design/stack-attribution.md explains the attribution.
 """
