@@ -4,22 +4,31 @@
  * cpu:    perf_event, software cpu-clock at --freq on every online CPU: one sample is
  *         one bpf_get_stackid() for the kernel and one for the user stack of whatever
  *         runs there, then one hash update. 49 Hz x 2 CPUs is ~100 samples/s: nothing.
- * offcpu: tp_btf/sched_switch alone. At switch-out (current == prev) the stacks,
- *         state, comm and cgroup of prev go into its task storage (`starts`); at
- *         switch-in of next its entry is taken and the blocked time added to its key.
- *         Two stack walks and one hash update per context switch of a traced task, at
- *         the context-switch rate (up to ~10^5/s on a busy host): the kernel stack walk
- *         is the dominant cost (bench/stack_offcpu_overhead.py).
+ * offcpu: tp_btf/sched_switch alone, at the context-switch rate (up to ~10^5/s on a busy
+ *         host). At switch-out (current == prev): the time and state go into prev's task
+ *         storage (`starts`), and its user stack id: walked only when the user registers
+ *         or the two innermost frame records differ from the last two walks of the task.
+ *         At switch-in of next: the blocked time; only a block >= min_block_ns takes the
+ *         kernel stack (bpf_get_task_stack: next still waits in the scheduler), comm and
+ *         cgroup, and updates the hash. A short block costs the hook and a few loads
+ *         (~0.35 us on the dev VM; a kernel walk is ~2.2 us, a user walk ~0.9 us):
+ *         bench/stack_offcpu_overhead.py.
  *
  * Stacks are interned in a BPF_MAP_TYPE_STACK_TRACE map (no BPF_F_REUSE_STACKID: an
  * id, once given, keeps naming the same stack until user space clears the map, so a
  * count read later can never be attributed to a different stack). A collision or a
  * full map is counted in `stats` and the key gets a negative id ("[lost stack]").
- * mem:    uprobes/uretprobes on libc's allocators and free (see below).
+ * mem:    uprobes/uretprobes on libc's allocators and free (see below); with --kernel,
+ *         tp_btf kmalloc/kmem_cache_alloc/mm_page_alloc and their frees instead: a hash
+ *         lookup per free and a stack walk per tracked allocation (filter with --pid).
  * load:   the cpu program behind a gate (an array user space arms every 100 ms while
  *         the run-queue length or PSI cpu some is above --threshold); quiet otherwise.
  * io:     raw_tp sys_exit (every syscall; a switch on the number keeps the work to the
  *         read/write family): bytes per user stack.
+ *
+ * block:  tp_btf block_io_start (a request is made, in the submitter's context: stacks,
+ *         task) -> block_rq_issue (given to the driver) -> block_rq_complete: device
+ *         latency and bytes per stack. Three hash operations per request.
  *
  * See docs/design/stack-attribution.md for how pid/tid/comm/cgroup attach to a key.
  */
@@ -30,6 +39,8 @@
 #include "stack.h"
 
 #define EFAULT 14
+#define EEXIST 17
+#define ENOMEM 12
 
 const volatile __u32 target_tgid = 0;		/* 0: every process */
 const volatile __u32 self_tgid = 0;		/* the exporter itself, never counted */
@@ -38,7 +49,7 @@ const volatile __u32 target_cgroup_level = 0;	/* depth of target_cgroup_id under
 const volatile bool user_stacks = true;
 const volatile bool kernel_stacks = true;
 const volatile bool include_idle = false;	/* cpu: samples of the idle task (pid 0) */
-const volatile __u64 min_block_ns = 1000;	/* offcpu: shorter blocks are not counted */
+const volatile __u64 min_block_ns = 10000;	/* offcpu: shorter blocks are not counted */
 const volatile __u64 max_block_ns = ~0ULL;
 const volatile __u32 sample_every = 1;		/* mem: track one allocation in N */
 const volatile bool gated = false;		/* load: sample only while `gate` is armed */
@@ -65,6 +76,33 @@ struct {
 	__type(key, int);
 	__type(value, struct offcpu_start);
 } starts SEC(".maps");
+
+/* offcpu: kernel stacks taken at switch-in (bpf_get_stackid can only walk `current`),
+ * interned by content: the id is a hash of the frames; a different stack under a taken
+ * id is a collision, counted like one of stack_traces */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, STACK_TRACES);
+	__type(key, __u32);
+	__type(value, struct kstack);
+} kstacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kstack);
+} kstack_buf SEC(".maps");
+
+/* offcpu: bumped by user space each time it clears stack_traces, so that a user stack
+ * id cached in `starts` from before the clear is walked again, not reused */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} stack_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -204,6 +242,111 @@ static __always_inline __u32 state_class(bool preempt, unsigned int state)
 	return STACK_STATE_OTHER;
 }
 
+#define PF_KTHREAD 0x00200000
+
+/* a frame record (saved bp, return address) can only be on the stack, above sp */
+static __always_inline bool frame_record(__u64 addr, __u64 sp)
+{
+	return !(addr & 7) && addr >= sp && addr - sp < (8 << 20);
+}
+
+/* The user stack of prev (current) at switch-out. A walk (~1 us) happens only when the
+ * user registers (ip, frame pointer) or the two innermost frame records differ from
+ * those of the last walk of this task; else that walk's id is reused. A frame-pointer
+ * walk is a function of ip, bp and the chain of frame records, so the reuse is exact
+ * up to a difference 3 or more frames above the leaf with all of these equal (the same
+ * code at the same stack addresses reached from different outer callers). */
+static __always_inline __s32 offcpu_user_id(void *ctx, struct task_struct *prev, struct offcpu_start *s)
+{
+	struct pt_regs *regs;
+	__u64 fp[OFFCPU_FP_WORDS] = {};
+	__u32 zero = 0, gen = 1, *g;
+	__u64 sp;
+	bool same;
+	int i, w;
+
+	if (prev->flags & PF_KTHREAD)
+		return -EFAULT;
+	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+#if defined(__TARGET_ARCH_x86)
+	fp[0] = regs->ip;	/* BTF loads: no helper call */
+	fp[1] = regs->bp;
+	sp = regs->sp;
+#else
+	fp[0] = PT_REGS_IP_CORE(regs);
+	fp[1] = PT_REGS_FP_CORE(regs);
+	sp = PT_REGS_SP_CORE(regs);
+#endif
+	/* read a frame record only where one can be: a faulting user read costs ~1 us
+	 * (code without frame pointers leaves anything in bp) */
+	if (frame_record(fp[1], sp)) {
+		bpf_probe_read_user(&fp[2], 16, (void *)fp[1]);
+		if (fp[2] > fp[1] && frame_record(fp[2], sp))
+			bpf_probe_read_user(&fp[4], 16, (void *)fp[2]);
+	}
+	g = bpf_map_lookup_elem(&stack_gen, &zero);
+	if (g)
+		gen = *g + 1;	/* 0 in a walk slot: empty */
+	for (w = 0; w < OFFCPU_WALKS; w++) {
+		struct offcpu_walk *walk = &s->walks[w];
+
+		same = walk->gen == gen && walk->user_stack_id >= 0;
+		for (i = 0; i < OFFCPU_FP_WORDS; i++)
+			if (walk->fp[i] != fp[i])
+				same = false;
+		if (same)
+			return walk->user_stack_id;
+	}
+	stat_inc(STAT_USER_WALKS);
+	w = (s->last + 1) % OFFCPU_WALKS;
+	s->last = w;
+	if (w < OFFCPU_WALKS) {	/* (for the verifier) */
+		struct offcpu_walk *walk = &s->walks[w];
+
+		__builtin_memcpy(walk->fp, fp, sizeof(fp));
+		walk->gen = gen;
+		walk->user_stack_id = stack_id(ctx, true, BPF_F_USER_STACK);
+		return walk->user_stack_id;
+	}
+	return -ENOMEM;
+}
+
+/* The kernel stack of a task that is being switched in: it still sits in __schedule. */
+static __always_inline __s32 task_kstack_id(struct task_struct *task)
+{
+	__u64 h = 14695981039346656037ULL;	/* FNV-1a over the frames */
+	struct kstack *buf, *old;
+	__u32 zero = 0, id;
+	long n, err;
+	int i;
+
+	buf = bpf_map_lookup_elem(&kstack_buf, &zero);
+	if (!buf)
+		return -ENOMEM;
+	stat_inc(STAT_KERNEL_WALKS);
+	n = bpf_get_task_stack(task, buf->ips, sizeof(buf->ips), 0);
+	if (n <= 0)
+		return -EFAULT;
+	for (i = 0; i < STACK_MAX_DEPTH && i * 8 < n; i++)
+		h = (h ^ buf->ips[i]) * 1099511628211ULL;
+	id = (__u32)(h ^ (h >> 32)) & 0x7fffffff;
+	err = bpf_map_update_elem(&kstacks, &id, buf, BPF_NOEXIST);
+	if (!err)
+		return id;
+	old = bpf_map_lookup_elem(&kstacks, &id);
+	if (err != -EEXIST || !old) {
+		stat_inc(STAT_STACK_ERRORS);
+		return -ENOMEM;
+	}
+	for (i = 0; i < STACK_MAX_DEPTH; i++) {
+		if (old->ips[i] != buf->ips[i]) {
+			stat_inc(STAT_STACK_ERRORS);
+			return -EEXIST;
+		}
+	}
+	return id;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
@@ -212,21 +355,17 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 	__u32 prev_tid = prev->pid, next_tid = next->pid;
 	struct offcpu_start *s;
 
-	/* switch-out: current is still prev, so its stacks, comm and cgroup are at hand */
+	/* switch-out: the time, the state and (cheap when unchanged) the user stack */
 	if (prev_tid && wanted(prev->tgid)) {
 		s = bpf_task_storage_get(&starts, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (s) {
 			s->ts = now;
-			s->pid = prev->tgid;
-			s->cgroup_id = bpf_get_current_cgroup_id();
 			s->state = state_class(preempt, prev_state);
-			s->user_stack_id = stack_id(ctx, user_stacks, BPF_F_USER_STACK);
-			s->kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
-			bpf_get_current_comm(s->comm, sizeof(s->comm));
+			s->user_stack_id = user_stacks ? offcpu_user_id(ctx, prev, s) : -1;
 		}
 	}
 
-	/* switch-in: next's time off-CPU ends now */
+	/* switch-in: next's time off-CPU ends now; only a counted block costs more */
 	if (!next_tid)
 		return 0;
 	s = bpf_task_storage_get(&starts, next, 0, 0);
@@ -238,13 +377,13 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 		if (delta >= min_block_ns && delta <= max_block_ns) {
 			struct stack_key key = {};
 
-			key.pid = s->pid;
+			key.pid = next->tgid;
 			key.tid = next_tid;
-			key.cgroup_id = s->cgroup_id;
+			key.cgroup_id = BPF_CORE_READ(next, cgroups, dfl_cgrp, kn, id);
 			key.user_stack_id = s->user_stack_id;
-			key.kernel_stack_id = s->kernel_stack_id;
+			key.kernel_stack_id = kernel_stacks ? task_kstack_id(next) : -1;
 			key.state = s->state;
-			__builtin_memcpy(key.comm, s->comm, sizeof(key.comm));
+			bpf_probe_read_kernel(key.comm, sizeof(key.comm), next->comm);
 			add(&key, delta);
 		}
 	}
@@ -270,25 +409,20 @@ static __always_inline void mem_enter(__u64 size)
 	bpf_map_update_elem(&alloc_sizes, &tid, &size, BPF_ANY);
 }
 
-static __always_inline void mem_return(void *ctx, __u64 ptr)
+/* count one live allocation at ptr under the current task and stacks */
+static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	__u64 *size = bpf_map_lookup_elem(&alloc_sizes, &tid);
 	struct alloc_info info = {};
 	struct stack_val *val;
 
-	if (!size)
-		return;
-	info.size = *size;
-	bpf_map_delete_elem(&alloc_sizes, &tid);
-	if (!ptr)
-		return;
+	info.size = size;
 	info.key.pid = id >> 32;
 	info.key.tid = tid;
 	info.key.cgroup_id = bpf_get_current_cgroup_id();
-	info.key.user_stack_id = stack_id(ctx, user_stacks, BPF_F_USER_STACK);
-	info.key.kernel_stack_id = -1;
+	info.key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
+	info.key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
 	if (bpf_map_update_elem(&allocs, &ptr, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);
@@ -309,6 +443,20 @@ static __always_inline void mem_return(void *ctx, __u64 ptr)
 	__sync_fetch_and_add(&val->count, 1);
 	__sync_fetch_and_add(&val->bytes, info.size);
 	stat_inc(STAT_SAMPLES);
+}
+
+static __always_inline void mem_return(void *ctx, __u64 ptr)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *size = bpf_map_lookup_elem(&alloc_sizes, &tid);
+	__u64 n;
+
+	if (!size)
+		return;
+	n = *size;
+	bpf_map_delete_elem(&alloc_sizes, &tid);
+	if (ptr)
+		mem_track(ctx, ptr, n);
 }
 
 static __always_inline void mem_free(__u64 ptr)
@@ -388,6 +536,68 @@ int BPF_KRETPROBE(posix_memalign_return, int ret)
 SEC("uprobe")
 int BPF_KPROBE(free_enter, void *ptr) { mem_free((__u64)ptr); return 0; }
 
+/* ---- mem --kernel: kernel allocations (kmem tracepoints), outstanding per stack ------- */
+
+static __always_inline bool kmem_sampled(void)
+{
+	__u32 zero = 0;
+	__u64 *tick;
+
+	if (!wanted(bpf_get_current_pid_tgid() >> 32))
+		return false;
+	if (sample_every > 1) {
+		tick = bpf_map_lookup_elem(&sample_tick, &zero);
+		if (!tick || (*tick)++ % sample_every)
+			return false;
+	}
+	return true;
+}
+
+SEC("tp_btf/kmalloc")
+int BPF_PROG(kmem_kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc)
+{
+	if (ptr && kmem_sampled())
+		mem_track(ctx, (__u64)ptr, bytes_alloc);
+	return 0;
+}
+
+SEC("tp_btf/kmem_cache_alloc")
+int BPF_PROG(kmem_cache_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *cache)
+{
+	if (ptr && kmem_sampled())
+		mem_track(ctx, (__u64)ptr, BPF_CORE_READ(cache, size));
+	return 0;
+}
+
+SEC("tp_btf/kfree")
+int BPF_PROG(kmem_kfree, unsigned long call_site, const void *ptr)
+{
+	mem_free((__u64)ptr);
+	return 0;
+}
+
+SEC("tp_btf/kmem_cache_free")
+int BPF_PROG(kmem_cache_free, unsigned long call_site, const void *ptr)
+{
+	mem_free((__u64)ptr);
+	return 0;
+}
+
+SEC("tp_btf/mm_page_alloc")
+int BPF_PROG(kmem_page_alloc, struct page *page, unsigned int order)
+{
+	if (page && kmem_sampled())
+		mem_track(ctx, (__u64)page, 4096ULL << order);
+	return 0;
+}
+
+SEC("tp_btf/mm_page_free")
+int BPF_PROG(kmem_page_free, struct page *page, unsigned int order)
+{
+	mem_free((__u64)page);
+	return 0;
+}
+
 /* ---- io: bytes of read/write-family system calls per user stack ------------------------ */
 
 #if defined(__TARGET_ARCH_x86)
@@ -460,3 +670,75 @@ int BPF_PROG(io_sys_exit, struct pt_regs *regs, long ret)
 }
 
 char LICENSE[] SEC("license") = "GPL";
+
+/* ---- block: block-device request latency and bytes per submitting stack --------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);	/* a request never completed is pushed out */
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct block_start);
+} block_starts SEC(".maps");
+
+SEC("tp_btf/block_io_start")
+int BPF_PROG(block_start, struct request *rq)
+{
+	__u64 id = bpf_get_current_pid_tgid(), addr = (__u64)rq;
+	struct block_start st = {};
+	__u32 op;
+
+	if (!wanted(id >> 32))
+		return 0;
+	op = rq->cmd_flags & 0xff;	/* REQ_OP_MASK: 0 read, 1 write, else flush, discard, ... */
+	st.key.pid = id >> 32;
+	st.key.tid = (__u32)id;
+	st.key.cgroup_id = bpf_get_current_cgroup_id();
+	st.key.state = op <= 1 ? op : 2;
+	st.key.user_stack_id = stack_id(ctx, user_stacks && (__u32)id, BPF_F_USER_STACK);
+	st.key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
+	bpf_get_current_comm(st.key.comm, sizeof(st.key.comm));
+	if (bpf_map_update_elem(&block_starts, &addr, &st, BPF_ANY))
+		stat_inc(STAT_MAP_FULL);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(block_issue, struct request *rq)
+{
+	__u64 addr = (__u64)rq;
+	struct block_start *st = bpf_map_lookup_elem(&block_starts, &addr);
+
+	if (st)
+		st->issue_ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(block_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	__u64 addr = (__u64)rq, now = bpf_ktime_get_ns();
+	struct block_start *st = bpf_map_lookup_elem(&block_starts, &addr);
+	struct stack_val *val;
+
+	if (!st)
+		return 0;
+	if (st->issue_ts && now > st->issue_ts) {
+		val = bpf_map_lookup_elem(&counts, &st->key);
+		if (!val) {
+			struct stack_val zero = {};
+
+			bpf_map_update_elem(&counts, &st->key, &zero, BPF_NOEXIST);
+			val = bpf_map_lookup_elem(&counts, &st->key);
+		}
+		if (val) {
+			__sync_fetch_and_add(&val->count, 1);
+			__sync_fetch_and_add(&val->ns, now - st->issue_ts);
+			__sync_fetch_and_add(&val->bytes, nr_bytes);
+			stat_inc(STAT_SAMPLES);
+		} else {
+			stat_inc(STAT_MAP_FULL);
+		}
+	}
+	bpf_map_delete_elem(&block_starts, &addr);
+	return 0;
+}

@@ -87,15 +87,15 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 def _records_from_the_sys_exporter(url: str) -> None:
-    """Real records: the sys and net exporters for 4 s, with a few short TCP connections."""
+    """Real records: the sys, net and stack cpu exporters for 4 s, with a few short TCP connections."""
     import socket
 
     from bpfscope.hostenv import ensure_mounts
 
     ensure_mounts()
-    procs = [subprocess.Popen(BPFSCOPE + [domain, "--collector", url, "--interval", "1", "--duration", "4",
-                                          "--quiet"], stderr=subprocess.PIPE, text=True) for domain in ("sys", "net",
-                                                                                                         "proc")]
+    procs = [subprocess.Popen(BPFSCOPE + [*domain, "--collector", url, "--interval", "1", "--duration", "4",
+                                          "--quiet"], stderr=subprocess.PIPE, text=True)
+             for domain in (["sys"], ["net"], ["proc"], ["stack", "cpu", "--freq", "199"])]
     # a portrait (bpfscope proc -- COMMAND): summaries and thread state spans
     procs.append(subprocess.Popen(BPFSCOPE + ["proc", "--collector", url, "--interval", "0.5", "--quiet", "--",
                                               "sh", "-c", "sleep 0.3; exit 5"], stderr=subprocess.PIPE, text=True))

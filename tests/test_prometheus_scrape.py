@@ -62,7 +62,7 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-DOMAINS = ("sys", "net", "proc")  # the exporters whose metrics the dashboards use
+DOMAINS = ("sys", "net", "proc", "stack")  # the exporters whose metrics the dashboards use
 
 
 def _churn(seconds: float) -> None:

@@ -48,3 +48,58 @@ def test_leaked_4096000_bytes_are_outstanding_on_the_leaking_stack_and_nothing_e
     assert all(r["kind"] == "alloc_stack" and r["comm"] == "leak" for r in snapshot)
     churned = [r for r in snapshot if "churn" in r["stack"]]
     assert sum(r["values"]["outstanding_bytes"] for r in churned) == 0, churned
+
+
+PIPES_HOLDER = """
+import os, sys
+n = int(sys.argv[1]); sys.stdin.readline()
+pipes = [os.pipe() for _ in range(n)]
+print("open", flush=True); sys.stdin.readline()
+for a, b in pipes:
+    os.close(a); os.close(b)
+print("closed", flush=True); sys.stdin.readline()
+"""
+
+
+def test_kernel_memory_of_500_open_pipes_is_outstanding_on_alloc_pipe_info_until_closed():
+    """Each pipe(2) kmallocs its pipe_inode_info and its array of 16 pipe_buffers in
+    alloc_pipe_info (kernel memory freed only when both ends are closed)."""
+    import sys
+
+    n = 500
+    work = subprocess.Popen([sys.executable, "-c", PIPES_HOLDER, str(n)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    exporter = subprocess.Popen(BPFSCOPE + ["stack", "mem", "--kernel", "--pid", str(work.pid), "--json",
+                                            "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        assert wait_for_links(exporter, at_least=6), exporter.stderr.read()
+        marks = []
+        for expect in ("open", "closed"):
+            work.stdin.write("go\n")
+            work.stdin.flush()
+            assert work.stdout.readline().strip() == expect
+            time.sleep(1.2)  # two reads in this phase
+            marks.append(time.time_ns())
+        exporter.terminate()
+        out, err = exporter.communicate(timeout=30)
+    finally:
+        exporter.kill()
+        work.kill()
+        work.wait()
+    assert exporter.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+
+    def pipe_objects(lo: int, hi: int) -> list[dict]:
+        # the last snapshot of the phase; slab pages made on the way stay with the slab
+        snap = [r for r in records if lo < r["ts"] <= hi]
+        assert snap, f"no snapshot in the phase: {err}"
+        last = max(r["ts"] for r in snap)
+        return [r for r in snap if r["ts"] == last and any(f.startswith("alloc_pipe_info") for f in r["stack"])
+                and not any(f.startswith("allocate_slab") for f in r["stack"])]
+
+    held = pipe_objects(marks[0] - int(1.2e9), marks[0])
+    assert sum(r["values"]["outstanding_count"] for r in held) == 2 * n, held
+    assert sum(r["values"]["outstanding_bytes"] for r in held) >= n * 16 * 40
+    assert all(r["labels"]["space"] == "kernel" and "do_pipe2_[k]" in r["stack"] for r in held)
+    assert pipe_objects(marks[0], marks[1]) == []

@@ -40,15 +40,38 @@ struct alloc_info {
 	struct stack_key key;
 };
 
-/* offcpu: what was known when a task switched out, until it switches back in */
-struct offcpu_start {
-	__u64 ts;
-	__u64 cgroup_id;
-	__u32 pid;
+/* offcpu: per task, what is known between its switch-out and its switch-in. Only ts and
+ * state are written at every switch-out; the user stack is walked there only when the
+ * user registers and the two innermost frame records differ from those of both walks
+ * remembered for the task (a task often switches out at two sites in turn: preempted
+ * by the task it woke, then blocked waiting for it), else that walk's id is reused.
+ * The kernel stack is taken at switch-in, and only for a counted block. */
+#define OFFCPU_FP_WORDS 6		/* user ip, bp, [bp], [bp+8], [[bp]], [[bp]+8] */
+#define OFFCPU_WALKS 2
+struct offcpu_walk {
+	__u64 fp[OFFCPU_FP_WORDS];	/* the user frame records the walk started from */
 	__s32 user_stack_id;
-	__s32 kernel_stack_id;
+	__u32 gen;			/* stack map generation + 1 of the id (0: empty) */
+};
+
+struct offcpu_start {
+	__u64 ts;			/* switch-out time; 0: not blocked */
 	__u32 state;
-	char comm[TASK_COMM_LEN];
+	__s32 user_stack_id;		/* of this switch-out */
+	__u32 last;			/* the walk slot filled last */
+	__u32 _pad;
+	struct offcpu_walk walks[OFFCPU_WALKS];
+};
+
+/* offcpu: a kernel stack taken with bpf_get_task_stack (zero-filled after the last frame) */
+struct kstack {
+	__u64 ips[STACK_MAX_DEPTH];
+};
+
+/* block: one request between its start (submitter's context) and its completion */
+struct block_start {
+	__u64 issue_ts;			/* 0 until the driver is given it */
+	struct stack_key key;
 };
 
 /* load: the gate user space opens while the load is above --threshold */
@@ -62,6 +85,8 @@ struct load_gate {
 #define STAT_MAP_FULL 1			/* a sample fit nowhere in `counts` */
 #define STAT_SAMPLES 2			/* samples / blocks counted */
 #define STAT_ALLOCS_FULL 3		/* mem: an allocation not tracked (allocs map full) */
-#define STAT_N 4
+#define STAT_USER_WALKS 4		/* offcpu: user stacks walked at switch-out (fingerprint changed) */
+#define STAT_KERNEL_WALKS 5		/* offcpu: kernel stacks taken at switch-in (counted blocks) */
+#define STAT_N 6
 
 #endif

@@ -212,7 +212,8 @@ def stack_cpu(
 
 @stack_app.command("offcpu")
 def stack_offcpu(
-    min_block: Annotated[float, typer.Option(help="Only blocks of at least this many microseconds.", min=0)] = 1.0,
+    min_block: Annotated[float, typer.Option(help="Only blocks of at least this many microseconds (a shorter block costs "
+                                                  "no stack walk).", min=0)] = 10.0,
     max_block: Annotated[Optional[float], typer.Option(help="Only blocks of at most this many microseconds.",
                                                        min=0)] = None,
     pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
@@ -231,6 +232,8 @@ def stack_offcpu(
 def stack_mem(
     sample_every: Annotated[int, typer.Option(help="Track one libc allocation in N (a uprobe costs ~1.7 us per "
                                                    "call); figures are scaled by N.", min=1)] = 1,
+    kernel: Annotated[bool, typer.Option("--kernel", help="Kernel allocations instead (kmalloc, kmem_cache, "
+                                                        "pages; kmem tracepoints), per kernel and user stack.")] = False,
     pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, top: StackTop = 20,
     folded: Folded = None, flamegraph: FlameSvg = None, speedscope: Speedscope = None, pprof: Pprof = None,
     interval: Interval = 5.0, duration: Duration = None, as_json: Json = False, collector: Collector = None,
@@ -241,7 +244,7 @@ def stack_mem(
     minus free) per user stack: leaks. Files written at exit show what is outstanding then."""
     _run_stack("mem", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
-               sample_every=sample_every)
+               sample_every=sample_every, kernel_mem=kernel)
 
 
 @stack_app.command("io")
@@ -255,6 +258,19 @@ def stack_io(
     """Bytes and calls of read/write-family system calls (read, write, pread64, pwrite64,
     readv, writev, preadv(2), pwritev(2)) per user stack and direction."""
     _run_stack("io", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
+               interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
+
+
+@stack_app.command("block")
+def stack_block(
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
+    kernel_only: KernelOnly = False, top: StackTop = 20, folded: Folded = None, flamegraph: FlameSvg = None,
+    speedscope: Speedscope = None, pprof: Pprof = None, interval: Interval = 5.0, duration: Duration = None,
+    as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
+) -> None:
+    """Block-device requests: device time (issue to completion) and bytes per submitting stack and op."""
+    _run_stack("block", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
 
 

@@ -5,9 +5,10 @@ Kernel side: bpf/stack.bpf.c, one object, one program set per mode:
 - offcpu: adds the time each task spends switched out to the stack it switched out
   with (tp_btf/sched_switch alone), per task state;
 - mem: libc allocations minus frees per user stack (uprobes), a snapshot of what is
-  outstanding;
+  outstanding; with --kernel, kernel allocations (kmem tracepoints) per kernel stack;
 - io: bytes of read/write-family system calls per user stack (raw_tp sys_exit);
-- load: cpu sampling behind a gate that a thread here arms while the load is high.
+- load: cpu sampling behind a gate that a thread here arms while the load is high;
+- block: block-device requests, device time and bytes per submitting stack.
 All count into one hash keyed by (pid, tid, comm, cgroup, user stack id, kernel stack
 id, state), read once per interval in one batch syscall (emptied as read, except mem);
 the stack ids name entries of a BPF_MAP_TYPE_STACK_TRACE map that are read once and
@@ -15,7 +16,7 @@ cached here (ids are stable until the map is cleared, see _maybe_clear_stacks).
 
 Records: kinds cpu_stack {count}, offcpu_stack {ns, count; label state}, alloc_stack
 {outstanding_bytes, outstanding_count}, io_stack {bytes, count; label direction},
-load_stack {count; label load}, one per (task, stack) per interval, with the
+load_stack {count; label load}, block_stack {ns, count, bytes; label op}, one per (task, stack) per interval, with the
 symbolised stack root first (user frames, then kernel frames suffixed `_[k]`) and the
 cgroup path as a label. docs/design/stack-attribution.md explains the attribution.
 """
@@ -40,7 +41,7 @@ from .base import Exporter
 STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of stack.h
 EEXIST, ENOMEM, EFAULT = 17, 12, 14
 LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
-STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL = 0, 1, 2, 3
+STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS = range(6)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,13 @@ MODES = {
     "mem": Mode("mem", "malloc_enter", "alloc_stack", "outstanding_bytes", "bytes"),
     "io": Mode("io", "io_sys_exit", "io_stack", "bytes", "bytes"),
     "load": Mode("load", "cpu_sample", "load_stack", "count", "samples"),
+    "block": Mode("block", "block_start", "block_stack", "ns", "nanoseconds"),
 }
+# mem --kernel: slab objects and pages (kmem tracepoints)
+KMEM_PROGRAMS = ("kmem_kmalloc", "kmem_cache_alloc", "kmem_kfree", "kmem_cache_free", "kmem_page_alloc",
+                 "kmem_page_free")
+BLOCK_PROGRAMS = ("block_start", "block_issue", "block_complete")
+BLOCK_OPS = {0: "read", 1: "write", 2: "other"}  # stack_key.state in block mode (flush, discard, ...)
 IO_DIRECTIONS = {0: "read", 1: "write"}  # stack_key.state in io mode
 # mem: libc functions -> (entry program, return program); the first two are required
 MEM_PROBES = {"malloc": ("malloc_enter", "malloc_return"), "free": ("free_enter", None),
@@ -174,10 +181,10 @@ class StackExporter(Exporter):
 
     def __init__(self, mode: str = "cpu", *, freq: int = 49, pid: int | None = None, comm: str | None = None,
                  cgroup: str | None = None, user_stacks: bool = True, kernel_stacks: bool = True,
-                 include_idle: bool = False, min_block_us: float = 1.0, max_block_us: float | None = None,
+                 include_idle: bool = False, min_block_us: float = 10.0, max_block_us: float | None = None,
                  top: int = 20, stack_traces: int = 16384, max_entries: int = 16384, outputs=None,
                  symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float = 4.0,
-                 load_source: str = "runqueue"):
+                 load_source: str = "runqueue", kernel_mem: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown stack mode {mode!r}")
         self.mode = MODES[mode]
@@ -195,7 +202,8 @@ class StackExporter(Exporter):
         self.threshold = threshold
         self.load_source = load_source
         self.gate: LoadGate | None = None
-        if self.mode.name in ("mem", "io"):
+        self.kernel_mem = kernel_mem and self.mode.name == "mem"
+        if self.mode.name in ("mem", "io") and not self.kernel_mem:
             self.kernel_stacks = False  # who asked, in user space: no kernel stacks taken
         self.stack_traces = stack_traces
         self.max_entries = max_entries
@@ -204,7 +212,7 @@ class StackExporter(Exporter):
         self.obj: BpfObject | None = None
         self._ips: dict[int, tuple[int, ...]] = {}  # stack id -> ips (leaf first)
         self._kframes: dict[int, list[str]] = {}  # kernel stack id -> frames (root first)
-        self._stats = [0] * 4
+        self._stats = [0] * 6
         self.totals: Counter[str] = Counter()  # per comm, weight (bounded by --top at export)
         self.stacks_cleared = 0
 
@@ -224,9 +232,11 @@ class StackExporter(Exporter):
                   "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
                   "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
-        sizes = {"stack_traces": self.stack_traces, "counts": self.max_entries}
+        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces, "counts": self.max_entries}
         if self.mode.name == "mem":
-            only = [p for pair in MEM_PROBES.values() for p in pair if p]
+            only = list(KMEM_PROGRAMS) if self.kernel_mem else [p for pair in MEM_PROBES.values() for p in pair if p]
+        elif self.mode.name == "block":
+            only = list(BLOCK_PROGRAMS)
         else:
             only = [self.mode.program]
         self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
@@ -237,7 +247,14 @@ class StackExporter(Exporter):
         if self.mode.name in ("cpu", "load"):
             prog.attach_perf_event(self.freq, online_cpus())
         elif self.mode.name == "mem":
-            self._attach_mem()
+            if self.kernel_mem:
+                for name in KMEM_PROGRAMS:
+                    self.obj.programs[name].attach()
+            else:
+                self._attach_mem()
+        elif self.mode.name == "block":
+            for name in BLOCK_PROGRAMS:
+                self.obj.programs[name].attach()
         else:
             prog.attach()
 
@@ -254,15 +271,18 @@ class StackExporter(Exporter):
                 if i < 2:  # malloc and free are required; the rest may be missing from a libc
                     raise
 
-    def _stack(self, stack_id: int) -> tuple[int, ...]:
-        ips = self._ips.get(stack_id)
+    def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
+        # offcpu kernel stacks are taken at switch-in into their own map (see stack.bpf.c)
+        in_kstacks = kernel and self.mode.name == "offcpu"
+        cache_key = ("k", stack_id) if in_kstacks else stack_id
+        ips = self._ips.get(cache_key)
         if ips is None:
-            raw = self.obj.maps["stack_traces"].lookup(stack_id)
+            raw = self.obj.maps["kstacks" if in_kstacks else "stack_traces"].lookup(stack_id)
             if raw is None:
                 return ()
             vals = memoryview(bytes(raw)).cast("Q")
             ips = tuple(itertools.takewhile(bool, vals))  # the kernel zero-fills after the last frame
-            self._ips[stack_id] = ips
+            self._ips[cache_key] = ips
         return ips
 
     def frames(self, pid: int, user_id: int, kernel_id: int) -> list[str]:
@@ -275,7 +295,7 @@ class StackExporter(Exporter):
         if kernel_id >= 0:
             kframes = self._kframes.get(kernel_id)
             if kframes is None:  # a kernel stack names the same frames for every task
-                kframes = self._kframes[kernel_id] = list(reversed(self.sym.kernel_stack(self._stack(kernel_id))))
+                kframes = self._kframes[kernel_id] = list(reversed(self.sym.kernel_stack(self._stack(kernel_id, kernel=True))))
             out.extend(kframes)
         elif kernel_id in (-EEXIST, -ENOMEM) and not out:
             out.append(LOST)
@@ -293,9 +313,12 @@ class StackExporter(Exporter):
             return
         if len(self._ips) < self.stack_traces // 2 and not errors_grew:
             return
-        m = self.obj.maps["stack_traces"]
-        for key in list(m.keys()):
-            m.delete(key)
+        for name in ("stack_traces", "kstacks"):
+            m = self.obj.maps[name]
+            for key in list(m.keys()):
+                m.delete(key)
+        gen = self.obj.maps["stack_gen"]  # offcpu: user stack ids cached per task are stale now
+        gen.update(0, gen.lookup(0).value + 1)
         self._ips.clear()
         self._kframes.clear()
         self.stacks_cleared += 1
@@ -325,7 +348,7 @@ class StackExporter(Exporter):
 
     def _read_stats(self) -> list[int]:
         m = self.obj.maps["stats"]
-        return [sum(m.cpu_values(m.lookup(i))) for i in range(4)]
+        return [sum(m.cpu_values(m.lookup(i))) for i in range(6)]
 
     # ---- interval -----------------------------------------------------------------------------
     def collect(self, elapsed_s: float) -> list[dict]:
@@ -333,7 +356,8 @@ class StackExporter(Exporter):
         mem = self.mode.name == "mem"
         rows = counts.batch(delete=not mem)  # mem: outstanding now, not per interval
         if mem:
-            rows = self._drop_exited(rows)
+            if not self.kernel_mem:  # kernel objects outlive the process that made them
+                rows = self._drop_exited(rows)
         self.sym.refresh()
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
@@ -361,6 +385,8 @@ class StackExporter(Exporter):
                     continue
                 if self.sample_every > 1:
                     labels["sample_every"] = str(self.sample_every)
+                if self.kernel_mem:
+                    labels["space"] = "kernel"
                 values = {"outstanding_bytes": nbytes * self.sample_every,
                           "outstanding_count": count * self.sample_every}
             elif self.mode.name == "load":
@@ -373,6 +399,9 @@ class StackExporter(Exporter):
             elif self.mode.name == "offcpu":
                 labels["state"] = STATES.get(state, "other")
                 values = {"ns": ns, "count": count}
+            elif self.mode.name == "block":
+                labels["op"] = BLOCK_OPS.get(state, "other")
+                values = {"ns": ns, "count": count, "bytes": nbytes}
             else:
                 values = {"count": count}
             rec = make_record("stack", self.mode.kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels,
@@ -383,7 +412,8 @@ class StackExporter(Exporter):
             if not mem:
                 self.totals[comm] += weight
             if self.outputs is not None:
-                self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction"), list(frames),
+                self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction") or labels.get("op"),
+                                 list(frames),
                                  weight)
         records.sort(key=lambda r: r["values"][self.mode.weight], reverse=True)
         return records
@@ -393,8 +423,9 @@ class StackExporter(Exporter):
         w = self.mode.weight
         total = sum(r["values"][w] for r in records) or 1
         title = {"cpu": f"on-CPU stacks at {self.freq} Hz", "offcpu": "off-CPU time per stack",
-                 "mem": "outstanding libc allocations per stack",
+                 "mem": "outstanding " + ("kernel" if self.kernel_mem else "libc") + " allocations per stack",
                  "io": "bytes read and written per stack",
+                 "block": "block-device request time (issue to completion) per submitting stack",
                  "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"}[self.mode.name]
         t = Table(title=f"{title} (top {self.top}, per interval)", title_justify="left", expand=False)
         cols = [("PID", "right"), ("TID", "right"), ("COMM", "left")]
@@ -404,6 +435,8 @@ class StackExporter(Exporter):
             cols += [("BYTES", "right"), ("BLOCKS", "right")]
         elif self.mode.name == "io":
             cols += [("DIR", "left"), ("BYTES", "right"), ("CALLS", "right")]
+        elif self.mode.name == "block":
+            cols += [("OP", "left"), ("MS", "right"), ("BYTES", "right"), ("REQS", "right")]
         elif self.mode.name == "load":
             cols += [("LOAD", "right"), ("SAMPLES", "right")]
         else:
@@ -420,6 +453,9 @@ class StackExporter(Exporter):
                 cells += [f"{v:,}", f"{r['values']['outstanding_count']:,}"]
             elif self.mode.name == "io":
                 cells += [r["labels"]["direction"], f"{v:,}", f"{r['values']['count']:,}"]
+            elif self.mode.name == "block":
+                cells += [r["labels"]["op"], f"{v / 1e6:,.2f}", f"{r['values']['bytes']:,}",
+                          f"{r['values']['count']:,}"]
             elif self.mode.name == "load":
                 cells += [r["labels"]["load"], f"{v:,}"]
             else:
@@ -430,7 +466,8 @@ class StackExporter(Exporter):
         return t
 
     def metrics(self):
-        unit = {"cpu": "samples", "offcpu": "ns", "mem": "allocations", "io": "bytes", "load": "samples"}[self.mode.name]
+        unit = {"cpu": "samples", "offcpu": "ns", "mem": "allocations", "io": "bytes", "load": "samples",
+                "block": "ns"}[self.mode.name]
         c = CounterMetricFamily(f"bpfscope_stack_{self.mode.name}_{unit}",
                                 f"Weight of the {self.mode.name} stacks seen, per command (top 20)", labels=["comm"])
         if self.mode.name == "mem":
