@@ -1,0 +1,66 @@
+"""`bpfscope fuse ...`: mount, umount, trace, bench."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .modes import MODES
+
+fuse_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                       help="A FUSE file system mirroring a directory (plain, cached, passthrough, fast), "
+                            "its benchmark, and tracing of every FUSE request.")
+
+
+@fuse_app.command()
+def mount(
+    source: Annotated[str, typer.Argument(help="Directory to mirror.")],
+    mountpoint: Annotated[str, typer.Argument(help="Where to mount it.")],
+    mode: Annotated[str, typer.Option(help="plain | cached | passthrough | fast")] = "fast",
+    threads: Annotated[int, typer.Option(help="Threads serving requests.", min=1, max=64)] = 4,
+    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Serve in this process.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(help="Entry/attribute timeout (s) of cached and fast.")]
+    = None,
+) -> None:
+    """Mount SOURCE on MOUNTPOINT; the server runs in the background unless --foreground."""
+    import dataclasses
+
+    from .server import FuseError, Server
+    from .server import mount as do_mount
+
+    if mode not in MODES:
+        raise FuseError(f"unknown mode {mode!r} (plain, cached, passthrough, fast)")
+    m = MODES[mode]
+    if timeout is not None and m.timeout:
+        m = dataclasses.replace(m, timeout=timeout)
+    fd = do_mount(source, mountpoint)
+    server = Server(fd, source, m, threads=threads)
+    if foreground:
+        server.serve()
+        return
+    pid = os.fork()
+    if pid:
+        print(f"mounted {os.path.abspath(source)} on {os.path.abspath(mountpoint)} (mode {mode}, server pid {pid})")
+        os._exit(0)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for i in range(3):
+        os.dup2(null, i)
+    server.serve()
+    os._exit(0)
+
+
+@fuse_app.command()
+def umount(mountpoint: Annotated[str, typer.Argument(help="A bpfscope (or any FUSE) mount point.")]) -> None:
+    """Unmount; works after the server crashed or hangs (aborts the connection through fusectl)."""
+    from .server import FuseError
+    from .umount import umount as do_umount
+
+    try:
+        do_umount(mountpoint)
+    except OSError as e:
+        raise FuseError(str(e)) from None
+    print(f"unmounted {os.path.abspath(mountpoint)}")
