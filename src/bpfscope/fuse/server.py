@@ -83,13 +83,13 @@ class Server:
         self.lock = threading.Lock()
         self.dirs: dict[int, list] = {}     # open directory handle -> listing
         self.next_dh = 1
-        self.backing: dict[int, int] = {}   # file handle (fd) -> backing id
+        self.backing: dict[int, list] = {}  # node id -> [backing id, open files]: one backing file per inode
+        self.fh_node: dict[int, int] = {}   # file handle (fd) in passthrough -> node id
         self.passthrough = False
         self.no_open = False
         self.valid = int(mode.timeout)
         self.valid_ns = int((mode.timeout - int(mode.timeout)) * 1e9)
         self.stopping = False
-        self.watcher = None
         h = self._handlers = {}
         for op, fn in ((P.INIT, self.op_init), (P.LOOKUP, self.op_lookup), (P.GETATTR, self.op_getattr),
                        (P.SETATTR, self.op_setattr), (P.READLINK, self.op_readlink), (P.SYMLINK, self.op_symlink),
@@ -294,7 +294,13 @@ class Server:
                                flags_out >> 32, 1 if self.passthrough else 0)
 
     def op_lookup(self, nodeid, arg, uid, gid):
-        return self._entry(self._child(nodeid, arg[:-1]))
+        try:
+            return self._entry(self._child(nodeid, arg[:-1]))
+        except FileNotFoundError:
+            if not self.mode.negative:
+                raise
+            # node id 0: the kernel keeps a negative dentry for entry_valid
+            return P.ENTRY_OUT.pack(0, 0, self.valid, 0, self.valid_ns, 0, *((0,) * 16))
 
     def op_getattr(self, nodeid, arg, uid, gid):
         flags, _, fh = P.GETATTR_IN.unpack_from(arg, 0)
@@ -410,20 +416,24 @@ class Server:
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR  # page-cache fills read a written file
         return flags | os.O_CLOEXEC
 
-    def _open_out(self, fd: int) -> bytes:
+    def _open_out(self, fd: int, nodeid: int) -> bytes:
         m = self.mode
         oflags = (P.FOPEN_KEEP_CACHE if m.keep_cache else 0) | (P.FOPEN_NOFLUSH if m.no_flush else 0)
         backing = 0
-        if self.passthrough:
-            try:
-                backing = fcntl.ioctl(self.fd, P.DEV_IOC_BACKING_OPEN, P.BACKING_MAP.pack(fd, 0, 0), False)
-            except OSError:
-                backing = 0
-            if isinstance(backing, int) and backing > 0:
-                self.backing[fd] = backing
-                oflags |= P.FOPEN_PASSTHROUGH
-            else:
-                backing = 0
+        if self.passthrough and stat.S_ISREG(os.fstat(fd).st_mode):
+            # The kernel refuses a second backing file for an inode that is open: every open of
+            # a node shares one backing id, closed when the last of them is released.
+            with self.lock:
+                b = self.backing.get(nodeid)
+                if b is None:
+                    # a mutable buffer makes fcntl.ioctl return the ioctl's result: the backing id
+                    bid = fcntl.ioctl(self.fd, P.DEV_IOC_BACKING_OPEN, bytearray(P.BACKING_MAP.pack(fd, 0, 0)),
+                                      True)
+                    b = self.backing[nodeid] = [bid, 0]
+                b[1] += 1
+                self.fh_node[fd] = nodeid
+                backing = b[0]
+            oflags = (oflags & ~P.FOPEN_KEEP_CACHE) | P.FOPEN_PASSTHROUGH  # the kernel refuses both (EIO)
         return P.OPEN_OUT.pack(fd, oflags, backing)
 
     def op_open(self, nodeid, arg, uid, gid):
@@ -435,7 +445,7 @@ class Server:
             fd = os.open(f"/proc/self/fd/{node.fd}", self._open_flags(flags))
         else:
             fd = os.open(node.path, self._open_flags(flags))
-        return self._open_out(fd)
+        return self._open_out(fd, nodeid)
 
     def op_create(self, nodeid, arg, uid, gid):
         flags, mode, _umask, _ = P.CREATE_IN.unpack_from(arg, 0)
@@ -447,7 +457,7 @@ class Server:
         except OSError:
             os.close(fd)
             raise
-        return entry + self._open_out(fd)
+        return entry + self._open_out(fd, P.ENTRY_OUT.unpack_from(entry, 0)[0])
 
     def _io(self, nodeid: int, fh: int, fn, *args):
         """Run fn(fd, *args) on an open file; with zero-message opens (fh 0) open the node for the call."""
@@ -478,12 +488,14 @@ class Server:
 
     def op_release(self, nodeid, arg, uid, gid):
         fh = P.RELEASE_IN.unpack_from(arg, 0)[0]
-        backing = self.backing.pop(fh, 0)
-        if backing:
-            try:
-                fcntl.ioctl(self.fd, P.DEV_IOC_BACKING_CLOSE, backing.to_bytes(4, "little"))
-            except OSError:
-                pass
+        with self.lock:
+            nid = self.fh_node.pop(fh, None)
+            b = self.backing.get(nid) if nid else None
+            if b is not None:
+                b[1] -= 1
+                if b[1] == 0:
+                    del self.backing[nid]
+                    fcntl.ioctl(self.fd, P.DEV_IOC_BACKING_CLOSE, bytearray(b[0].to_bytes(4, "little")), True)
         if fh:
             os.close(fh)
 
