@@ -64,3 +64,30 @@ def umount(mountpoint: Annotated[str, typer.Argument(help="A bpfscope (or any FU
     except OSError as e:
         raise FuseError(str(e)) from None
     print(f"unmounted {os.path.abspath(mountpoint)}")
+
+
+@fuse_app.command()
+def trace(
+    mount: Annotated[Optional[str], typer.Option(help="Only this FUSE mount point.")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between map reads.", min=0.1)] = 5.0,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.", min=0.1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+    collector: Annotated[Optional[str], typer.Option(help="Send records to this collector URL.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on PORT.", min=1,
+                                                        max=65535)] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = "127.0.0.1",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No table (used under `bpfscope up`).")] = False,
+) -> None:
+    """Every FUSE request per mount and opcode: count, errors, bytes, latency histogram (send to end)."""
+    from ..exporters.base import ExporterLoop
+    from ..hostenv import prepare_bpf
+    from .server import FuseError
+    from .trace import FuseTraceExporter
+
+    prepare_bpf()
+    try:
+        exporter = FuseTraceExporter(mount)
+    except ValueError as e:
+        raise FuseError(str(e)) from None
+    ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json, collector_url=collector,
+                 metrics_addr=f"{metrics_host}:{metrics_port}" if metrics_port else None, view=not quiet).run()
