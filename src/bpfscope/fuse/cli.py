@@ -91,3 +91,29 @@ def trace(
         raise FuseError(str(e)) from None
     ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json, collector_url=collector,
                  metrics_addr=f"{metrics_host}:{metrics_port}" if metrics_port else None, view=not quiet).run()
+
+
+@fuse_app.command()
+def bench(
+    dir_: Annotated[str, typer.Argument(metavar="DIR", help="Directory for the data (fsr-data/ is made in it).")],
+    modes: Annotated[str, typer.Option(help="Comma-separated modes to compare with native.")]
+    = "plain,cached,passthrough,fast",
+    files: Annotated[int, typer.Option(help="Small files (4 KiB each).", min=1)] = 10_000,
+    big_mib: Annotated[int, typer.Option(help="Size of the big file in MiB.", min=1)] = 512,
+    rand_reads: Annotated[int, typer.Option(help="Random 4 KiB reads.", min=1)] = 5000,
+    creates: Annotated[int, typer.Option(help="Small files created and written.", min=1)] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="The figures as JSON.")] = False,
+) -> None:
+    """The FSR benchmark: native DIR against each mode (cold/warm small reads, sequential and random
+    reads of a big file, stat, create), with FUSE requests per operation from the tracepoints."""
+    import json
+
+    from .bench import render, run_bench
+    from .server import FuseError
+
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    for m in mode_list:
+        if m not in MODES:
+            raise FuseError(f"unknown mode {m!r} (plain, cached, passthrough, fast)")
+    result = run_bench(dir_, mode_list, files=files, big_mib=big_mib, rand_reads=rand_reads, creates=creates)
+    print(json.dumps(result) if as_json else render(result))
