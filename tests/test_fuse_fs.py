@@ -259,12 +259,16 @@ def test_permissions_for_a_non_root_user_are_native(mode):
     assert got == want
 
 
-def test_changes_to_source_show_through_a_cached_mount_within_its_timeout(tmp_path):
+@pytest.mark.parametrize("mode,timeout", [("cached", "1"), ("cached", "600"), ("fast", "600")])
+def test_changes_to_source_show_through_a_cached_mount_within_its_timeout(mode, timeout, tmp_path):
+    """With a 1 s timeout the kernel asks again; with 600 s only the inotify invalidation
+    (FUSE_NOTIFY_INVAL_ENTRY/INODE) can make the change visible within the 1.5 s allowed."""
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir(), mnt.mkdir()
     (src / "a").write_text("short")
     (src / "gone").write_text("x")
-    with mounted(str(src), str(mnt), "cached", "--timeout", "1"):
+    with mounted(str(src), str(mnt), mode, "--timeout", timeout):
+        assert not os.path.exists(mnt / "new")  # a negative entry in fast mode
         assert (mnt / "a").read_text() == "short"
         assert os.path.exists(mnt / "gone")
         time.sleep(0.05)

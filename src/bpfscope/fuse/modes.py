@@ -15,11 +15,12 @@ class Mode:
     no_flush: bool        # answer FLUSH with ENOSYS: close() costs no round trip
     passthrough: bool     # register the backing file at open: read/write never reach the server
     negative: bool = False  # cache "no such name" for the entry timeout too
+    watch: bool = False     # inotify on SOURCE -> FUSE_NOTIFY_INVAL_* for changes made behind the mount
 
 
 MODES = {
     "plain": Mode("plain", 0.0, False, False, False, False, False),
-    "cached": Mode("cached", 60.0, True, True, True, True, False),
+    "cached": Mode("cached", 60.0, True, True, True, True, False, watch=True),
     "passthrough": Mode("passthrough", 0.0, False, False, False, False, True),
     # What the kernel (6.18) allows, measured: a backing file is taken only from an OPEN or
     # CREATE reply, and once OPEN was answered ENOSYS no file of the connection gets an OPEN
@@ -27,5 +28,5 @@ MODES = {
     # FOPEN_KEEP_CACHE fails (EIO); and an inode open in passthrough refuses a cached open
     # (EIO), so passthrough only on CREATE breaks the next open. fast therefore takes the
     # cached side (2 requests per cold small-file read, none warm) and adds negative entries.
-    "fast": Mode("fast", 60.0, True, True, True, True, False, negative=True),
+    "fast": Mode("fast", 60.0, True, True, True, True, False, negative=True, watch=True),
 }

@@ -90,6 +90,11 @@ class Server:
         self.valid = int(mode.timeout)
         self.valid_ns = int((mode.timeout - int(mode.timeout)) * 1e9)
         self.stopping = False
+        self.watcher = None
+        if mode.watch:
+            from .watch import Watcher
+            self.watcher = Watcher(self)
+            self.watcher.watch(P.ROOT_ID, self.source)
         h = self._handlers = {}
         for op, fn in ((P.INIT, self.op_init), (P.LOOKUP, self.op_lookup), (P.GETATTR, self.op_getattr),
                        (P.SETATTR, self.op_setattr), (P.READLINK, self.op_readlink), (P.SYMLINK, self.op_symlink),
@@ -107,6 +112,8 @@ class Server:
     def serve(self) -> None:
         """Serve until the file system is unmounted (read returns ENODEV)."""
         os.umask(0)  # the kernel already applied the caller's umask to every mode it sends
+        if self.watcher:
+            self.watcher.start()
         workers = [threading.Thread(target=self._worker, daemon=True, name=f"fuse{i}")
                    for i in range(self.threads - 1)]
         for t in workers:
@@ -197,6 +204,8 @@ class Server:
                 node = self.nodes[nid]
                 node.path = path
             node.nlookup += 1
+        if self.watcher and stat.S_ISDIR(st.st_mode):
+            self.watcher.watch(nid, path)
         return nid
 
     def _forget(self, nodeid: int, nlookup: int) -> None:
