@@ -468,14 +468,14 @@ class Server:
             raise
         return entry + self._open_out(fd, P.ENTRY_OUT.unpack_from(entry, 0)[0])
 
-    def _io(self, nodeid: int, fh: int, fn, *args):
+    def _io(self, nodeid: int, fh: int, fn, *args, write: bool = True):
         """Run fn(fd, *args) on an open file; with zero-message opens (fh 0) open the node for the call."""
         if fh:
             return fn(fh, *args)
         node = self._node(nodeid)
         if node.fd >= 0:
             return fn(node.fd, *args)
-        fd = os.open(node.path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(node.path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
         try:
             return fn(fd, *args)
         finally:
@@ -483,7 +483,7 @@ class Server:
 
     def op_read(self, nodeid, arg, uid, gid):
         fh, off, size = P.READ_IN.unpack_from(arg, 0)[:3]
-        return self._io(nodeid, fh, os.pread, size, off)
+        return self._io(nodeid, fh, os.pread, size, off, write=False)
 
     def op_write(self, nodeid, arg, uid, gid):
         fh, off, size = P.READ_IN.unpack_from(arg, 0)[:3]

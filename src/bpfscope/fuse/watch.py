@@ -12,11 +12,12 @@ import threading
 
 from . import protocol as P
 
-IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MODIFY, IN_ATTRIB = 0x2, 0x4
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
 IN_IGNORED, IN_ONLYDIR, IN_CLOEXEC = 0x8000, 0x01000000, 0o2000000
 NAME_EVENTS = IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-DATA_EVENTS = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE
+# Not IN_CLOSE_WRITE: the server's own O_RDWR opens would fire it on every read request.
+DATA_EVENTS = IN_MODIFY | IN_ATTRIB
 EVENT = struct.Struct("iIII")
 
 _libc = ctypes.CDLL(None, use_errno=True)
