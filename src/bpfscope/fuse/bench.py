@@ -189,11 +189,7 @@ def run_variant(data: str, root: str, mode: str | None, stats, *, files: int, ra
             r.phase("warm_small", lambda: read_all_small(root), files, files, repeat=5)
             keep_best("cold_small", r)
             keep_best("warm_small", r)
-    for _ in range(2):
-        with fresh() as conn:
-            r = variant(conn)
-            r.phase("seq_read", lambda: seq_read(root), big_mib, big_mib)
-            keep_best("seq_read", r)
+    # seq_read is measured by seq_rounds(), interleaved across the variants
     with fresh() as conn:
         r = variant(conn)
         r.phase("rand_read", lambda: rand_read(root, rand_reads), rand_reads, rand_reads)
@@ -205,6 +201,25 @@ def run_variant(data: str, root: str, mode: str | None, stats, *, files: int, ra
         results.update(r.results)
     shutil.rmtree(f"{data}/new", ignore_errors=True)
     return results
+
+
+def seq_rounds(data: str, mnt: str, modes: list[str], stats, big_mib: int, rounds: int = 3) -> dict[str, dict]:
+    """The big file read from dropped caches, rounds times, the variants interleaved within each
+    round; the best run of each is kept. The VM's host caches the disk as well, and whether a
+    read finds it there changes from one read to the next (0.6 to 2.5 GB/s here): interleaving
+    gives every variant the same chances."""
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for mode in [None, *modes]:
+            drop_caches()
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(served(data, mnt, mode)) if mode else None
+                r = Run(stats, conn)
+                r.phase("seq_read", lambda: seq_read(mnt if mode else data), big_mib, big_mib)
+            name = mode or "native"
+            if name not in best or r.results["seq_read"]["throughput"] > best[name]["throughput"]:
+                best[name] = r.results["seq_read"]
+    return best
 
 
 def run_bench(dir_: str, modes: list[str], *, files: int = 10_000, big_mib: int = 512, rand_reads: int = 5000,
@@ -232,6 +247,8 @@ def run_bench(dir_: str, modes: list[str], *, files: int = 10_000, big_mib: int 
         out["variants"]["native"] = run_variant(data, data, None, stats, **kw)
         for m in modes:
             out["variants"][m] = run_variant(data, mnt, m, stats, **kw)
+        for name, r in seq_rounds(data, mnt, modes, stats, big_mib).items():
+            out["variants"][name]["seq_read"] = r
     finally:
         if stats:
             stats.close()
