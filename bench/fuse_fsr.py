@@ -44,6 +44,10 @@ def main() -> int:
         ("warm small read: fast / native", v["fast"]["warm_small"]["ratio_to_native"], ">=", 0.9),
         ("sequential read: passthrough / native", v["passthrough"]["seq_read"]["ratio_to_native"], ">=", 0.9),
         ("sequential read: plain / native (for comparison)", v["plain"]["seq_read"]["ratio_to_native"], None, None),
+        ("sequential read, source in page cache: passthrough / native",
+         v["passthrough"]["seq_read_src_cached"]["ratio_to_native"], ">=", 0.9),
+        ("sequential read, source in page cache: plain / native (for comparison)",
+         v["plain"]["seq_read_src_cached"]["ratio_to_native"], None, None),
     ]
     for mode, target in (("plain", None), ("fast", 2.0)):
         rq = v[mode]["cold_small"].get("requests_per_op")
