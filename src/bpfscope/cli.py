@@ -473,6 +473,10 @@ def _add_groups() -> None:
 
     app.add_typer(lb_app, name="lb")
 
+    from .fuse.cli import fuse_app
+
+    app.add_typer(fuse_app, name="fuse")
+
 
 _add_groups()
 

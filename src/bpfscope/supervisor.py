@@ -13,9 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-EXPORTER_DOMAINS = ("sys", "net", "stack", "proc")  # grows as domains land
+EXPORTER_DOMAINS = ("sys", "net", "stack", "proc", "fuse")  # grows as domains land
 # the command line of a domain whose exporter is a sub-command (stack has modes)
-DOMAIN_ARGV = {"stack": ["stack", "cpu"]}
+DOMAIN_ARGV = {"stack": ["stack", "cpu"], "fuse": ["fuse", "trace"]}
 HEALTHY_AFTER_S = 60.0
 USAGE_ERROR = 2  # a child that exits 2 was misconfigured (bad port, bad URL): restarting cannot help
 

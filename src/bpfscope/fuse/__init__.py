@@ -1,0 +1,1 @@
+"""A FUSE file system mirroring a directory, spoken over /dev/fuse in pure Python (no libfuse)."""

@@ -1,0 +1,118 @@
+"""`bpfscope fuse ...`: mount, umount, trace, bench."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from .modes import MODES
+
+fuse_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                       help="A FUSE file system mirroring a directory (plain, cached, passthrough, fast), "
+                            "its benchmark, and tracing of every FUSE request.")
+
+
+@fuse_app.command()
+def mount(
+    source: Annotated[str, typer.Argument(help="Directory to mirror.")],
+    mountpoint: Annotated[str, typer.Argument(help="Where to mount it.")],
+    mode: Annotated[str, typer.Option(help="plain | cached | passthrough | fast")] = "fast",
+    threads: Annotated[int, typer.Option(help="Threads serving requests.", min=1, max=64)] = 4,
+    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Serve in this process.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(help="Entry/attribute timeout (s) of cached and fast.")]
+    = None,
+) -> None:
+    """Mount SOURCE on MOUNTPOINT; the server runs in the background unless --foreground."""
+    import dataclasses
+
+    from .server import FuseError, Server
+    from .server import mount as do_mount
+
+    if mode not in MODES:
+        raise FuseError(f"unknown mode {mode!r} (plain, cached, passthrough, fast)")
+    m = MODES[mode]
+    if timeout is not None and m.timeout:
+        m = dataclasses.replace(m, timeout=timeout)
+    fd = do_mount(source, mountpoint)
+    server = Server(fd, source, m, threads=threads)
+    if foreground:
+        server.serve()
+        return
+    pid = os.fork()
+    if pid:
+        print(f"mounted {os.path.abspath(source)} on {os.path.abspath(mountpoint)} (mode {mode}, server pid {pid})")
+        os._exit(0)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for i in range(3):
+        os.dup2(null, i)
+    server.serve()
+    os._exit(0)
+
+
+@fuse_app.command()
+def umount(mountpoint: Annotated[str, typer.Argument(help="A bpfscope (or any FUSE) mount point.")]) -> None:
+    """Unmount; works after the server crashed or hangs (aborts the connection through fusectl)."""
+    from .server import FuseError
+    from .umount import umount as do_umount
+
+    try:
+        do_umount(mountpoint)
+    except OSError as e:
+        raise FuseError(str(e)) from None
+    print(f"unmounted {os.path.abspath(mountpoint)}")
+
+
+@fuse_app.command()
+def trace(
+    mount: Annotated[Optional[str], typer.Option(help="Only this FUSE mount point.")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between map reads.", min=0.1)] = 5.0,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.", min=0.1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+    collector: Annotated[Optional[str], typer.Option(help="Send records to this collector URL.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on PORT.", min=1,
+                                                        max=65535)] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = "127.0.0.1",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No table (used under `bpfscope up`).")] = False,
+) -> None:
+    """Every FUSE request per mount and opcode: count, errors, bytes, latency histogram (send to end)."""
+    from ..exporters.base import ExporterLoop
+    from ..hostenv import prepare_bpf
+    from .server import FuseError
+    from .trace import FuseTraceExporter
+
+    prepare_bpf()
+    try:
+        exporter = FuseTraceExporter(mount)
+    except ValueError as e:
+        raise FuseError(str(e)) from None
+    ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json, collector_url=collector,
+                 metrics_addr=f"{metrics_host}:{metrics_port}" if metrics_port else None, view=not quiet).run()
+
+
+@fuse_app.command()
+def bench(
+    dir_: Annotated[str, typer.Argument(metavar="DIR", help="Directory for the data (fsr-data/ is made in it).")],
+    modes: Annotated[str, typer.Option(help="Comma-separated modes to compare with native.")]
+    = "plain,cached,passthrough,fast",
+    files: Annotated[int, typer.Option(help="Small files (4 KiB each).", min=1)] = 10_000,
+    big_mib: Annotated[int, typer.Option(help="Size of the big file in MiB.", min=1)] = 512,
+    rand_reads: Annotated[int, typer.Option(help="Random 4 KiB reads.", min=1)] = 5000,
+    creates: Annotated[int, typer.Option(help="Small files created and written.", min=1)] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="The figures as JSON.")] = False,
+) -> None:
+    """The FSR benchmark: native DIR against each mode (cold/warm small reads, sequential and random
+    reads of a big file, stat, create), with FUSE requests per operation from the tracepoints."""
+    import json
+
+    from .bench import render, run_bench
+    from .server import FuseError
+
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    for m in mode_list:
+        if m not in MODES:
+            raise FuseError(f"unknown mode {m!r} (plain, cached, passthrough, fast)")
+    result = run_bench(dir_, mode_list, files=files, big_mib=big_mib, rand_reads=rand_reads, creates=creates)
+    print(json.dumps(result) if as_json else render(result))

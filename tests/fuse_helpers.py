@@ -1,0 +1,58 @@
+"""Mount helpers for the fuse tests: a mount is always unmounted and its server killed, even on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from bpfscope.fuse.umount import fuse_mounts, umount
+
+BPFSCOPE = [sys.executable, "-m", "bpfscope"]
+
+
+def wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.abspath(mnt) in fuse_mounts():
+            os.stat(mnt)  # the INIT handshake is done once this returns
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.02)
+    raise TimeoutError(f"{mnt} not mounted")
+
+
+@contextlib.contextmanager
+def mounted(src: str, mnt: str, mode: str, *extra: str):
+    """Run `bpfscope fuse mount --foreground`; yield the server process; always unmount and kill."""
+    proc = subprocess.Popen(BPFSCOPE + ["fuse", "mount", src, mnt, "--mode", mode, "--foreground", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_mounted(mnt, proc)
+        yield proc
+    finally:
+        if os.path.abspath(mnt) in fuse_mounts():
+            umount(mnt)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def world_dir():
+    """A scratch directory every user can traverse (pytest's tmp_path is 0700 root)."""
+    d = tempfile.mkdtemp(prefix="bpfscope-fuse-", dir="/tmp")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        for mp in list(fuse_mounts()):
+            if mp.startswith(d + "/"):
+                umount(mp)
+        shutil.rmtree(d, ignore_errors=True)

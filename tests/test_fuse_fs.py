@@ -1,0 +1,339 @@
+"""The FUSE file system against the native one: an fsx-style random sequence, errors, permissions,
+changes behind a cached mount, and a server killed or hung."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpfscope.fuse.umount import fuse_mounts
+
+from fuse_helpers import BPFSCOPE, mounted, world_dir
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
+                                reason="needs root and /dev/fuse")
+MODES = ["plain", "cached", "passthrough", "fast"]
+NAMES = [f"f{i}" for i in range(6)]
+
+
+def fsx(root: str, seed: int, nops: int) -> list:
+    """Apply a seeded random sequence of file operations under root; return the log of every result."""
+    rnd = random.Random(seed)
+    log = []
+    fds: dict[str, int] = {}      # name -> fd
+    orphans: list[int] = []       # fds whose names were unlinked or renamed over
+    os.mkdir(f"{root}/d")
+
+    def p(name):
+        return f"{root}/d/{name}"
+
+    def rec(op, fn):
+        try:
+            log.append((op, fn()))
+        except OSError as e:
+            log.append((op, errno.errorcode[e.errno]))
+
+    def any_fd():
+        pool = list(fds.values()) + orphans
+        return rnd.choice(pool) if pool else None
+
+    for i in range(nops):
+        r = rnd.random()
+        name = rnd.choice(NAMES)
+        if r < 0.10:
+            if name not in fds:
+                rec("open", lambda: fds.__setitem__(name, os.open(p(name), os.O_RDWR | os.O_CREAT, 0o644)))
+        elif r < 0.35:
+            fd = any_fd()
+            if fd is not None:
+                off = rnd.choice([0, rnd.randrange(0, 4096), rnd.randrange(0, 300_000)])
+                data = rnd.randbytes(rnd.choice([1, 100, 4096, rnd.randrange(1, 70_000)]))
+                rec("pwrite", lambda: os.pwrite(fd, data, off))
+        elif r < 0.55:
+            fd = any_fd()
+            if fd is not None:
+                off, n = rnd.randrange(0, 310_000), rnd.randrange(1, 80_000)
+                rec("pread", lambda: hashlib.sha1(os.pread(fd, n, off)).hexdigest())
+        elif r < 0.62:
+            fd = any_fd()
+            if fd is not None:
+                size = rnd.choice([0, rnd.randrange(0, 8192), rnd.randrange(0, 400_000)])
+                rec("ftruncate", lambda: os.ftruncate(fd, size))
+        elif r < 0.66:
+            size = rnd.randrange(0, 200_000)
+            rec("truncate", lambda: os.truncate(p(name), size))
+        elif r < 0.71:
+            other = rnd.choice(NAMES)
+            rec("rename", lambda: os.rename(p(name), p(other)))
+            if log[-1][1] is None and other != name:
+                if other in fds:
+                    orphans.append(fds.pop(other))
+                if name in fds:
+                    fds[other] = fds.pop(name)
+        elif r < 0.75:
+            rec("unlink", lambda: os.unlink(p(name)))
+            if log[-1][1] is None and name in fds:
+                orphans.append(fds.pop(name))
+        elif r < 0.82:
+            data = rnd.randbytes(rnd.randrange(1, 5000))
+
+            def append():
+                fd = os.open(p(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    return os.write(fd, data)
+                finally:
+                    os.close(fd)
+            rec("append", append)
+        elif r < 0.87:
+            fd = any_fd()
+            if fd is not None:
+                def fst():
+                    st = os.fstat(fd)
+                    return (st.st_size, st.st_nlink, oct(st.st_mode))
+                rec("fstat", fst)
+        elif r < 0.90:
+            mode = rnd.choice([0o600, 0o644, 0o755, 0o444])
+            rec("chmod", lambda: os.chmod(p(name), mode))
+        elif r < 0.93:
+            rec("link", lambda: os.link(p(name), p(name + "L")))
+        elif r < 0.96:
+            if name in fds:
+                os.close(fds.pop(name))
+            elif orphans:
+                os.close(orphans.pop(rnd.randrange(len(orphans))))
+        else:
+            def whole():
+                with open(p(name), "rb") as f:
+                    return hashlib.sha1(f.read()).hexdigest()
+            rec("read", whole)
+    for fd in list(fds.values()) + orphans:
+        os.close(fd)
+    return log
+
+
+def tree(root: str) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            path = os.path.join(dirpath, n)
+            st = os.lstat(path)
+            digest = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha1(f.read()).hexdigest()
+            out[os.path.relpath(path, root)] = (oct(st.st_mode), st.st_size, st.st_nlink, st.st_uid, digest,
+                                                st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fsx_random_sequence_matches_native(mode, tmp_path):
+    native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
+    for d in (native, src, mnt):
+        d.mkdir()
+    want = fsx(str(native), seed=1234, nops=3000)
+    with mounted(str(src), str(mnt), mode):
+        got = fsx(str(mnt), seed=1234, nops=3000)
+        through_mount = tree(str(mnt))
+    assert len(want) > 2000
+    assert got == want
+    native_tree = tree(str(native))
+    strip = lambda t: {k: v[:5] for k, v in t.items()}  # noqa: E731  (mtimes differ between runs)
+    assert strip(through_mount) == strip(native_tree)
+    assert strip(tree(str(src))) == strip(native_tree)
+    # what the mount reports is what the source has, mtimes included
+    assert through_mount == tree(str(src))
+
+
+def _errnos(root: str) -> dict:
+    os.makedirs(f"{root}/full/sub")
+    open(f"{root}/file", "w").close()
+    out = {}
+    for name, fn in {
+        "open_missing": lambda: os.open(f"{root}/missing", os.O_RDONLY),
+        "stat_missing": lambda: os.stat(f"{root}/nodir/x"),
+        "mkdir_exists": lambda: os.mkdir(f"{root}/full"),
+        "create_excl": lambda: os.open(f"{root}/file", os.O_CREAT | os.O_EXCL | os.O_WRONLY),
+        "rmdir_notempty": lambda: os.rmdir(f"{root}/full"),
+        "rmdir_file": lambda: os.rmdir(f"{root}/file"),
+        "unlink_dir": lambda: os.unlink(f"{root}/full"),
+        "file_as_dir": lambda: os.open(f"{root}/file/x", os.O_RDONLY),
+        "rename_noreplace": lambda: _renameat2(f"{root}/file", f"{root}/full", 1),
+        "rename_dir_over_nonempty": lambda: os.rename(f"{root}/full/sub", f"{root}/full"),
+    }.items():
+        try:
+            fn()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno]
+    return out
+
+
+def _renameat2(a: str, b: str, flags: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+@pytest.mark.parametrize("mode", ["plain", "fast"])
+def test_errors_are_the_native_ones(mode, tmp_path):
+    native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
+    for d in (native, src, mnt):
+        d.mkdir()
+    want = _errnos(str(native))
+    with mounted(str(src), str(mnt), mode):
+        got = _errnos(str(mnt))
+    assert want["open_missing"] == "ENOENT" and want["mkdir_exists"] == "EEXIST"
+    assert want["rmdir_notempty"] == "ENOTEMPTY"
+    assert got == want
+
+
+NOBODY_SCRIPT = r"""
+import errno, json, os, sys
+os.setgid(65534); os.setuid(65534)
+root = sys.argv[1]
+out = {}
+def t(name, fn):
+    try:
+        fn(); out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+t("read_0600", lambda: open(root + "/secret").read())
+t("read_0644", lambda: open(root + "/public").read())
+t("create_in_root_dir", lambda: open(root + "/new", "w"))
+t("create_in_own_dir", lambda: open(root + "/mine/new", "w").close())
+t("write_0644", lambda: open(root + "/public", "a"))
+t("unlink_in_root_dir", lambda: os.unlink(root + "/public"))
+t("chmod_not_owner", lambda: os.chmod(root + "/public", 0o777))
+t("list_0700_dir", lambda: os.listdir(root + "/private"))
+st = os.stat(root + "/mine/new")
+out["new_owner"] = [st.st_uid, st.st_gid]
+print(json.dumps(out))
+"""
+
+
+def _prepare_perm_tree(root: str) -> None:
+    with open(f"{root}/secret", "w") as f:
+        f.write("s")
+    os.chmod(f"{root}/secret", 0o600)
+    with open(f"{root}/public", "w") as f:
+        f.write("p")
+    os.chmod(f"{root}/public", 0o644)
+    os.mkdir(f"{root}/mine")
+    os.chown(f"{root}/mine", 65534, 65534)
+    os.mkdir(f"{root}/private", 0o700)
+    os.chmod(root, 0o755)
+
+
+def _as_nobody(root: str) -> dict:
+    import json
+    r = subprocess.run([sys.executable, "-c", NOBODY_SCRIPT, root], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("mode", ["plain", "fast"])
+def test_permissions_for_a_non_root_user_are_native(mode):
+    with world_dir() as base:
+        native, src, mnt = f"{base}/native", f"{base}/src", f"{base}/mnt"
+        for d in (native, src, mnt):
+            os.mkdir(d)
+        _prepare_perm_tree(native)
+        _prepare_perm_tree(src)
+        want = _as_nobody(native)
+        with mounted(src, mnt, mode):
+            got = _as_nobody(mnt)
+    assert want["read_0600"] == "EACCES" and want["create_in_root_dir"] == "EACCES"
+    assert want["new_owner"] == [65534, 65534]
+    assert got == want
+
+
+@pytest.mark.parametrize("mode,timeout", [("cached", "1"), ("cached", "600"), ("fast", "600")])
+def test_changes_to_source_show_through_a_cached_mount_within_its_timeout(mode, timeout, tmp_path):
+    """With a 1 s timeout the kernel asks again; with 600 s only the inotify invalidation
+    (FUSE_NOTIFY_INVAL_ENTRY/INODE) can make the change visible within the 1.5 s allowed."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    (src / "a").write_text("short")
+    (src / "gone").write_text("x")
+    with mounted(str(src), str(mnt), mode, "--timeout", timeout):
+        assert not os.path.exists(mnt / "new")  # a negative entry in fast mode
+        assert (mnt / "a").read_text() == "short"
+        assert os.path.exists(mnt / "gone")
+        time.sleep(0.05)
+        (src / "a").write_text("much longer now")
+        (src / "new").write_text("fresh")
+        (src / "gone").unlink()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            if ((mnt / "a").read_text() == "much longer now" and os.path.exists(mnt / "new")
+                    and not os.path.exists(mnt / "gone")):
+                break
+            time.sleep(0.05)
+        assert (mnt / "a").read_text() == "much longer now"
+        assert (mnt / "new").read_text() == "fresh"
+        assert not os.path.exists(mnt / "gone")
+
+
+def _reader(mnt: str) -> subprocess.Popen:
+    code = ("import os,sys\nwhile True:\n    try:\n        open(sys.argv[1] + '/a').read(); os.stat(sys.argv[1])\n"
+            "    except OSError as e:\n        print(e.errno); sys.exit(0)\n")
+    return subprocess.Popen([sys.executable, "-c", code, mnt], stdout=subprocess.PIPE, text=True)
+
+
+def test_sigkill_of_the_server_hangs_nobody_and_umount_clears_it(tmp_path):
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    (src / "a").write_text("data")
+    with mounted(str(src), str(mnt), "plain") as server:
+        reader = _reader(str(mnt))
+        time.sleep(0.3)
+        assert reader.poll() is None  # it is reading happily through the mount
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=5)
+        out, _ = reader.communicate(timeout=5)  # returns: no process hangs on the dead server
+        assert int(out) in (errno.ENOTCONN, errno.ECONNABORTED)  # in flight when it died: ECONNABORTED
+        r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt)], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert str(mnt) not in fuse_mounts()
+        assert os.listdir(mnt) == []  # the plain directory again
+
+
+def test_umount_aborts_a_hung_server(tmp_path):
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    (src / "a").write_text("data")
+    with mounted(str(src), str(mnt), "plain") as server:
+        server.send_signal(signal.SIGSTOP)
+        try:
+            blocked = subprocess.Popen([sys.executable, "-c", f"import os; os.stat({str(mnt / 'b')!r})"],
+                                       stderr=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            assert blocked.poll() is None  # waiting on the stopped server
+            r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt)], capture_output=True, text=True, timeout=20)
+            assert r.returncode == 0, r.stderr
+            assert blocked.wait(timeout=5) != 0
+            err = blocked.stderr.read()  # aborted while in flight: ECONNABORTED
+            assert "Errno 103" in err or "Errno 107" in err, err
+            assert str(mnt) not in fuse_mounts()
+        finally:
+            server.send_signal(signal.SIGKILL)
+
+
+def test_mount_errors_are_one_line(tmp_path):
+    r = subprocess.run(BPFSCOPE + ["fuse", "mount", str(tmp_path / "nope"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and r.stderr.strip() == f"bpfscope: source {tmp_path / 'nope'} is not a directory"
+    r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "is not a fuse mount" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,91 @@
+"""The FUSE tracer counts exactly the requests a known workload makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from bpfscope.fuse.umount import connection_of
+
+from fuse_helpers import BPFSCOPE, mounted
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.fixture
+def stats():
+    from bpfscope.fuse.trace import FuseStats
+    s = FuseStats()
+    yield s
+    s.close()
+
+
+def _workload_counts(stats, conn, fn):
+    from bpfscope.fuse.trace import delta
+    before = stats.snapshot()
+    fn()
+    time.sleep(0.2)  # asynchronous requests (RELEASE) end shortly after close()
+    return {k[1]: v for k, v in delta(stats.snapshot(), before).items() if k[0] == conn}
+
+
+def test_100_stats_of_fresh_files_are_100_lookups(stats, tmp_path):
+    from bpfscope.fuse import protocol as P
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    for i in range(100):
+        (src / f"f{i}").write_text("x")
+    with mounted(str(src), str(mnt), "plain"):
+        conn = connection_of(str(mnt))
+        got = _workload_counts(stats, conn, lambda: [os.stat(mnt / f"f{i}") for i in range(100)])
+        missing = _workload_counts(stats, conn, lambda: [os.path.exists(mnt / f"nope{i}") for i in range(50)])
+    assert got[P.LOOKUP]["count"] == 100 and got[P.LOOKUP]["errors"] == 0
+    assert sum(got[P.LOOKUP]["hist"]) == 100
+    assert missing[P.LOOKUP]["count"] == 50 and missing[P.LOOKUP]["errors"] == 50  # ENOENT replies
+
+
+def test_write_bytes_and_requests_match_the_workload(stats, tmp_path):
+    from bpfscope.fuse import protocol as P
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    chunk = os.urandom(1 << 20)
+
+    def write8():
+        fd = os.open(mnt / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+        for _ in range(8):
+            os.write(fd, chunk)
+        os.close(fd)
+
+    with mounted(str(src), str(mnt), "plain"):
+        got = _workload_counts(stats, connection_of(str(mnt)), write8)
+    assert got[P.WRITE]["count"] == 8
+    # each WRITE: fuse_in_header (40) + fuse_write_in (40) + the data
+    assert got[P.WRITE]["request_bytes"] == 8 * ((1 << 20) + 80)
+    assert got[P.CREATE]["count"] == 1 and got[P.RELEASE]["count"] == 1
+    assert (src / "big").stat().st_size == 8 << 20
+
+
+def test_trace_cli_json_has_the_mount_and_opcodes(tmp_path):
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_text("x")
+    with mounted(str(src), str(mnt), "plain"):
+        proc = subprocess.Popen(BPFSCOPE + ["fuse", "trace", "--mount", str(mnt), "--interval", "2", "--duration",
+                                            "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            from bpfscope.bpf import wait_for_links
+            assert wait_for_links(proc, at_least=2)
+            for i in range(20):
+                os.stat(mnt / f"f{i}")
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    recs = [json.loads(line) for line in out.splitlines()]
+    lookup = [r for r in recs if r["labels"]["opcode"] == "LOOKUP"]
+    assert len(lookup) == 1, (out, err)
+    assert lookup[0]["labels"]["mount"] == str(mnt) and lookup[0]["values"]["count"] == 20
+    assert lookup[0]["domain"] == "fuse" and lookup[0]["kind"] == "fuse_op"
