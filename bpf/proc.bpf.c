@@ -9,7 +9,7 @@
  * with the task). A thread is in one state at a time (proc.h PROC_*); every transition
  * adds the time since the last one to the state it leaves:
  *   switch-out -> runnable (preempted or still TASK_RUNNING), sleep, iowait, disk, stopped;
- *   wakeup     -> runnable (only from a sleeping state);
+ *   wakeup     -> runnable (only from a sleeping state; noted, applied at switch-in);
  *   switch-in  -> running.
  * Only threads of the processes in `follow_bits` (the --pid tree; fork adds children, so
  * they are followed from their first instruction) have task storage in follow mode:
@@ -264,6 +264,17 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 		return 0;
 	if (!now)
 		now = bpf_ktime_get_ns();
+	/* a sleep closed by a wakeup: from the wakeup on, the thread was runnable */
+	if (s->woken_at) {
+		if (!s->since) {
+			s->state = PROC_RUNNABLE;
+			s->since = s->woken_at;
+		} else if (s->woken_at > s->since && s->woken_at <= now &&
+			   s->state != PROC_RUNNING && s->state != PROC_RUNNABLE) {
+			enter_state(next, s, PROC_RUNNABLE, s->woken_at);
+		}
+		s->woken_at = 0;
+	}
 	enter_state(next, s, PROC_RUNNING, now);
 	if (follow && s->futex_begin) {		/* a futex wait ends: the thread runs again */
 		__u64 ns = now - s->futex_begin;
@@ -304,7 +315,9 @@ static __always_inline void woken(struct task_struct *p)
 	/* a wakeup of a thread that is running or already runnable changes nothing */
 	if (s->since && (s->state == PROC_RUNNING || s->state == PROC_RUNNABLE))
 		return;
-	enter_state(p, s, PROC_RUNNABLE, bpf_ktime_get_ns());
+	/* Only noted: the thread's switch-in (maybe already running on another CPU) closes
+	 * the sleep there. Writing the state here could overwrite that switch-in's RUNNING. */
+	s->woken_at = bpf_ktime_get_ns();
 }
 
 SEC("tp_btf/sched_wakeup")
@@ -590,8 +603,12 @@ int proc_dump(struct bpf_iter__task *ctx)
 		row.accounted = follow;
 		row.state = s->state;
 		__builtin_memcpy(row.ns, s->ns, sizeof(row.ns));
-		if (s->since && now > s->since)
-			row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since;
+		if (s->since && now > s->since) {
+			__u64 split = s->woken_at > s->since && s->woken_at < now ? s->woken_at : now;
+
+			row.ns[s->state & (PROC_NSTATES - 1)] += split - s->since;
+			row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += now - split;	/* woken, not on a CPU yet */
+		}
 		row.nvcsw = s->nvcsw;
 		row.nivcsw = s->nivcsw;
 		row.lock_ns = s->lock_ns;
