@@ -40,6 +40,9 @@
 
 const volatile bool emit_events = false;	/* connect/accept records (--events) */
 const volatile __u32 latency_sample = 1;	/* --latency: follow 1 packet in N */
+/* false when nothing reads close records (only the live table): closes are counted per
+ * direction here instead of one ring-buffer record each */
+const volatile bool close_records = true;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -60,6 +63,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
+
+/* Closed connections per enum net_dir, without close_records. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+} closes SEC(".maps");
 
 /* Ring-buffer records that did not fit (index 0), per CPU. */
 struct {
@@ -296,8 +307,20 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 		     ow && ow->start_ns ? (bpf_ktime_get_boot_ns() - ow->start_ns) / 1000 : 0, false);
 		return 0;
 	case TCP_CLOSE:	/* the final record: totals and lifetime */
-		if (oldstate != TCP_LISTEN && oldstate != TCP_CLOSE)
-			emit(NET_EV_CLOSE, sk, oldstate, 0, false);
+		if (oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
+			return 0;
+		if (!close_records) {
+			__u32 dir;
+			__u64 *n;
+
+			ow = bpf_sk_storage_get(&owners, sk, 0, 0);
+			dir = ow && ow->dir <= NET_DIR_IN ? ow->dir : NET_DIR_UNKNOWN;
+			n = bpf_map_lookup_elem(&closes, &dir);
+			if (n)
+				(*n)++;
+			return 0;
+		}
+		emit(NET_EV_CLOSE, sk, oldstate, 0, false);
 		return 0;
 	}
 	return 0;

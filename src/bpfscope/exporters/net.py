@@ -198,10 +198,10 @@ class NetExporter(Exporter):
     def open(self) -> None:
         self._template = make_record("net", "tcp_conn")
         self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample,
-                                all_netns=self.all_netns).open()
+                                all_netns=self.all_netns, close_records=self.records_wanted).open()
         self._values_of = self.kernel.info.getter(_VALUE_FIELDS)
         index = self.kernel.info.index
-        self._dir_i, self._netns_i, self._sport_i, self._state_i = (index[k] for k in ("dir", "netns", "sport", "state"))
+        self._state_i = index["state"]
         self._srtt_i, self._cwnd_i, self._acked_i, self._received_i = (
             index[k] for k in ("srtt_us", "snd_cwnd", "bytes_acked", "bytes_received"))
         self._rate_inputs = self.kernel.info.getter(("snd_cwnd", "snd_ssthresh", "rate_delivered", "mss",
@@ -294,16 +294,6 @@ class NetExporter(Exporter):
             values["lifetime_ns"] = max(ev["ts_ns"] - start, 0)
         return self._record("tcp_close", ev["ts_ns"], pid, tid, comm, labels, values)
 
-    def _count_close(self, tup: tuple) -> None:
-        """What a tcp_close record adds to the metrics and the table's caption, without the
-        record (short connections close thousands of times per second)."""
-        direction = DIRECTIONS.get(tup[self._dir_i], "unknown")
-        if direction == "unknown":
-            direction = "in" if (tup[self._netns_i], tup[self._sport_i]) in self.owners.listeners else "out"
-        self.event_counts["tcp_close"] += 1
-        self.closed[direction] += 1
-        self.uncounted["tcp_close"] += 1
-
     def _event_record(self, ev: dict) -> dict | None:
         if ev["type"] == NET_EV_CLOSE:
             return self._close_record(ev)
@@ -384,10 +374,12 @@ class NetExporter(Exporter):
         self.owners.learn([identity(t) for t in tuples if t[self._state_i] == TCP_LISTEN])
         out = self._conn_records(tuples, ts, elapsed_s, self.kernel.connection_latency() if self.latency_sample else {})
         self.uncounted = Counter()
+        if not self.records_wanted:  # the kernel counted the closes (no record per connection)
+            closed = Counter({d: n for d, n in self.kernel.closed_counts().items() if n})
+            self.uncounted["tcp_close"] = sum((closed - self.closed).values())
+            self.event_counts["tcp_close"] += self.uncounted["tcp_close"]
+            self.closed = closed
         for ev in self.kernel.take_events(full=False):
-            if ev["type"] == NET_EV_CLOSE and not self.records_wanted:
-                self._count_close(ev["tup"])  # the table shows only how many
-                continue
             rec = self._event_record(ev)
             if rec is not None:
                 out.append(rec)

@@ -177,8 +177,10 @@ class InfoDecoder:
 class NetKernel:
     """Loads net.bpf.o with the programs the options need and reads it."""
 
-    def __init__(self, events: bool = False, drops: bool = False, latency_sample: int = 0, all_netns: bool = False):
+    def __init__(self, events: bool = False, drops: bool = False, latency_sample: int = 0, all_netns: bool = False,
+                 close_records: bool = True):
         self.events_on = events
+        self.close_records = close_records  # False: closes only counted per direction (closed_counts)
         self.all_netns = all_netns  # snapshot every network namespace, not only the exporter's
         self._own_netns = own_namespace()
         self.drops_on = drops
@@ -203,7 +205,8 @@ class NetKernel:
         while True:
             try:
                 return BpfObject.open("net", rodata={"emit_events": self.events_on,
-                                                     "latency_sample": max(self.latency_sample, 1)}, only=only)
+                                                     "latency_sample": max(self.latency_sample, 1),
+                                                     "close_records": self.close_records}, only=only)
             except L.BpfError as exc:
                 failed = re.findall(r"prog '(\w+)'", exc.log or "")
                 bad = failed[-1] if failed else None
@@ -298,6 +301,12 @@ class NetKernel:
         if info["start_ns"]:
             info["start_ns"] += self.boot_offset_ns
         return info
+
+    def closed_counts(self) -> dict[str, int]:
+        """{direction: connections closed} since load, when close records are off."""
+        m = self.obj.maps["closes"]
+        return {name: sum(int(getattr(c, "value", c)) for c in m.cpu_values(m.lookup(d)))
+                for d, name in DIRECTIONS.items()}
 
     def lost_events(self) -> int:
         m = self.obj.maps["lost"]
