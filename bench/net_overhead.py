@@ -106,8 +106,11 @@ def main() -> None:
     # "json": every record built and written (what --json or a collector costs), for comparison
     modes = {"off": None, "net": [], "latency": ["--latency", "--sample", "100"], "json": ["--json"]}
     results: dict[tuple[str, str], list[float]] = {(k, m): [] for k in ("bulk", "short") for m in modes}
-    for _ in range(args.rounds):
-        for on, extra in modes.items():
+    order = list(modes.items())
+    for r in range(args.rounds):
+        # a different order each round: no mode always runs right after another (warm caches,
+        # a just-stopped exporter's teardown)
+        for on, extra in order[r % len(order):] + order[:r % len(order)]:
             exporter = None
             if extra is not None:
                 exporter = subprocess.Popen([sys.executable, "-m", "bpfscope", "net", "--quiet", "--interval", "1",
