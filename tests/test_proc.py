@@ -197,12 +197,24 @@ def test_kernel_lock_contention_of_mmap_storm(bins):
 
 def test_command_is_followed_from_its_first_instruction(tmp_path):
     r = run_cli("proc", "--json", "--interval", "0.5", "--", "sh", "-c", "sleep 0.2; exit 7", timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 7, r.stderr  # the command's own exit code, as `time` and `strace` give it
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     execs = [x["values"]["filename"] for x in kinds(records, "lifecycle") if x["labels"]["event"] == "exec"]
     assert execs[0].endswith("/sh") and any(e.endswith("/sleep") for e in execs), execs
     roots = [x for x in kinds(records, "process_summary") if x["values"].get("exit_code") == 7]
     assert len(roots) == 1
+
+
+def test_command_killed_by_a_signal_exits_128_plus_signal():
+    # the command kills itself with SIGTERM (15): a shell would report 143; so does bpfscope
+    r = run_cli("proc", "--json", "--interval", "0.5", "--", "sh", "-c", "kill -TERM $$", timeout=60)
+    assert r.returncode == 128 + 15, (r.returncode, r.stderr)
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    [root] = [x for x in kinds(records, "process_summary") if x["values"].get("exec", "").endswith("/sh")]
+    assert root["labels"]["signal"] == "SIGTERM"
+    # and a command that succeeds: 0
+    r = run_cli("proc", "--json", "--interval", "0.5", "--", "true", timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_system_wide_table_sees_a_busy_process(bins):

@@ -681,6 +681,14 @@ class ProcPortrait(Exporter):
             w.add_metric([comm, lt], ns / 1e9)
         yield w
 
+    def exit_code(self) -> int:
+        """-- COMMAND: the command's exit status, 128 + N when signal N killed it (as a shell
+        reports it); 0 when following --pid processes (not our children)."""
+        if self.child is None or self.child.returncode is None:
+            return 0
+        rc = self.child.returncode
+        return rc if rc >= 0 else 128 - rc
+
     def close(self) -> None:
         self._rb_stop.set()
         if self._rb_thread and self._rb_thread.is_alive():
