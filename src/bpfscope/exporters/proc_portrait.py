@@ -264,8 +264,11 @@ class ProcPortrait(Exporter):
         return w
 
     def _poll(self) -> None:
+        # Spans do not wake this thread (the kernel submits them with BPF_RB_NO_WAKEUP);
+        # lifecycle events do. Every 100 ms at most, whatever is there is drained.
         while not self._rb_stop.is_set():
             self._rb.poll(100)
+            self._rb.consume()
 
     def _on_event(self, raw: bytes) -> None:
         etype = int.from_bytes(raw[:4], "little")
