@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from bpfscope.bpf import BpfObject, wait_for_links  # noqa: E402
+from bpfscope.exporters.proc import FOLLOW_PROGRAMS  # noqa: E402
 
 HOPS = int(os.environ.get("BENCH_HOPS", 200_000))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
@@ -116,7 +117,7 @@ def exporter(napper: int, cpu: int | None, used: list[float]):
     p = subprocess.Popen(pre + [sys.executable, "-m", "bpfscope", "proc", "--json", "--interval", "1", "--pid",
                                 str(napper)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     try:
-        if not wait_for_links(p, at_least=8, timeout_s=60):
+        if not wait_for_links(p, at_least=len(FOLLOW_PROGRAMS), timeout_s=60):
             raise SystemExit(f"bpfscope proc failed: {p.stderr.read().decode()}")
         time.sleep(0.3)
         t0, c0 = time.monotonic(), cpu_ticks(p.pid)

@@ -19,6 +19,7 @@ import pytest
 from conftest import BPFSCOPE, REPO, run_cli
 
 from bpfscope.bpf import wait_for_links
+from bpfscope.exporters.proc import FOLLOW_PROGRAMS
 
 pytestmark = pytest.mark.bpf
 WORKLOADS = REPO / "tests/proc_workloads"
@@ -55,7 +56,7 @@ def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, s
 
 
 def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90,
-             links: int = 8) -> tuple[list[dict], list]:
+             links: int = len(FOLLOW_PROGRAMS)) -> tuple[list[dict], list]:
     """Follow the (waiting) workloads, release them, and return bpfscope's records and each
     workload's zombie /proc truth."""
     args = [a for w in workloads for a in ("--pid", str(w.pid))]
@@ -245,7 +246,7 @@ def test_bad_input_is_one_line():
 
 def test_pthread_hold_times_of_the_mutex(bins):
     w = start(bins["mutex"], stdout=subprocess.PIPE)
-    records, _ = portrait([w], "--pthread", links=8 + 3)  # + the mutex uprobes (attached first)
+    records, _ = portrait([w], "--pthread", links=len(FOLLOW_PROGRAMS) + 3)  # + the mutex uprobes (attached first)
     holds = [r for r in kinds(records, "pthread_hold_summary") if r["pid"] == w.pid]
     mutex = [r for r in holds if r["labels"]["lock_type"] == "mutex" and r["values"]["count"] >= 90]
     assert len(mutex) == 2 and len({r["labels"]["addr"] for r in mutex}) == 1, holds  # both workers, one mutex
