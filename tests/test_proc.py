@@ -43,13 +43,15 @@ def bins(tmp_path_factory) -> dict[str, Path]:
 
 
 def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, str]]:
-    """/proc/PID/stat fields (after the comm) and /proc/PID/status once PID is a zombie."""
+    """/proc/PID/stat fields (after the comm) and /proc/PID/status once PID is a zombie;
+    status also gets "run_delay_ns", the time it waited for a CPU (/proc/PID/schedstat)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         if stat[0] == "Z":
             status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                           if ":\t" in line)
+            status["run_delay_ns"] = Path(f"/proc/{pid}/schedstat").read_text().split()[1]
             return stat, status
         time.sleep(0.02)
     raise AssertionError(f"pid {pid} did not exit in {timeout_s}s")
@@ -131,6 +133,10 @@ def test_involuntary_switches_match_proc_status(bins):
         ours, kernel = proc["values"]["ivcsw"], int(status["nonvoluntary_ctxt_switches"])
         assert kernel > 50, kernel
         assert abs(ours - kernel) <= 0.05 * kernel, (ours, kernel)
+        # time waiting for the CPU (half of its life here): the kernel's own run_delay
+        runnable, run_delay = proc["values"]["runnable_ns"], int(status["run_delay_ns"])
+        assert run_delay > 0.3e9, run_delay
+        assert abs(runnable - run_delay) <= 0.05 * run_delay, (runnable, run_delay)
         preempted = sum(r["values"]["count"] for r in kinds(records, "switch_reason_summary")
                         if r["pid"] == w.pid and r["labels"]["reason"] == "preempted")
         assert preempted >= 0.9 * ours
