@@ -119,7 +119,7 @@ def exporter(napper: int, cpu: int | None, used: list[float]):
     try:
         if not wait_for_links(p, at_least=len(FOLLOW_PROGRAMS), timeout_s=60):
             raise SystemExit(f"bpfscope proc failed: {p.stderr.read().decode()}")
-        time.sleep(0.3)
+        time.sleep(2.5)  # steady state: past start-up (symbol tables) and two intervals
         t0, c0 = time.monotonic(), cpu_ticks(p.pid)
         yield
         used.append((cpu_ticks(p.pid) - c0) / CLK_TCK / (time.monotonic() - t0))
