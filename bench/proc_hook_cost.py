@@ -8,9 +8,13 @@ round, each compared with the baseline of its own round:
     sched_wakeup + sched_wakeup_new (what --pid attaches): the price of the hook alone;
   - proc.bpf.o in follow mode loaded by this process, nothing followed: the filter;
   - the same with the napper followed (its spans, stacks, reasons), ring buffer unread;
-  - `bpfscope proc --pid NAPPER` (the exporter, its ring-buffer thread and interval work);
+  - `bpfscope proc --pid NAPPER` in its steady state (the exporter, its ring-buffer
+    thread and interval work);
   - the same with the exporter pinned to CPU 0 (away from the ping-pong).
-The exporter's CPU time during the run is printed too.
+Per variant: the median of its per-round speed ratios, and the median extra CPU time
+per context switch of the ping-pong (this VM's speed itself varies by up to 20% from run
+to run, and that metric moves less with other load). The exporter's CPU time during
+the run is printed too. BENCH_ONLY=a,b runs only the variants whose names contain a or b.
 """
 
 from __future__ import annotations
@@ -184,6 +188,7 @@ def main() -> None:
     if cpu_full or cpu_pinned:
         print("exporter CPU during the run (fraction of one CPU): "
               f"unpinned {' '.join(f'{x:.3f}' for x in cpu_full)}; on CPU 0 {' '.join(f'{x:.3f}' for x in cpu_pinned)}")
+
 
 if __name__ == "__main__":
     main()
