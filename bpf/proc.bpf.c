@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* bpfscope proc: a process's life: time per state, switch reasons, locks, lifecycle.
  *
- * Hooks: tp_btf sched_switch, sched_wakeup(_new), sched_process_fork/exec/exit,
+ * Hooks: tp_btf sched_switch, sched_process_fork/exec/exit,
  * lock:contention_begin/end, tracepoints syscalls:sys_enter/exit_futex, and an iter/task
  * that dumps every thread's accounting in one read.
  *
@@ -9,8 +9,9 @@
  * with the task). A thread is in one state at a time (proc.h PROC_*); every transition
  * adds the time since the last one to the state it leaves:
  *   switch-out -> runnable (preempted or still TASK_RUNNING), sleep, iowait, disk, stopped;
- *   wakeup     -> runnable (only from a sleeping state; noted, applied at switch-in);
- *   switch-in  -> running.
+ *   switch-in  -> running; a sleep ends, as runnable, when the kernel queued the thread:
+ *                 its own sched_info (run_delay, last_queued) says how long it waited for
+ *                 the CPU, so no wake-up hook runs on every wake-up of the host.
  * Only threads of the processes in `follow_bits` (the --pid tree; fork adds children, so
  * they are followed from their first instruction) have task storage in follow mode:
  * for every other task the hooks cost one bitmap test. For followed threads the
@@ -137,6 +138,14 @@ static __always_inline struct proc_task *task_of(struct task_struct *t)
 	return bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 }
 
+/* Spans do not wake the reader: it drains the ring every 100 ms (a wake-up per span cost
+ * the exporter a thread wake-up per context switch of the followed threads). Only when a
+ * quarter of the ring is full does a span wake it early. */
+static __always_inline __u64 span_wakeup(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > (2 << 20) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 start, __u64 end)
 {
 	struct proc_span *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -151,7 +160,7 @@ static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 
 	e->state = state;
 	e->start = start;
 	e->end = end;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, span_wakeup());
 }
 
 /* Close the current state (its time goes to its bucket) and begin `state` now. */
@@ -233,11 +242,34 @@ static __always_inline __u32 state_at_switch_out(struct task_struct *prev, bool 
 	return PROC_OTHER;
 }
 
+/* The clock of the run queue t is on: the clock of sched_info (last_queued, run_delay).
+ * Reached through the task (se.cfs_rq->rq is kept for every task with group scheduling):
+ * this kernel has no data symbols in kallsyms, so no `runqueues` ksym. 0 when unknown. */
+static __always_inline __u64 rq_clock_of(struct task_struct *t)
+{
+	if (!bpf_core_field_exists(t->se.cfs_rq))
+		return 0;
+	return BPF_CORE_READ(t, se.cfs_rq, rq, clock);
+}
+
+/* Time a thread switched in now spent queued for a CPU since its last switch-out: waits
+ * the kernel already added to run_delay (before a migration) plus the one in progress. */
+static __always_inline __u64 runnable_since_out(struct task_struct *t, struct proc_task *s)
+{
+	__u64 queued = t->sched_info.last_queued, clock = rq_clock_of(t), ns = 0;
+
+	if (queued && clock > queued)
+		ns = clock - queued;
+	if (s->since && t->sched_info.run_delay > s->run_delay_out)
+		ns += t->sched_info.run_delay - s->run_delay_out;
+	return ns;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u64 now = 0;
+	__u64 now = 0, queued;
 	struct proc_task *s;
 
 	if (prev->pid && (s = task_of(prev))) {
@@ -245,6 +277,7 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 
 		now = bpf_ktime_get_ns();
 		enter_state(prev, s, state, now);
+		s->run_delay_out = prev->sched_info.run_delay;
 		/* as the kernel counts nvcsw/nivcsw in __schedule */
 		if (!preempt && prev_state)
 			s->nvcsw++;
@@ -264,16 +297,16 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 		return 0;
 	if (!now)
 		now = bpf_ktime_get_ns();
-	/* a sleep closed by a wakeup: from the wakeup on, the thread was runnable */
-	if (s->woken_at) {
-		if (!s->since) {
-			s->state = PROC_RUNNABLE;
-			s->since = s->woken_at;
-		} else if (s->woken_at > s->since && s->woken_at <= now &&
-			   s->state != PROC_RUNNING && s->state != PROC_RUNNABLE) {
-			enter_state(next, s, PROC_RUNNABLE, s->woken_at);
-		}
-		s->woken_at = 0;
+	/* How long next waited for this CPU since it was queued (woken, or preempted): what
+	 * the kernel adds to its run_delay right after this tracepoint, in the run queue's
+	 * clock (already updated by this __schedule). */
+	queued = runnable_since_out(next, s);
+	if (!s->since) {			/* first sight (a new child): runnable until now */
+		s->state = PROC_RUNNABLE;
+		s->since = now - queued;
+	} else if (s->state != PROC_RUNNING && s->state != PROC_RUNNABLE && queued &&
+		   now - queued > s->since) {	/* a sleep closed by a wake-up */
+		enter_state(next, s, PROC_RUNNABLE, now - queued);
 	}
 	enter_state(next, s, PROC_RUNNING, now);
 	if (follow && s->futex_begin) {		/* a futex wait ends: the thread runs again */
@@ -303,34 +336,6 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 		}
 		s->out_ts = 0;
 	}
-	return 0;
-}
-
-static __always_inline void woken(struct task_struct *p)
-{
-	struct proc_task *s;
-
-	if (!p->pid || !(s = task_of(p)))
-		return;
-	/* a wakeup of a thread that is running or already runnable changes nothing */
-	if (s->since && (s->state == PROC_RUNNING || s->state == PROC_RUNNABLE))
-		return;
-	/* Only noted: the thread's switch-in (maybe already running on another CPU) closes
-	 * the sleep there. Writing the state here could overwrite that switch-in's RUNNING. */
-	s->woken_at = bpf_ktime_get_ns();
-}
-
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(proc_wakeup, struct task_struct *p)
-{
-	woken(p);
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(proc_wakeup_new, struct task_struct *p)
-{
-	woken(p);
 	return 0;
 }
 
@@ -367,7 +372,7 @@ int BPF_PROG(proc_fork, struct task_struct *parent, struct task_struct *child)
 	set_followed(tgid, true);
 	s = bpf_task_storage_get(&tasks, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (s)
-		s->state = PROC_RUNNABLE;	/* since stays 0 until wake_up_new_task */
+		s->state = PROC_RUNNABLE;	/* since stays 0: its first switch-in sets it */
 	e = new_event(PROC_EV_FORK, child);
 	if (!e)
 		return 0;
@@ -604,10 +609,18 @@ int proc_dump(struct bpf_iter__task *ctx)
 		row.state = s->state;
 		__builtin_memcpy(row.ns, s->ns, sizeof(row.ns));
 		if (s->since && now > s->since) {
-			__u64 split = s->woken_at > s->since && s->woken_at < now ? s->woken_at : now;
+			/* a sleeping thread already queued (woken, not on a CPU yet): runnable
+			 * since then, by its run queue's clock (up to a tick behind) */
+			__u64 queued = t->sched_info.last_queued, waiting = 0, clock;
 
-			row.ns[s->state & (PROC_NSTATES - 1)] += split - s->since;
-			row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += now - split;	/* woken, not on a CPU yet */
+			if (s->state != PROC_RUNNING && s->state != PROC_RUNNABLE && queued) {
+				clock = rq_clock_of(t);
+				waiting = clock > queued ? clock - queued : 0;
+			}
+			if (waiting > now - s->since)
+				waiting = now - s->since;
+			row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since - waiting;
+			row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += waiting;
 		}
 		row.nvcsw = s->nvcsw;
 		row.nivcsw = s->nivcsw;

@@ -19,6 +19,7 @@ import pytest
 from conftest import BPFSCOPE, REPO, run_cli
 
 from bpfscope.bpf import wait_for_links
+from bpfscope.exporters.proc import FOLLOW_PROGRAMS
 
 pytestmark = pytest.mark.bpf
 WORKLOADS = REPO / "tests/proc_workloads"
@@ -42,20 +43,22 @@ def bins(tmp_path_factory) -> dict[str, Path]:
 
 
 def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, str]]:
-    """/proc/PID/stat fields (after the comm) and /proc/PID/status once PID is a zombie."""
+    """/proc/PID/stat fields (after the comm) and /proc/PID/status once PID is a zombie;
+    status also gets "run_delay_ns", the time it waited for a CPU (/proc/PID/schedstat)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         if stat[0] == "Z":
             status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                           if ":\t" in line)
+            status["run_delay_ns"] = Path(f"/proc/{pid}/schedstat").read_text().split()[1]
             return stat, status
         time.sleep(0.02)
     raise AssertionError(f"pid {pid} did not exit in {timeout_s}s")
 
 
 def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90,
-             links: int = 8) -> tuple[list[dict], list]:
+             links: int = len(FOLLOW_PROGRAMS)) -> tuple[list[dict], list]:
     """Follow the (waiting) workloads, release them, and return bpfscope's records and each
     workload's zombie /proc truth."""
     args = [a for w in workloads for a in ("--pid", str(w.pid))]
@@ -130,6 +133,10 @@ def test_involuntary_switches_match_proc_status(bins):
         ours, kernel = proc["values"]["ivcsw"], int(status["nonvoluntary_ctxt_switches"])
         assert kernel > 50, kernel
         assert abs(ours - kernel) <= 0.05 * kernel, (ours, kernel)
+        # time waiting for the CPU (half of its life here): the kernel's own run_delay
+        runnable, run_delay = proc["values"]["runnable_ns"], int(status["run_delay_ns"])
+        assert run_delay > 0.3e9, run_delay
+        assert abs(runnable - run_delay) <= 0.05 * run_delay, (runnable, run_delay)
         preempted = sum(r["values"]["count"] for r in kinds(records, "switch_reason_summary")
                         if r["pid"] == w.pid and r["labels"]["reason"] == "preempted")
         assert preempted >= 0.9 * ours
@@ -197,12 +204,24 @@ def test_kernel_lock_contention_of_mmap_storm(bins):
 
 def test_command_is_followed_from_its_first_instruction(tmp_path):
     r = run_cli("proc", "--json", "--interval", "0.5", "--", "sh", "-c", "sleep 0.2; exit 7", timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 7, r.stderr  # the command's own exit code, as `time` and `strace` give it
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     execs = [x["values"]["filename"] for x in kinds(records, "lifecycle") if x["labels"]["event"] == "exec"]
     assert execs[0].endswith("/sh") and any(e.endswith("/sleep") for e in execs), execs
     roots = [x for x in kinds(records, "process_summary") if x["values"].get("exit_code") == 7]
     assert len(roots) == 1
+
+
+def test_command_killed_by_a_signal_exits_128_plus_signal():
+    # the command kills itself with SIGTERM (15): a shell would report 143; so does bpfscope
+    r = run_cli("proc", "--json", "--interval", "0.5", "--", "sh", "-c", "kill -TERM $$", timeout=60)
+    assert r.returncode == 128 + 15, (r.returncode, r.stderr)
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    [root] = [x for x in kinds(records, "process_summary") if x["values"].get("exec", "").endswith("/sh")]
+    assert root["labels"]["signal"] == "SIGTERM"
+    # and a command that succeeds: 0
+    r = run_cli("proc", "--json", "--interval", "0.5", "--", "true", timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def test_system_wide_table_sees_a_busy_process(bins):
@@ -233,7 +252,7 @@ def test_bad_input_is_one_line():
 
 def test_pthread_hold_times_of_the_mutex(bins):
     w = start(bins["mutex"], stdout=subprocess.PIPE)
-    records, _ = portrait([w], "--pthread", links=8 + 3)  # + the mutex uprobes (attached first)
+    records, _ = portrait([w], "--pthread", links=len(FOLLOW_PROGRAMS) + 3)  # + the mutex uprobes (attached first)
     holds = [r for r in kinds(records, "pthread_hold_summary") if r["pid"] == w.pid]
     mutex = [r for r in holds if r["labels"]["lock_type"] == "mutex" and r["values"]["count"] >= 90]
     assert len(mutex) == 2 and len({r["labels"]["addr"] for r in mutex}) == 1, holds  # both workers, one mutex

@@ -15,7 +15,7 @@ def test_processes_page_shows_a_portrait_and_the_table(chromium, collector):  # 
     url, _ = collector
     r = run_cli("proc", "--collector", url, "--quiet", "--interval", "0.5", "--",
                 "sh", "-c", "sleep 0.3; exit 5", timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 5, r.stderr  # the command's exit code
     r = run_cli("proc", "--collector", url, "--quiet", "--interval", "0.5", "--duration", "1.2", timeout=60)
     assert r.returncode == 0, r.stderr
     got = httpx.get(f"{url}/api/v1/records", params={"domain": "proc", "kind": "process_summary", "from": "-5m"}).json()

@@ -48,7 +48,7 @@ struct proc_task {
 	__u32 ulock_kind;		/* PROC_PT_* of that call */
 	__u32 out_state;		/* follow: state at the last switch-out */
 	__u32 preempt;			/* follow: the last switch-out was a preemption */
-	__u64 woken_at;			/* a wakeup of a sleeping thread, closed at its switch-in */
+	__u64 run_delay_out;		/* sched_info.run_delay at the last switch-out */
 };
 
 /* One row of the iter/task dump: a thread with its accounting so far. */

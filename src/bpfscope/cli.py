@@ -63,7 +63,9 @@ def _run_exporter(exporter, interval, duration, as_json, collector, metrics_port
     loop = ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json,
                         collector_url=collector, metrics_addr=f"{metrics_host}:{metrics_port}" if metrics_port else None,
                         view=not quiet)
-    loop.run()
+    code = loop.run()
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

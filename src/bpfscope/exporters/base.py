@@ -58,6 +58,11 @@ class Exporter:
         """Records that summarise the whole run, emitted once at the end (most: none)."""
         return []
 
+    def exit_code(self) -> int:
+        """The status the command exits with once closed (an exporter that ran a command:
+        the command's, as `time` and `strace` do)."""
+        return 0
+
 
 class Sender:
     """Sends records to the collector from a thread. offer() never blocks: when the
@@ -274,4 +279,4 @@ class ExporterLoop:
                     self._emit(final, None)
             if self.sender:
                 self.sender.close()
-        return 0
+        return self.exporter.exit_code()

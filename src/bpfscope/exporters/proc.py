@@ -37,8 +37,8 @@ SORT_KEYS = {"cpu": "running_ns", "runq": "runnable_ns", "vcsw": "vcsw", "ivcsw"
 # system-wide: the kernel's own counters are read by the iterator; only waits are hooked
 TOP_PROGRAMS = ("proc_lock_begin", "proc_lock_end")
 FUTEX_PROGRAMS = ("proc_futex_enter", "proc_futex_exit")
-FOLLOW_PROGRAMS = ("proc_switch", "proc_wakeup", "proc_wakeup_new", "proc_fork", "proc_exec", "proc_exit",
-                   "proc_lock_begin", "proc_lock_end")
+# follow: one scheduler hook (sched_switch); wake-ups are read from the kernel's sched_info
+FOLLOW_PROGRAMS = ("proc_switch", "proc_fork", "proc_exec", "proc_exit", "proc_lock_begin", "proc_lock_end")
 
 
 def open_object(follow: bool, timeline: bool = True, stacks: bool = True, futex: bool = True,

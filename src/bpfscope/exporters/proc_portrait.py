@@ -264,8 +264,11 @@ class ProcPortrait(Exporter):
         return w
 
     def _poll(self) -> None:
+        # Spans do not wake this thread (the kernel submits them with BPF_RB_NO_WAKEUP);
+        # lifecycle events do. Every 100 ms at most, whatever is there is drained.
         while not self._rb_stop.is_set():
             self._rb.poll(100)
+            self._rb.consume()
 
     def _on_event(self, raw: bytes) -> None:
         etype = int.from_bytes(raw[:4], "little")
@@ -680,6 +683,14 @@ class ProcPortrait(Exporter):
         for (comm, lt), ns in waits.items():
             w.add_metric([comm, lt], ns / 1e9)
         yield w
+
+    def exit_code(self) -> int:
+        """-- COMMAND: the command's exit status, 128 + N when signal N killed it (as a shell
+        reports it); 0 when following --pid processes (not our children)."""
+        if self.child is None or self.child.returncode is None:
+            return 0
+        rc = self.child.returncode
+        return rc if rc >= 0 else 128 - rc
 
     def close(self) -> None:
         self._rb_stop.set()
