@@ -56,3 +56,37 @@ def world_dir():
             if mp.startswith(d + "/"):
                 umount(mp)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def busy_mount(max_s: float = 300):
+    """A `plain` mount of a fresh directory and a thread that stats, reads and misses (ENOENT) its files
+    until the block ends (at most max_s): FUSE requests of several opcodes, errors among them.
+    Yields the mount point."""
+    import threading
+
+    with world_dir() as d:
+        src, mnt = os.path.join(d, "src"), os.path.join(d, "mnt")
+        os.mkdir(src), os.mkdir(mnt)
+        for i in range(20):
+            with open(os.path.join(src, f"f{i}"), "wb") as f:
+                f.write(b"x" * 4096)
+        with mounted(src, mnt, "plain"):
+            stop = threading.Event()
+
+            def work():
+                end = time.monotonic() + max_s
+                while not stop.is_set() and time.monotonic() < end:
+                    for i in range(20):
+                        with open(os.path.join(mnt, f"f{i}"), "rb") as f:
+                            f.read()
+                        os.path.exists(os.path.join(mnt, f"missing{i}"))
+                    stop.wait(0.05)
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            try:
+                yield mnt
+            finally:
+                stop.set()
+                worker.join(30)

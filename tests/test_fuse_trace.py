@@ -89,3 +89,35 @@ def test_trace_cli_json_has_the_mount_and_opcodes(tmp_path):
     assert len(lookup) == 1, (out, err)
     assert lookup[0]["labels"]["mount"] == str(mnt) and lookup[0]["values"]["count"] == 20
     assert lookup[0]["domain"] == "fuse" and lookup[0]["kind"] == "fuse_op"
+
+
+def test_plain_small_file_read_is_lookup_open_read_flush_release(stats, tmp_path):
+    """plain asks the server for every operation, and only once: the attributes a LOOKUP returns
+    serve that open's permission check and its reads' size checks (before: 4 GETATTR per file)."""
+    from bpfscope.fuse import protocol as P
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    (src / "d").mkdir(parents=True), mnt.mkdir()
+    for i in range(100):
+        (src / "d" / f"f{i}").write_bytes(b"y" * 4096)
+
+    def read100():
+        dfd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+        for i in range(100):
+            fd = os.open(f"f{i}", os.O_RDONLY, dir_fd=dfd)
+            while os.read(fd, 65536):
+                pass
+            os.close(fd)
+        os.close(dfd)
+
+    with mounted(str(src), str(mnt), "plain"):
+        conn = connection_of(str(mnt))
+        read100()  # the first pass looks the directory up; the second one is measured
+        got = _workload_counts(stats, conn, read100)
+        again = _workload_counts(stats, conn, read100)
+    for counts in (got, again):
+        assert counts[P.LOOKUP]["count"] == 100 + 1  # + the directory, opened by its path
+        for op in (P.OPEN, P.READ, P.FLUSH, P.RELEASE):
+            assert counts[op]["count"] == 100, (op, counts[op]["count"])
+        assert counts[P.READ]["reply_bytes"] == 100 * (16 + 4096)  # the page cache was dropped at each open
+        # the directory's attributes, at most once per kernel tick (4 ms at HZ=250)
+        assert counts.get(P.GETATTR, {"count": 0})["count"] < 100

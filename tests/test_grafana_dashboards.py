@@ -87,15 +87,23 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 def _records_from_the_sys_exporter(url: str) -> None:
-    """Real records: the sys, net and stack cpu exporters for 4 s, with a few short TCP connections."""
-    import socket
+    """Real records: the sys, net, proc, stack cpu and fuse trace exporters for 4 s, with a few short TCP
+    connections and a busy FUSE mount."""
+    from fuse_helpers import busy_mount
 
     from bpfscope.hostenv import ensure_mounts
 
     ensure_mounts()
+    with busy_mount():
+        _run_exporters(url)
+
+
+def _run_exporters(url: str) -> None:
+    import socket
+
     procs = [subprocess.Popen(BPFSCOPE + [*domain, "--collector", url, "--interval", "1", "--duration", "4",
                                           "--quiet"], stderr=subprocess.PIPE, text=True)
-             for domain in (["sys"], ["net"], ["proc"], ["stack", "cpu", "--freq", "199"])]
+             for domain in (["sys"], ["net"], ["proc"], ["stack", "cpu", "--freq", "199"], ["fuse", "trace"])]
     # a portrait (bpfscope proc -- COMMAND): summaries and thread state spans
     procs.append(subprocess.Popen(BPFSCOPE + ["proc", "--collector", url, "--interval", "0.5", "--quiet", "--",
                                               "sh", "-c", "sleep 0.3; exit 5"], stderr=subprocess.PIPE, text=True))
@@ -125,6 +133,11 @@ def _records_posted(url: str) -> None:
                            labels={"syscall": ("read", "write", "futex")[i % 3]},
                            values={"count": 10 * i + 1, "rate_per_s": float(10 * i + 1)})
                for i in range(60)]
+    records += [make_record("fuse", "fuse_op", ts=now - i * 1_000_000_000,
+                            labels={"mount": "/mnt/fuse", "connection": "42", "opcode": ("LOOKUP", "READ")[i % 2]},
+                            values={"count": 100 + i, "errors": i % 3, "request_bytes": 4000, "reply_bytes": 9000,
+                                    "rate_per_s": 100.0 + i, "avg_us": 25.0, "p50_us": 16.384, "p99_us": 65.536})
+                for i in range(20)]
     assert httpx.post(url + "/api/v1/records", json=records, timeout=30).status_code == 200
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 from conftest import BPFSCOPE, REPO, free_port
+from fuse_helpers import busy_mount
 
 from bpfscope.dashboards import generate
 from bpfscope.dashboards.common import promql_expressions
@@ -62,7 +63,7 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-DOMAINS = ("sys", "net", "proc", "stack")  # the exporters whose metrics the dashboards use
+DOMAINS = ("sys", "net", "proc", "stack", "fuse")  # the exporters whose metrics the dashboards use
 
 
 def _churn(seconds: float) -> None:
@@ -101,6 +102,12 @@ def _metrics_port() -> int:
 
 @pytest.fixture
 def prometheus_url(tmp_path):
+    # A busy FUSE mount the whole time: `fuse trace` under `up` counts its requests.
+    with busy_mount():
+        yield from _up_and_prometheus(tmp_path)
+
+
+def _up_and_prometheus(tmp_path):
     collector_port, exporter_port, prom_port = free_port(), _metrics_port(), free_port()
     procs = []
     try:

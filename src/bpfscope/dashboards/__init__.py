@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import network, overview, process, stack, system
+from . import fuse, network, overview, process, stack, system
 from .common import render
 
-DASHBOARDS = (overview, system, network, stack, process)  # overview first: it is Grafana's home dashboard
+DASHBOARDS = (overview, system, network, stack, process, fuse)  # overview first: it is Grafana's home dashboard
 
 
 def generate() -> dict[str, dict]:

@@ -68,6 +68,13 @@ class Node:
         self.key = key    # (st_dev, st_ino) of the source file
 
 
+def _split(seconds: float) -> tuple[int, int]:
+    """Seconds as the (sec, nsec) pair of a FUSE reply; a positive value never rounds to 0."""
+    sec = int(seconds)
+    nsec = round((seconds - sec) * 1e9)
+    return sec, max(nsec, 1) if seconds > 0 and not sec else nsec
+
+
 def _dtype(mode: int) -> int:
     return stat.S_IFMT(mode) >> 12
 
@@ -91,8 +98,8 @@ class Server:
         self.fh_node: dict[int, int] = {}   # file handle (fd) in passthrough -> node id
         self.passthrough = False
         self.no_open = False
-        self.valid = int(mode.timeout)
-        self.valid_ns = int((mode.timeout - int(mode.timeout)) * 1e9)
+        self.valid, self.valid_ns = _split(mode.timeout)            # entries
+        self.attr_valid, self.attr_valid_ns = _split(mode.attr_valid)  # attributes
         self.stopping = False
         self.watcher = None
         if mode.watch:
@@ -270,10 +277,11 @@ class Server:
     def _entry(self, path: str) -> bytes:
         st = os.lstat(path)
         nid = self._remember(path, st)
-        return P.ENTRY_OUT.pack(nid, 0, self.valid, self.valid, self.valid_ns, self.valid_ns, *self._attr(st))
+        return P.ENTRY_OUT.pack(nid, 0, self.valid, self.attr_valid, self.valid_ns, self.attr_valid_ns,
+                                *self._attr(st))
 
     def _attr_out(self, st: os.stat_result) -> bytes:
-        return P.ATTR_OUT.pack(self.valid, self.valid_ns, 0, *self._attr(st))
+        return P.ATTR_OUT.pack(self.attr_valid, self.attr_valid_ns, 0, *self._attr(st))
 
     def _stat_node(self, nodeid: int) -> os.stat_result:
         node = self._node(nodeid)

@@ -22,5 +22,6 @@ import flame from "./page-flame.js";
 import timeline from "./page-timeline.js";
 import net from "./page-net.js";
 import proc from "./page-proc.js";
+import fuse from "./page-fuse.js";
 
-export const PAGES = [overview, records, charts, flame, timeline, net, proc];
+export const PAGES = [overview, records, charts, flame, timeline, net, proc, fuse];
