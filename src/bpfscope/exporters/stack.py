@@ -41,7 +41,9 @@ from .base import Exporter
 STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of stack.h
 EEXIST, ENOMEM, EFAULT = 17, 12, 14
 LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
-STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS = range(6)
+(STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS,
+ STAT_USER_UNVERIFIED) = range(7)
+STAT_N = 7  # stack.h
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class StackExporter(Exporter):
         self.obj: BpfObject | None = None
         self._ips: dict[int, tuple[int, ...]] = {}  # stack id -> ips (leaf first)
         self._kframes: dict[int, list[str]] = {}  # kernel stack id -> frames (root first)
-        self._stats = [0] * 6
+        self._stats = [0] * STAT_N
         self.totals: Counter[str] = Counter()  # per comm, weight (bounded by --top at export)
         self.stacks_cleared = 0
 
@@ -348,7 +350,7 @@ class StackExporter(Exporter):
 
     def _read_stats(self) -> list[int]:
         m = self.obj.maps["stats"]
-        return [sum(m.cpu_values(m.lookup(i))) for i in range(6)]
+        return [sum(m.cpu_values(m.lookup(i))) for i in range(STAT_N)]
 
     # ---- interval -----------------------------------------------------------------------------
     def collect(self, elapsed_s: float) -> list[dict]:
