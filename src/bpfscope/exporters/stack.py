@@ -15,7 +15,7 @@ the stack ids name entries of a BPF_MAP_TYPE_STACK_TRACE map that are read once 
 cached here (ids are stable until the map is cleared, see _maybe_clear_stacks).
 
 Records: kinds cpu_stack {count}, offcpu_stack {ns, count; label state}, alloc_stack
-{outstanding_bytes, outstanding_count}, io_stack {bytes, count; label direction},
+{outstanding_bytes, outstanding_count; label space: user or kernel}, io_stack {bytes, count; label direction},
 load_stack {count; label load}, block_stack {ns, count, bytes; label op}, one per (task, stack) per interval, with the
 symbolised stack root first (user frames, then kernel frames suffixed `_[k]`) and the
 cgroup path as a label. docs/design/stack-attribution.md explains the attribution.
@@ -387,8 +387,7 @@ class StackExporter(Exporter):
                     continue
                 if self.sample_every > 1:
                     labels["sample_every"] = str(self.sample_every)
-                if self.kernel_mem:
-                    labels["space"] = "kernel"
+                labels["space"] = "kernel" if self.kernel_mem else "user"  # two exporters, one kind
                 values = {"outstanding_bytes": nbytes * self.sample_every,
                           "outstanding_count": count * self.sample_every}
             elif self.mode.name == "load":
@@ -479,7 +478,9 @@ class StackExporter(Exporter):
         yield c
         for name, idx, help_ in (("stack_errors", STAT_STACK_ERRORS, "Stacks the kernel could not store"),
                                  ("map_full_events", STAT_MAP_FULL, "Samples not counted because the map was full"),
-                                 ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)")):
+                                 ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)"),
+                                 ("user_unverified", STAT_USER_UNVERIFIED,
+                                  "offcpu: counted blocks whose user stack was reused on the registers alone")):
             m = CounterMetricFamily(f"bpfscope_stack_{name}", help_, labels=["mode"])
             m.add_metric([self.mode.name], self._stats[idx])
             yield m
