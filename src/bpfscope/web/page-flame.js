@@ -11,21 +11,21 @@ const TOP_FRAMES = 15;
 // drawn from the newest read in the range (latest), never summed over reads; user-space
 // and kernel allocations are the same kind, told apart by the label space.
 export const KINDS = [
-  { id: "cpu_stack", title: "on-CPU samples (cpu)", field: "count", unit: "count" },
-  { id: "offcpu_stack", title: "off-CPU time (offcpu)", field: "ns", unit: "ns" },
-  { id: "alloc_stack", title: "outstanding libc allocations (mem)", field: "outstanding_bytes", unit: "bytes",
+  { id: "cpu_stack", title: "cpu · on-CPU samples", field: "count", unit: "count" },
+  { id: "offcpu_stack", title: "offcpu · off-CPU time", field: "ns", unit: "ns" },
+  { id: "alloc_stack", title: "mem · outstanding libc allocations", field: "outstanding_bytes", unit: "bytes",
     label: "space:user", latest: true },
-  { id: "alloc_stack:kernel", kind: "alloc_stack", title: "outstanding kernel allocations (mem --kernel)",
+  { id: "alloc_stack:kernel", kind: "alloc_stack", title: "mem --kernel · outstanding kernel allocations",
     field: "outstanding_bytes", unit: "bytes", label: "space:kernel", latest: true },
-  { id: "io_stack", title: "bytes read and written (io)", field: "bytes", unit: "bytes" },
-  { id: "block_stack", title: "block-device request time (block)", field: "ns", unit: "ns" },
-  { id: "load_stack", title: "on-CPU samples under load (load)", field: "count", unit: "count" },
+  { id: "io_stack", title: "io · bytes read and written", field: "bytes", unit: "bytes" },
+  { id: "block_stack", title: "block · block-device request time", field: "ns", unit: "ns" },
+  { id: "load_stack", title: "load · on-CPU samples under load", field: "count", unit: "count" },
 ];
 
 // A value of `field` as text: durations for nanoseconds, SI bytes, plain numbers otherwise.
 export function formatter(field) {
-  if (field === "ns" || field.endsWith("_ns")) return (v) => fmtDuration(v / 1e9);
-  if (field === "bytes" || field.endsWith("_bytes")) return (v) => `${fmtSI(v)}B`;
+  if (field === "ns" || field.endsWith("_ns")) return (v) => (v ? fmtDuration(v / 1e9) : "0");
+  if (field === "bytes" || field.endsWith("_bytes")) return (v) => (v ? `${fmtSI(v)}B` : "0");
   return (v) => fmtNum(v);
 }
 
