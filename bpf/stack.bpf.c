@@ -256,13 +256,14 @@ static __always_inline bool frame_record(__u64 addr, __u64 sp)
  * read ~70 ns (bpf_probe_read_user: access checks, SMAP, speculation barriers), which at
  * ~10^5 switches/s is most of the program. So the id of one of the task's last two walks
  * is reused when its user ip, bp and sp (registers: plain loads) are the same; the two
- * innermost frame records ([bp], [bp+8], [[bp]], [[bp]+8]: two reads) are compared as
- * well only at a site whose last block was counted (`verify`, set at switch-in). A
- * frame-pointer walk is a function of ip, bp and the chain of records, so a verified
- * reuse is exact up to a difference 3 or more frames above the leaf; an unverified one up
- * to a difference 1 or more frames above it with ip, bp and sp equal (the same code at the
- * same stack depth reached from another caller), and only for the first counted block
- * after uncounted ones at that site (STAT_USER_UNVERIFIED counts them). */
+ * innermost frame records ([bp], [bp+8], [[bp]], [[bp]+8]: two reads) are compared as well
+ * unless that walk is the only one with these registers and it has gone OFFCPU_VERIFY
+ * blocks without a counted one (a hot site of short blocks reads nothing). A frame-pointer
+ * walk is a function of ip, bp and the chain of records, so a verified reuse is exact up
+ * to a difference 3 or more frames above the leaf; an unverified one up to a difference 1
+ * or more frames above it with ip, bp and sp equal (the same code at the same stack depth
+ * reached from another caller), and only for the first counted block after 16 uncounted
+ * ones at that site (STAT_USER_UNVERIFIED counts them). */
 static __always_inline void read_records(__u64 *recs, __u64 bp, __u64 sp)
 {
 	/* only where a record can be: a faulting user read costs ~1 us (code without
@@ -280,7 +281,7 @@ static __always_inline __s32 offcpu_user_id(void *ctx, struct task_struct *prev,
 	__u64 ip, bp, sp, recs[OFFCPU_RECS] = {};
 	__u32 zero = 0, gen = 1, *g;
 	bool read = false;
-	int i, w;
+	int i, w, match = -1, matches = 0;
 
 	s->slot = OFFCPU_NO_SLOT;
 	s->unverified = 0;
@@ -301,26 +302,35 @@ static __always_inline __s32 offcpu_user_id(void *ctx, struct task_struct *prev,
 		gen = *g + 1;	/* 0 in a walk slot: empty */
 	for (w = 0; w < OFFCPU_WALKS; w++) {
 		struct offcpu_walk *walk = &s->walks[w];
-		bool same = true;
 
-		if (walk->gen != gen || walk->user_stack_id < 0 || walk->regs[0] != ip || walk->regs[1] != bp ||
-		    walk->regs[2] != sp)
-			continue;
-		if (walk->verify) {
-			if (!read)
-				read_records(recs, bp, sp);
-			read = true;
+		if (walk->gen == gen && walk->user_stack_id >= 0 && walk->regs[0] == ip && walk->regs[1] == bp &&
+		    walk->regs[2] == sp) {
+			if (match < 0)
+				match = w;
+			matches++;
+		}
+	}
+	if (matches == 1 && match >= 0 && match < OFFCPU_WALKS && !s->walks[match].verify) {
+		s->slot = match;
+		s->unverified = 1;
+		return s->walks[match].user_stack_id;
+	}
+	if (matches) {	/* verify, or tell apart two walks with the same registers */
+		read_records(recs, bp, sp);
+		read = true;
+		for (w = 0; w < OFFCPU_WALKS; w++) {
+			struct offcpu_walk *walk = &s->walks[w];
+			bool same = walk->gen == gen && walk->user_stack_id >= 0 && walk->regs[0] == ip &&
+				    walk->regs[1] == bp && walk->regs[2] == sp;
+
 			for (i = 0; i < OFFCPU_RECS; i++)
 				if (walk->recs[i] != recs[i])
 					same = false;
-		} else {
-			s->unverified = 1;
+			if (same) {
+				s->slot = w;
+				return walk->user_stack_id;
+			}
 		}
-		if (same) {
-			s->slot = w;
-			return walk->user_stack_id;
-		}
-		s->unverified = 0;
 	}
 	if (!read)
 		read_records(recs, bp, sp);
@@ -335,7 +345,7 @@ static __always_inline __s32 offcpu_user_id(void *ctx, struct task_struct *prev,
 		walk->regs[2] = sp;
 		__builtin_memcpy(walk->recs, recs, sizeof(recs));
 		walk->gen = gen;
-		walk->verify = 1;	/* a new site: verified until a block there is not counted */
+		walk->verify = OFFCPU_VERIFY;	/* a new site: verified for a while */
 		walk->user_stack_id = stack_id(ctx, true, BPF_F_USER_STACK);
 		s->slot = w;
 		return walk->user_stack_id;
@@ -432,9 +442,15 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 		bool counted = delta >= min_block_ns && delta <= max_block_ns;
 		__u32 slot = s->slot;
 
-		/* the next switch-out at this site reads the frame records only if this counted */
-		if (slot < OFFCPU_WALKS && s->walks[slot].verify != counted)
-			s->walks[slot].verify = counted;
+		/* a counted block makes the next reuses at this site read the frame records */
+		if (slot < OFFCPU_WALKS) {
+			struct offcpu_walk *walk = &s->walks[slot];
+
+			if (counted && walk->verify != OFFCPU_VERIFY)
+				walk->verify = OFFCPU_VERIFY;
+			else if (!counted && walk->verify)
+				walk->verify--;
+		}
 		if (counted) {
 			struct stack_key key = {};
 

@@ -44,19 +44,21 @@ struct alloc_info {
  * switch-out: the time, the state and the user stack id. The id comes from one of the
  * task's last two walks (a task often switches out at two sites in turn: preempted by the
  * task it woke, then blocked waiting for it) whose user ip, bp and sp (registers, no
- * memory read) are the same; at a site whose last block was counted (`verify`) the two
- * innermost frame records are read and compared too. A site with no such walk is walked.
- * The kernel stack is taken at switch-in, and only for a counted block. */
+ * memory read) are the same; the two innermost frame records are read and compared too
+ * unless exactly one walk has these registers and its last OFFCPU_VERIFY blocks were not
+ * counted (`verify` counts down). A site with no such walk is walked. The kernel stack is
+ * taken at switch-in, and only for a counted block. */
 #define OFFCPU_REGS 3			/* user ip, bp, sp */
 #define OFFCPU_RECS 4			/* [bp], [bp+8], [[bp]], [[bp]+8] */
 #define OFFCPU_WALKS 2
+#define OFFCPU_VERIFY 16		/* a walk, or a counted block, verifies the next 16 reuses */
 #define OFFCPU_NO_SLOT 0xff		/* the switch-out used no walk slot (kthread, no user stacks) */
 struct offcpu_walk {
 	__u64 regs[OFFCPU_REGS];	/* the user registers the walk started from */
 	__u64 recs[OFFCPU_RECS];	/* and the frame records */
 	__s32 user_stack_id;
 	__u32 gen;			/* stack map generation + 1 of the id (0: empty) */
-	__u8 verify;			/* the last block at this site counted: read the records */
+	__u8 verify;			/* reuses left that read the records (see above) */
 	__u8 _pad[7];
 };
 
