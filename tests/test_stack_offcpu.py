@@ -58,10 +58,11 @@ def run_offcpu(sleep_loop: Path, count: int, ms: int, extra: list[str] = (),
     return records, work.pid, cgroup
 
 
-# LOST_IN_READ: `counts` is read with one lookup-and-delete batch per interval while the
-# program adds to its values in place; an add that lands between the batch's copy of a row
-# and its delete is lost. Seen as 39 of 40 blocks in about one run in eight, on main before
-# the offcpu changes of 2026-11-28 too. A double-buffered map would close it.
+# LOST_BLOCK: in about one run in eight, one block (rarely two) of the 160 is not counted:
+# its switch-out is recorded (user walk, no task-storage failure, no recursion miss) but no
+# count follows. Seen with main's program too (bpf_ktime_get_ns clock), and with a single
+# read of the counts at exit, so neither the run-queue clock nor the interval read is the
+# cause; not found yet (2026-11-28).
 
 
 def _nanosleep(records: list[dict], pid: int) -> list[dict]:
@@ -177,7 +178,7 @@ def test_blocks_at_four_sites_in_turn_are_each_on_their_own_stack(tmp_path):
         hits = [r for r in records if r["pid"] == work.pid and site in r["stack"] and r["labels"]["state"] == "sleep"]
         count = sum(r["values"]["count"] for r in hits)
         mean_ms = sum(r["values"]["ns"] for r in hits) / max(count, 1) / 1e6
-        # one block in a run may be lost to the interval read (LOST_IN_READ)
+        # one block in a run may be lost (LOST_BLOCK)
         assert rounds - 1 <= count <= rounds, f"{site}: {count} blocks, {err}"
         assert ms <= mean_ms < ms + 0.5, f"{site}: {mean_ms:.3f} ms per block, expected {ms}"
         others = {"site_a", "site_b", "site_c", "site_d"} - {site}
@@ -212,7 +213,7 @@ def test_short_blocks_at_one_site_do_not_take_the_long_blocks_of_its_twin(tmp_pa
     for site, ms in (("site_b", 2), ("site_c", 3), ("site_d", 4)):
         hits = [r for r in mine if site in r["stack"]]
         count = sum(r["values"]["count"] for r in hits)
-        assert rounds - 1 <= count <= rounds, f"{site}: {count} blocks, {err}"  # LOST_IN_READ
+        assert rounds - 1 <= count <= rounds, f"{site}: {count} blocks, {err}"  # LOST_BLOCK
         assert ms <= sum(r["values"]["ns"] for r in hits) / count / 1e6 < ms + 0.5
     # site_a's own 1 ms blocks stay uncounted (but for a rare one stretched past 1.5 ms)
     on_a = [r for r in mine if "site_a" in r["stack"]]
