@@ -9,7 +9,8 @@
  *         At switch-out (current == prev): the time (the run queue's clock, three loads),
  *         the state and the user stack id into prev's task storage (`starts`); the id is
  *         reused from the task's walk at the same user ip/bp/sp, reading two user frame
- *         records to confirm it only at sites whose last block counted. At switch-in of
+ *         records to confirm it only near a walk or a counted block there, or when two
+ *         walks share the registers. At switch-in of
  *         next: the blocked time; only a block >= min_block_ns takes the kernel stack
  *         (bpf_get_task_stack: next still waits in the scheduler), comm and cgroup, and
  *         updates the hash. A short block costs the hook, two task-storage lookups and a
