@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,10 @@ def main() -> None:
         s = max(runs[freq])
         print(f"  {f'bpfscope stack cpu --freq {freq}':34s} {s:10.0f} rounds/s  speed {s / b:.3f}x  "
               f"({samples[freq] / ROUNDS:,.0f} samples of the workload per run)")
+    for freq in TARGETS:  # each round against that round's baseline
+        ratios = [s / b0 for s, b0 in zip(runs[freq], base)]
+        print(f"  --freq {freq}: per-round ratios {' '.join(f'{x:.3f}' for x in ratios)} "
+              f"(median {statistics.median(ratios):.3f})")
     for freq, target in TARGETS.items():
         print(f"RATIO stack_cpu_{freq}hz/baseline speed = {max(runs[freq]) / b:.3f} (target {target})")
 

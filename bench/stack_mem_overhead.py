@@ -54,14 +54,17 @@ def main() -> None:
         prog = Path(d) / "alloc_loop"
         subprocess.run(["cc", "-O2", "-fno-omit-frame-pointer", "-o", str(prog),
                         str(REPO / "bench/workloads/alloc_loop.c")], check=True)
-        best = {k: float("inf") for k in variants}
+        runs: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(ROUNDS):
             for name, n in variants.items():
-                best[name] = min(best[name], run(prog, n))
+                runs[name].append(run(prog, n))
+    best = {k: min(v) for k, v in runs.items()}
     b = best["nothing attached"]
     print(f"alloc_loop, {CALLS:,} x (malloc + free), best of {ROUNDS} interleaved rounds")
     for name, ns in best.items():
-        print(f"  {name:32s} {ns:9.1f} ns per malloc+free  speed {b / ns:.3f}x")
+        ratios = [base / x for x, base in zip(runs[name], runs["nothing attached"])]
+        print(f"  {name:32s} {ns:9.1f} ns per malloc+free  speed {b / ns:.3f}x  "
+              f"per round {' '.join(f'{r:.4f}' for r in ratios)}")
     print(f"RATIO stack_mem_sample1/baseline speed = {b / best['stack mem --sample-every 1']:.3f}")
     print(f"RATIO stack_mem_sample100/baseline speed = {b / best['stack mem --sample-every 100']:.3f} (target 0.80)")
 

@@ -5,14 +5,17 @@
  *         one bpf_get_stackid() for the kernel and one for the user stack of whatever
  *         runs there, then one hash update. 49 Hz x 2 CPUs is ~100 samples/s: nothing.
  * offcpu: tp_btf/sched_switch alone, at the context-switch rate (up to ~10^5/s on a busy
- *         host). At switch-out (current == prev): the time and state go into prev's task
- *         storage (`starts`), and its user stack id: walked only when the user registers
- *         or the two innermost frame records differ from the last two walks of the task.
- *         At switch-in of next: the blocked time; only a block >= min_block_ns takes the
- *         kernel stack (bpf_get_task_stack: next still waits in the scheduler), comm and
- *         cgroup, and updates the hash. A short block costs the hook and a few loads
- *         (~0.35 us on the dev VM; a kernel walk is ~2.2 us, a user walk ~0.9 us):
- *         bench/stack_offcpu_overhead.py.
+ *         host); no second hook (a wake-up needs no record: the switch-in ends the block).
+ *         At switch-out (current == prev): the time (the run queue's clock, three loads),
+ *         the state and the user stack id into prev's task storage (`starts`); the id is
+ *         reused from the task's walk at the same user ip/bp/sp, reading two user frame
+ *         records to confirm it only near a walk or a counted block there, or when two
+ *         walks share the registers. At switch-in of
+ *         next: the blocked time; only a block >= min_block_ns takes the kernel stack
+ *         (bpf_get_task_stack: next still waits in the scheduler), comm and cgroup, and
+ *         updates the hash. A short block costs the hook, two task-storage lookups and a
+ *         few loads (~100 ns over an empty program on the dev VM; a user read ~70 ns, a
+ *         kernel walk ~2.2 us, a user walk ~0.9 us): bench/stack_offcpu_overhead.py.
  *
  * Stacks are interned in a BPF_MAP_TYPE_STACK_TRACE map (no BPF_F_REUSE_STACKID: an
  * id, once given, keeps naming the same stack until user space clears the map, so a
@@ -250,62 +253,102 @@ static __always_inline bool frame_record(__u64 addr, __u64 sp)
 	return !(addr & 7) && addr >= sp && addr - sp < (8 << 20);
 }
 
-/* The user stack of prev (current) at switch-out. A walk (~1 us) happens only when the
- * user registers (ip, frame pointer) or the two innermost frame records differ from
- * those of the last walk of this task; else that walk's id is reused. A frame-pointer
- * walk is a function of ip, bp and the chain of frame records, so the reuse is exact
- * up to a difference 3 or more frames above the leaf with all of these equal (the same
- * code at the same stack addresses reached from different outer callers). */
+/* The user stack id of prev (current) at switch-out. A walk costs ~1 us; a user memory
+ * read ~70 ns (bpf_probe_read_user: access checks, SMAP, speculation barriers), which at
+ * ~10^5 switches/s is most of the program. So the id of one of the task's last two walks
+ * is reused when its user ip, bp and sp (registers: plain loads) are the same; the two
+ * innermost frame records ([bp], [bp+8], [[bp]], [[bp]+8]: two reads) are compared as well
+ * unless that walk is the only one with these registers and it has gone OFFCPU_VERIFY
+ * blocks without a counted one (a hot site of short blocks reads nothing). A frame-pointer
+ * walk is a function of ip, bp and the chain of records, so a verified reuse is exact up
+ * to a difference 3 or more frames above the leaf; an unverified one up to a difference 1
+ * or more frames above it with ip, bp and sp equal (the same code at the same stack depth
+ * reached from another caller), and only for the first counted block after 16 uncounted
+ * ones at that site (STAT_USER_UNVERIFIED counts them). */
+static __always_inline void read_records(__u64 *recs, __u64 bp, __u64 sp)
+{
+	/* only where a record can be: a faulting user read costs ~1 us (code without
+	 * frame pointers leaves anything in bp) */
+	if (frame_record(bp, sp)) {
+		bpf_probe_read_user(&recs[0], 16, (void *)bp);
+		if (recs[0] > bp && frame_record(recs[0], sp))
+			bpf_probe_read_user(&recs[2], 16, (void *)recs[0]);
+	}
+}
+
 static __always_inline __s32 offcpu_user_id(void *ctx, struct task_struct *prev, struct offcpu_start *s)
 {
 	struct pt_regs *regs;
-	__u64 fp[OFFCPU_FP_WORDS] = {};
+	__u64 ip, bp, sp, recs[OFFCPU_RECS] = {};
 	__u32 zero = 0, gen = 1, *g;
-	__u64 sp;
-	bool same;
-	int i, w;
+	bool read = false;
+	int i, w, match = -1, matches = 0;
 
+	s->slot = OFFCPU_NO_SLOT;
+	s->unverified = 0;
 	if (prev->flags & PF_KTHREAD)
 		return -EFAULT;
 	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
 #if defined(__TARGET_ARCH_x86)
-	fp[0] = regs->ip;	/* BTF loads: no helper call */
-	fp[1] = regs->bp;
+	ip = regs->ip;	/* BTF loads: no helper call */
+	bp = regs->bp;
 	sp = regs->sp;
 #else
-	fp[0] = PT_REGS_IP_CORE(regs);
-	fp[1] = PT_REGS_FP_CORE(regs);
+	ip = PT_REGS_IP_CORE(regs);
+	bp = PT_REGS_FP_CORE(regs);
 	sp = PT_REGS_SP_CORE(regs);
 #endif
-	/* read a frame record only where one can be: a faulting user read costs ~1 us
-	 * (code without frame pointers leaves anything in bp) */
-	if (frame_record(fp[1], sp)) {
-		bpf_probe_read_user(&fp[2], 16, (void *)fp[1]);
-		if (fp[2] > fp[1] && frame_record(fp[2], sp))
-			bpf_probe_read_user(&fp[4], 16, (void *)fp[2]);
-	}
 	g = bpf_map_lookup_elem(&stack_gen, &zero);
 	if (g)
 		gen = *g + 1;	/* 0 in a walk slot: empty */
 	for (w = 0; w < OFFCPU_WALKS; w++) {
 		struct offcpu_walk *walk = &s->walks[w];
 
-		same = walk->gen == gen && walk->user_stack_id >= 0;
-		for (i = 0; i < OFFCPU_FP_WORDS; i++)
-			if (walk->fp[i] != fp[i])
-				same = false;
-		if (same)
-			return walk->user_stack_id;
+		if (walk->gen == gen && walk->user_stack_id >= 0 && walk->regs[0] == ip && walk->regs[1] == bp &&
+		    walk->regs[2] == sp) {
+			if (match < 0)
+				match = w;
+			matches++;
+		}
 	}
+	if (matches == 1 && match >= 0 && match < OFFCPU_WALKS && !s->walks[match].verify) {
+		s->slot = match;
+		s->unverified = 1;
+		return s->walks[match].user_stack_id;
+	}
+	if (matches) {	/* verify, or tell apart two walks with the same registers */
+		read_records(recs, bp, sp);
+		read = true;
+		for (w = 0; w < OFFCPU_WALKS; w++) {
+			struct offcpu_walk *walk = &s->walks[w];
+			bool same = walk->gen == gen && walk->user_stack_id >= 0 && walk->regs[0] == ip &&
+				    walk->regs[1] == bp && walk->regs[2] == sp;
+
+			for (i = 0; i < OFFCPU_RECS; i++)
+				if (walk->recs[i] != recs[i])
+					same = false;
+			if (same) {
+				s->slot = w;
+				return walk->user_stack_id;
+			}
+		}
+	}
+	if (!read)
+		read_records(recs, bp, sp);
 	stat_inc(STAT_USER_WALKS);
 	w = (s->last + 1) % OFFCPU_WALKS;
 	s->last = w;
 	if (w < OFFCPU_WALKS) {	/* (for the verifier) */
 		struct offcpu_walk *walk = &s->walks[w];
 
-		__builtin_memcpy(walk->fp, fp, sizeof(fp));
+		walk->regs[0] = ip;
+		walk->regs[1] = bp;
+		walk->regs[2] = sp;
+		__builtin_memcpy(walk->recs, recs, sizeof(recs));
 		walk->gen = gen;
+		walk->verify = OFFCPU_VERIFY;	/* a new site: verified for a while */
 		walk->user_stack_id = stack_id(ctx, true, BPF_F_USER_STACK);
+		s->slot = w;
 		return walk->user_stack_id;
 	}
 	return -ENOMEM;
@@ -347,21 +390,45 @@ static __always_inline __s32 task_kstack_id(struct task_struct *task)
 	return id;
 }
 
+/* The time __schedule just read: rq->clock of this CPU (sched_clock-based; what
+ * schedstat's run_delay is measured with), reached through the switching task's
+ * cfs_rq (set for a task of any class on the CPU it is on). Three loads instead of a
+ * clock read of our own (bpf_ktime_get_ns ~65 ns on the dev VM; `runqueues` itself is not
+ * a ksym here: no KALLSYMS_ALL). After a wake-up preemption __schedule skips its clock
+ * update, so the value is that of the wake-up, microseconds earlier, as in schedstat. */
+static __always_inline __u64 sched_now(struct task_struct *task)
+{
+	if (bpf_core_field_exists(struct cfs_rq, rq)) {	/* CONFIG_FAIR_GROUP_SCHED */
+		struct cfs_rq *cfs = task->se.cfs_rq;
+		struct rq *rq = cfs ? cfs->rq : NULL;
+		__u64 clock = rq ? rq->clock : 0;
+
+		if (clock)
+			return clock;
+	}
+	return bpf_ktime_get_ns();
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = sched_now(prev);
 	__u32 prev_tid = prev->pid, next_tid = next->pid;
 	struct offcpu_start *s;
 
-	/* switch-out: the time, the state and (cheap when unchanged) the user stack */
+	/* switch-out: the time, the state and (cheap when the site is known) the user stack */
 	if (prev_tid && wanted(prev->tgid)) {
 		s = bpf_task_storage_get(&starts, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (s) {
 			s->ts = now;
 			s->state = state_class(preempt, prev_state);
-			s->user_stack_id = user_stacks ? offcpu_user_id(ctx, prev, s) : -1;
+			if (user_stacks) {
+				s->user_stack_id = offcpu_user_id(ctx, prev, s);
+			} else {
+				s->user_stack_id = -1;
+				s->slot = OFFCPU_NO_SLOT;
+			}
 		}
 	}
 
@@ -373,10 +440,23 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 		return 0;
 	if (now > s->ts) {
 		__u64 delta = now - s->ts;
+		bool counted = delta >= min_block_ns && delta <= max_block_ns;
+		__u32 slot = s->slot;
 
-		if (delta >= min_block_ns && delta <= max_block_ns) {
+		/* a counted block makes the next reuses at this site read the frame records */
+		if (slot < OFFCPU_WALKS) {
+			struct offcpu_walk *walk = &s->walks[slot];
+
+			if (counted && walk->verify != OFFCPU_VERIFY)
+				walk->verify = OFFCPU_VERIFY;
+			else if (!counted && walk->verify)
+				walk->verify--;
+		}
+		if (counted) {
 			struct stack_key key = {};
 
+			if (s->unverified)
+				stat_inc(STAT_USER_UNVERIFIED);
 			key.pid = next->tgid;
 			key.tid = next_tid;
 			key.cgroup_id = BPF_CORE_READ(next, cgroups, dfl_cgrp, kn, id);

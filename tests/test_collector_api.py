@@ -472,6 +472,25 @@ def test_flamegraph_tree_for_the_page(api):
             {"name": "main", "value": 7, "self": 7, "children": []}]}]}
 
 
+def test_flamegraph_latest_takes_each_hosts_newest_snapshot_not_a_sum(api):
+    """alloc_stack rows are snapshots of what is outstanding: three reads of one leak are one
+    leak, and a second host's newest read adds its own."""
+    def snap(ts, host, nbytes, frames=("main", "leak")):
+        return rec("stack", "alloc_stack", ts, host, pid=7, comm="leak", labels={"space": "user"},
+                   values={"outstanding_bytes": nbytes, "outstanding_count": nbytes // 4096}, stack=list(frames))
+    post(api, [snap(T0 + i * S, "node-a", 4096 * (i + 1)) for i in range(3)]
+         + [snap(T0 + 2 * S, "node-a", 100, ("main", "other")), snap(T0 + S, "node-b", 8192)]).raise_for_status()
+    q = {"kind": "alloc_stack", "field": "outstanding_bytes", "format": "tree"}
+    assert get(api, "/api/v1/flamegraph", **q)["value"] == 4096 * 6 + 100 + 8192  # summed: wrong for snapshots
+    tree = get(api, "/api/v1/flamegraph", **q, latest="true")
+    assert tree["value"] == 3 * 4096 + 100 + 8192
+    assert [(c["name"], c["value"]) for c in tree["children"][0]["children"]] == [("leak", 3 * 4096 + 8192),
+                                                                                    ("other", 100)]
+    # within a time range: the newest read inside it
+    tree = get(api, "/api/v1/flamegraph", **q, latest="true", host="node-a", to=str((T0 + S) // 10**6))
+    assert tree["value"] == 2 * 4096
+
+
 def test_flamegraph_deep_stacks_both_formats(api):
     frames = [f"frame_{i}" for i in range(300)]  # kernel + user stacks reach a few hundred frames
     post(api, [rec("stack", "cpu_stack", T0, values={"count": 2}, stack=frames)]).raise_for_status()

@@ -292,3 +292,91 @@ def test_connections_page(chromium, collector):
     assert "102MB/s" in body and "1MB/s" not in body  # the newest row of connection 7, not the older one
     assert ">curl<" in html and "4.1k" in html
     screenshot(chromium, f"{url}/#net?from=-5m", "web-connections")
+
+
+# -- the flame graph page with records of real runs (posted last: they change no other page) ----
+
+
+def js_duration(seconds: float) -> str:
+    """api.js fmtDuration for values under 2 minutes."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def js_bytes(n: float) -> str:
+    """api.js fmtSI + "B" for values of at least 1000."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}B"
+    return f"{n:.3g}B"
+
+
+@pytest.fixture(scope="module")
+def stack_runs(collector, tmp_path_factory):
+    """`bpfscope stack offcpu` on a program that sleeps 3 x 200 ms and `bpfscope stack mem` on
+    one that keeps 1,000 blocks of 4 KiB, both for real, sending to this module's collector
+    (and printing the same records as JSON, the truth the page is checked against)."""
+    from test_stack_cpu import build
+    from test_stack_mem import run_mem
+    from test_stack_offcpu import run_offcpu
+
+    url, _ = collector
+    tmp = tmp_path_factory.mktemp("web-stacks")
+    offcpu, sleeper, _ = run_offcpu(build(tmp, "sleep_loop"), 3, 200, ["--collector", url])
+    snapshot, leaker = run_mem(build(tmp, "leak"), ["--collector", url])
+    return {"offcpu": (offcpu, sleeper), "mem": (snapshot, leaker)}
+
+
+@pytest.mark.bpf
+def test_flame_graph_page_offers_every_stack_kind(chromium, collector):
+    url, _ = collector
+    html = dom(chromium, f"{url}/#flame?kind=block_stack&from=-1h")
+    select = html.split('name="kind"', 1)[1].split("</select>", 1)[0]
+    for kind in ("cpu_stack", "offcpu_stack", "alloc_stack", "alloc_stack:kernel", "io_stack", "block_stack",
+                 "load_stack"):
+        assert f'value="{kind}"' in select, kind
+    assert "no block_stack stacks" in html
+
+
+@pytest.mark.bpf
+def test_flame_graph_page_draws_a_real_offcpu_run(chromium, collector, stack_runs):
+    url, _ = collector
+    records, pid = stack_runs["offcpu"]
+    asleep = [r for r in records if r["pid"] == pid and r["labels"]["state"] == "sleep"]
+    on_nanosleep = sum(r["values"]["ns"] for r in asleep if "hrtimer_nanosleep_[k]" in r["stack"])
+    assert abs(on_nanosleep - 0.6e9) <= 0.06e9  # the workload's truth: 3 x 200 ms
+    page = f"{url}/#flame?kind=offcpu_stack&pid={pid}&label=state:sleep&from=-10m"
+    html = dom(chromium, page)
+    total = sum(r["values"]["ns"] for r in asleep)  # what the exporter sent, polls of stdin included
+    assert f"total {js_duration(total / 1e9)} (ns)" in html, html[-3000:]
+    for frame in ("main", "clock_nanosleep", "hrtimer_nanosleep_[k]"):
+        assert f">{frame}<" in html, frame
+    table = html.split("Top frames", 1)[1]
+    assert js_duration(on_nanosleep / 1e9) in table  # hrtimer_nanosleep: the leaf, its total in the frames table
+    colors = screenshot(chromium, page, "web-flame-offcpu")
+    assert near(colors, (0xF0, 0x90, 0x50), 60) > 2000
+    # the time range applies: nothing before the run
+    html = dom(chromium, f"{url}/#flame?kind=offcpu_stack&pid={pid}&from=-2h&to=-1h")
+    assert "no offcpu_stack stacks" in html
+
+
+@pytest.mark.bpf
+def test_flame_graph_page_draws_a_real_mem_run_as_its_newest_snapshot(chromium, collector, stack_runs):
+    url, _ = collector
+    snapshot, pid = stack_runs["mem"]  # the exporter's last read
+    assert sum(r["values"]["outstanding_bytes"] for r in snapshot if "leak_here" in r["stack"]) == 4_096_000
+    total = sum(r["values"]["outstanding_bytes"] for r in snapshot)
+    sent = httpx.get(f"{url}/api/v1/records", params={"kind": "alloc_stack", "pid": pid, "limit": 10000}).json()
+    assert len({r["ts"] for r in sent}) >= 2  # several reads arrived: a sum over them would be wrong
+    page = f"{url}/#flame?kind=alloc_stack&pid={pid}&from=-10m"
+    html = dom(chromium, page)
+    assert f"total {js_bytes(total)} (outstanding_bytes) outstanding at the newest read" in html, html[-3000:]
+    for frame in ("main", "leak_here"):
+        assert f">{frame}<" in html, frame
+    table = html.split("Top frames", 1)[1].split("</table>", 1)[0]
+    row = table.split(">leak_here<", 1)[1].split("</tr>", 1)[0]
+    assert f">{js_bytes(4_096_000)}<" in row  # 4.1MB: self of leak_here (malloc's caller)
+    screenshot(chromium, page, "web-flame-mem")
+    # the kernel-space selection does not mix these user-space allocations in
+    assert "no alloc_stack stacks" in dom(chromium, f"{url}/#flame?kind=alloc_stack:kernel&pid={pid}&from=-10m")

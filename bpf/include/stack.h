@@ -40,26 +40,36 @@ struct alloc_info {
 	struct stack_key key;
 };
 
-/* offcpu: per task, what is known between its switch-out and its switch-in. Only ts and
- * state are written at every switch-out; the user stack is walked there only when the
- * user registers and the two innermost frame records differ from those of both walks
- * remembered for the task (a task often switches out at two sites in turn: preempted
- * by the task it woke, then blocked waiting for it), else that walk's id is reused.
- * The kernel stack is taken at switch-in, and only for a counted block. */
-#define OFFCPU_FP_WORDS 6		/* user ip, bp, [bp], [bp+8], [[bp]], [[bp]+8] */
+/* offcpu: per task, what is known between its switch-out and its switch-in. At every
+ * switch-out: the time, the state and the user stack id. The id comes from one of the
+ * task's last two walks (a task often switches out at two sites in turn: preempted by the
+ * task it woke, then blocked waiting for it) whose user ip, bp and sp (registers, no
+ * memory read) are the same; the two innermost frame records are read and compared too
+ * unless exactly one walk has these registers and its last OFFCPU_VERIFY blocks were not
+ * counted (`verify` counts down). A site with no such walk is walked. The kernel stack is
+ * taken at switch-in, and only for a counted block. */
+#define OFFCPU_REGS 3			/* user ip, bp, sp */
+#define OFFCPU_RECS 4			/* [bp], [bp+8], [[bp]], [[bp]+8] */
 #define OFFCPU_WALKS 2
+#define OFFCPU_VERIFY 16		/* a walk, or a counted block, verifies the next 16 reuses */
+#define OFFCPU_NO_SLOT 0xff		/* the switch-out used no walk slot (kthread, no user stacks) */
 struct offcpu_walk {
-	__u64 fp[OFFCPU_FP_WORDS];	/* the user frame records the walk started from */
+	__u64 regs[OFFCPU_REGS];	/* the user registers the walk started from */
+	__u64 recs[OFFCPU_RECS];	/* and the frame records */
 	__s32 user_stack_id;
 	__u32 gen;			/* stack map generation + 1 of the id (0: empty) */
+	__u8 verify;			/* reuses left that read the records (see above) */
+	__u8 _pad[7];
 };
 
 struct offcpu_start {
-	__u64 ts;			/* switch-out time; 0: not blocked */
+	__u64 ts;			/* switch-out time (the run queue's clock); 0: not blocked */
 	__u32 state;
 	__s32 user_stack_id;		/* of this switch-out */
-	__u32 last;			/* the walk slot filled last */
-	__u32 _pad;
+	__u8 slot;			/* the walk slot it came from, or OFFCPU_NO_SLOT */
+	__u8 unverified;		/* reused on the registers alone (frame records not read) */
+	__u8 last;			/* the walk slot filled last */
+	__u8 _pad[5];
 	struct offcpu_walk walks[OFFCPU_WALKS];
 };
 
@@ -85,8 +95,10 @@ struct load_gate {
 #define STAT_MAP_FULL 1			/* a sample fit nowhere in `counts` */
 #define STAT_SAMPLES 2			/* samples / blocks counted */
 #define STAT_ALLOCS_FULL 3		/* mem: an allocation not tracked (allocs map full) */
-#define STAT_USER_WALKS 4		/* offcpu: user stacks walked at switch-out (fingerprint changed) */
+#define STAT_USER_WALKS 4		/* offcpu: user stacks walked at switch-out (site changed) */
 #define STAT_KERNEL_WALKS 5		/* offcpu: kernel stacks taken at switch-in (counted blocks) */
-#define STAT_N 6
+#define STAT_USER_UNVERIFIED 6		/* offcpu: counted blocks whose user stack id was reused on the
+					 * registers alone (the site's previous block was not counted) */
+#define STAT_N 7
 
 #endif

@@ -253,16 +253,18 @@ def create_app(store: Store, max_body_bytes: int = 32 * MiB, retention_interval_
 
     @app.get("/api/v1/flamegraph")
     def get_flamegraph(f: Filtered, field: str = "count",
-                       format_: Annotated[str, Query(alias="format")] = "nested-set") -> Response:
+                       format_: Annotated[str, Query(alias="format")] = "nested-set",
+                       latest: bool = False) -> Response:
         """The stacks of the matching records merged, weighted by values[field].
 
         format=nested-set (default): Grafana's flame graph frame, rows {level, value, self, label}
         in depth-first order, root "total" at level 0. format=tree: nested {name, value, self,
-        children} for the built-in page."""
+        children} for the built-in page. latest=true: only each host's newest matching records,
+        for snapshot kinds (alloc_stack: what is outstanding, not a sum over intervals)."""
         try:
             if format_ not in ("nested-set", "tree"):
                 raise ParamError(f"bad format {format_!r}: use nested-set or tree")
-            tree = flame_tree(store.stacks(field, **f.store_kwargs()))
+            tree = flame_tree(store.stacks(field, **f.store_kwargs(), latest=latest))
         except ValueError as exc:
             return _error(400, str(exc))
         except StoreError as exc:

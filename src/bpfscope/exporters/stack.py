@@ -15,7 +15,7 @@ the stack ids name entries of a BPF_MAP_TYPE_STACK_TRACE map that are read once 
 cached here (ids are stable until the map is cleared, see _maybe_clear_stacks).
 
 Records: kinds cpu_stack {count}, offcpu_stack {ns, count; label state}, alloc_stack
-{outstanding_bytes, outstanding_count}, io_stack {bytes, count; label direction},
+{outstanding_bytes, outstanding_count; label space: user or kernel}, io_stack {bytes, count; label direction},
 load_stack {count; label load}, block_stack {ns, count, bytes; label op}, one per (task, stack) per interval, with the
 symbolised stack root first (user frames, then kernel frames suffixed `_[k]`) and the
 cgroup path as a label. docs/design/stack-attribution.md explains the attribution.
@@ -41,7 +41,9 @@ from .base import Exporter
 STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of stack.h
 EEXIST, ENOMEM, EFAULT = 17, 12, 14
 LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
-STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS = range(6)
+(STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS,
+ STAT_USER_UNVERIFIED) = range(7)
+STAT_N = 7  # stack.h
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class StackExporter(Exporter):
         self.obj: BpfObject | None = None
         self._ips: dict[int, tuple[int, ...]] = {}  # stack id -> ips (leaf first)
         self._kframes: dict[int, list[str]] = {}  # kernel stack id -> frames (root first)
-        self._stats = [0] * 6
+        self._stats = [0] * STAT_N
         self.totals: Counter[str] = Counter()  # per comm, weight (bounded by --top at export)
         self.stacks_cleared = 0
 
@@ -348,7 +350,7 @@ class StackExporter(Exporter):
 
     def _read_stats(self) -> list[int]:
         m = self.obj.maps["stats"]
-        return [sum(m.cpu_values(m.lookup(i))) for i in range(6)]
+        return [sum(m.cpu_values(m.lookup(i))) for i in range(STAT_N)]
 
     # ---- interval -----------------------------------------------------------------------------
     def collect(self, elapsed_s: float) -> list[dict]:
@@ -385,8 +387,7 @@ class StackExporter(Exporter):
                     continue
                 if self.sample_every > 1:
                     labels["sample_every"] = str(self.sample_every)
-                if self.kernel_mem:
-                    labels["space"] = "kernel"
+                labels["space"] = "kernel" if self.kernel_mem else "user"  # two exporters, one kind
                 values = {"outstanding_bytes": nbytes * self.sample_every,
                           "outstanding_count": count * self.sample_every}
             elif self.mode.name == "load":
@@ -477,7 +478,9 @@ class StackExporter(Exporter):
         yield c
         for name, idx, help_ in (("stack_errors", STAT_STACK_ERRORS, "Stacks the kernel could not store"),
                                  ("map_full_events", STAT_MAP_FULL, "Samples not counted because the map was full"),
-                                 ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)")):
+                                 ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)"),
+                                 ("user_unverified", STAT_USER_UNVERIFIED,
+                                  "offcpu: counted blocks whose user stack was reused on the registers alone")):
             m = CounterMetricFamily(f"bpfscope_stack_{name}", help_, labels=["mode"])
             m.add_metric([self.mode.name], self._stats[idx])
             yield m

@@ -247,17 +247,23 @@ class Store:
 
     def stacks(self, field: str, domain: str | None = None, kind: str | None = None, host: str | None = None,
                pid: int | None = None, comm: str | None = None, labels: dict[str, str] | None = None,
-               since_ns: int | None = None, until_ns: int | None = None) -> list[tuple[list[str], Any]]:
-        """(stack, sum of values[field]) per distinct stack of the matching records that have one."""
+               since_ns: int | None = None, until_ns: int | None = None,
+               latest: bool = False) -> list[tuple[list[str], Any]]:
+        """(stack, sum of values[field]) per distinct stack of the matching records that have one.
+        latest: only each host's newest matching records (those of its newest timestamp), for
+        snapshots such as alloc_stack's outstanding bytes, which a sum over intervals would
+        count once per interval."""
         c = records.c
         value = self._numeric(_check_key(field, "field"))
+        where = _filters(domain, kind, host, pid, comm, labels, since_ns, until_ns)
+        where += [c.stack.is_not(None), value.is_not(None)]
+        if latest:
+            newest = select(c.host, func.max(c.ts).label("ts")).where(*where).group_by(c.host).subquery()
+            where += [c.host == newest.c.host, c.ts == newest.c.ts]
         # Grouped by the stored JSON text (PostgreSQL's json type has no equality); the same
         # serialiser wrote every row, so equal stacks have equal text.
         text = cast(c.stack, Text)
-        stmt = (select(text, func.sum(value))
-                .where(*_filters(domain, kind, host, pid, comm, labels, since_ns, until_ns))
-                .where(c.stack.is_not(None), value.is_not(None))
-                .group_by(text))
+        stmt = select(text, func.sum(value)).where(*where).group_by(text)
         out = []
         for text_, total in self._all(stmt):
             frames = orjson.loads(text_) if text_ else None

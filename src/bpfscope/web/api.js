@@ -160,7 +160,8 @@ export function buildForm(fields, values, onSubmit) {
     const spec = typeof item === "string" ? { name: item, ...FIELDS[item] } : item;
     const attrs = { name: spec.name, title: spec.title, class: spec.size === "s" ? "small" : null };
     const input = spec.options
-      ? h("select", attrs, spec.options.map((o) => h("option", { value: o }, o === "" ? "any" : o)))
+      ? h("select", attrs, spec.options.map((o) => (Array.isArray(o) // [value, text] or a value
+        ? h("option", { value: o[0] }, o[1]) : h("option", { value: o }, o === "" ? "any" : o))))
       : h("input", { ...attrs, placeholder: spec.placeholder, inputmode: spec.inputmode, list: spec.list });
     form.append(h("label", null, h("span", null, spec.label || spec.name.replace("_", " ")), input));
   }

@@ -3,6 +3,7 @@
 // zoom back out. Frames narrower than a pixel are left out, as every flame graph does.
 //   const fg = new FlameGraph(parent, {unit: "samples"});
 //   fg.set(tree); fg.setSearch("read"); fg.setIcicle(false);
+//   fg.format = (v) => `${v / 1e6} ms`;   // how the tooltip writes values (default: number + unit)
 
 import { fmtNum, h, hashHue, tooltip } from "./api.js";
 
@@ -21,6 +22,7 @@ export class FlameGraph {
   constructor(parent, { unit = "" } = {}) {
     this.el = parent.appendChild(h("div", { class: "flame", role: "img", "aria-label": "flame graph" }));
     this.unit = unit;
+    this.format = null; // value -> text (with its unit); default: the number and this.unit
     this.root = null;
     this.zoom = []; // names from the root's child down to the zoomed frame
     this.icicle = false;
@@ -106,10 +108,10 @@ export class FlameGraph {
     if (!f) { tooltip.hide(); return; }
     const n = f.node;
     const pct = (v, of) => (of > 0 ? `${((100 * v) / of).toFixed(2)} %` : "–");
-    const unit = this.unit ? ` ${this.unit}` : "";
-    const rows = [["total", `${fmtNum(n.value)}${unit}`], ["of all", pct(n.value, this.root.value)]];
+    const fmt = this.format || ((v) => `${fmtNum(v)}${this.unit ? ` ${this.unit}` : ""}`);
+    const rows = [["total", fmt(n.value)], ["of all", pct(n.value, this.root.value)]];
     if (this.focus !== this.root) rows.push(["of zoom", pct(n.value, this.focus.value)]);
-    rows.push(["self", `${fmtNum(n.self)}${unit} (${pct(n.self, this.root.value)})`]);
+    rows.push(["self", `${fmt(n.self)} (${pct(n.self, this.root.value)})`]);
     tooltip.show([h("b", null, n.name),
       ...rows.map(([k, v]) => h("div", { class: "row" }, h("span", null, k), h("span", null, v)))],
     ev.clientX, ev.clientY);
