@@ -18,6 +18,8 @@ enum lb_algo {
 #define LB_F_PASSIVE		2	/* count connects that fail (passive health) */
 #define LB_F_AFFINITY_CGROUP	4	/* same backend per client cgroup for affinity_ns */
 #define LB_F_AFFINITY_NETNS	8	/* same backend per client network namespace */
+#define LB_F_ORIGIN		16	/* record each socket's VIP and backend (socket storage): for
+					 * getpeername, UDP, least-conn, passive health, draining */
 
 #define LB_LEAST_CONN_MAX 64	/* backends a least-conn service may have (scanned per connect) */
 
