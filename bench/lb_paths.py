@@ -16,7 +16,10 @@ alternates between them every 10 connections (moving itself between two sibling 
 the bpfscope programs being attached to one of them only): a warm-up round, then ROUNDS
 rounds of BLOCK connects per path. Printed: the ratio of every round, and over all rounds
 (p50 of all connects of a path, requests/s over all its connections). The client is pinned to one CPU and the
-backends to the other. Also timed: applying N services with 10 backends each, one update.
+backends to the other. bpfscope runs twice: with the services as by default (getpeername()
+answers the VIP, so each socket's VIP is recorded in socket storage) and with
+`getpeername: backend` (nothing recorded). Also timed: applying N services with 10
+backends each, and one service update.
 """
 
 from __future__ import annotations
@@ -131,11 +134,12 @@ def nft_rules(n: int) -> str:
             f"  chain output {{ type nat hook output priority -100; ip daddr . tcp dport vmap @services; }}\n}}\n")
 
 
-def services(n: int):
+def services(n: int, getpeername: str = "vip"):
     from bpfscope.lb.config import Backend, Service
 
     backends = [Backend(address="127.0.0.1", port=p) for p in BACKENDS]
-    return [Service(name=f"svc{i}", vip=vip(i), port=8080, backends=backends) for i in range(n)]
+    return [Service(name=f"svc{i}", vip=vip(i), port=8080, backends=backends, getpeername=getpeername)
+            for i in range(n)]
 
 
 def main() -> int:
@@ -173,6 +177,9 @@ def main() -> int:
                 row["update_ms"] = (time.perf_counter() - t0 - 0.05) * 1000  # minus the grace before cleanup
                 res = run_client(client, ns, (direct, cg_direct), (targets, cg_vip))
                 row["direct"], row["bpfscope"] = res[0], res[1]
+                k.apply(services(n, "backend"))  # no per-socket record: getpeername shows the backend
+                res = run_client(client, ns, (direct, cg_direct), (targets, cg_vip))
+                row["direct*"], row["bpfscope*"] = res[0], res[1]
                 k.reset()
             with namespace(server_bin) as ns:
                 t0 = time.perf_counter()
@@ -197,21 +204,27 @@ def main() -> int:
 
 
 def report(row: dict) -> None:
-    n, d, b = row["n"], row["direct"], row["bpfscope"]
-    print(f"\nN = {n:,} services x {len(BACKENDS)} backends; {ROUNDS} blocks of {BLOCK:,} short connections "
-          f"per path (direct and bpfscope interleaved in one process)")
+    n, d = row["n"], row["direct"]
+    print(f"\nN = {n:,} services x {len(BACKENDS)} backends; {ROUNDS} rounds of {BLOCK:,} short connections "
+          f"per path")
+    print("  bpfscope: services as by default (getpeername answers the VIP: each socket's VIP is recorded)")
+    print("  bpfscope*: the same with `getpeername: backend` (nothing recorded per socket)")
+    print("  each bpfscope run is interleaved with its own direct run (direct, direct*) in one process")
     print(f"  {'path':10s} {'connect p50':>12s} {'p99':>10s} {'req/s':>9s} {'fails':>6s}   ratios to direct")
-    for path in ("direct", "bpfscope", "iptables", "nftables"):
-        r = row[path]
+    for path in ("direct", "bpfscope", "direct*", "bpfscope*", "iptables", "nftables"):
+        r, base = row[path], row["direct*"] if path.endswith("*") else d
         print(f"  {path:10s} {r['p50']:10.1f}us {r['p99']:8.1f}us {r['rps']:9,.0f} {r['fails']:6d}   "
-              f"p50 {r['p50'] / d['p50']:.3f}x  req/s {r['rps'] / d['rps']:.3f}x")
-    p50s = [vr[0] / dr[0] for dr, vr in zip(d["rounds"], b["rounds"])]
-    rpss = [vr[2] / dr[2] for dr, vr in zip(d["rounds"], b["rounds"])]
-    print("  bpfscope/direct per round, p50:  " + " ".join(f"{x:.2f}" for x in p50s))
-    print("  bpfscope/direct per round, req/s: " + " ".join(f"{x:.2f}" for x in rpss))
-    print(f"  rounds: p50 ratio median {statistics.median(p50s):.3f} (range {min(p50s):.2f}-{max(p50s):.2f}), "
-          f"req/s ratio median {statistics.median(rpss):.3f} (range {min(rpss):.2f}-{max(rpss):.2f}); "
-          f"target: p50 <= 1.05x, req/s >= 0.97x")
+              f"p50 {r['p50'] / base['p50']:.3f}x  req/s {r['rps'] / base['rps']:.3f}x")
+    for path in ("bpfscope", "bpfscope*"):
+        dr, vr = row["direct*" if path.endswith("*") else "direct"]["rounds"], row[path]["rounds"]
+        p50s = [v[0] / x[0] for x, v in zip(dr, vr)]
+        rpss = [v[2] / x[2] for x, v in zip(dr, vr)]
+        print(f"  {path}/direct per round, p50:   " + " ".join(f"{x:.2f}" for x in p50s))
+        print(f"  {path}/direct per round, req/s: " + " ".join(f"{x:.2f}" for x in rpss))
+        print(f"    median p50 {statistics.median(p50s):.3f}x (range {min(p50s):.2f}-{max(p50s):.2f}), "
+              f"median req/s {statistics.median(rpss):.3f}x (range {min(rpss):.2f}-{max(rpss):.2f}); "
+              f"target: p50 <= 1.05x, req/s >= 0.97x")
+    b = row["bpfscope"]
     print(f"  bpfscope p99 is {row['iptables']['p99'] / b['p99']:.1f}x lower than iptables' (target >= 2x at 10,000)")
     print(f"  apply of {n:,} services: {row['apply_s']:.2f} s (target < 5 s at 10,000); one update: "
           f"{row['update_ms']:.1f} ms (target < 10 ms); iptables-restore {row['iptables_load_s']:.2f} s, "
