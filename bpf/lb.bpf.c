@@ -5,7 +5,8 @@
  * of each datagram of an unconnected UDP socket; cgroup/getpeername4|6 and recvmsg4|6
  * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
- * O(1) whatever the weights) and a per-CPU counter. Nothing per packet. Only services that
+ * O(1) whatever the weights; none for a table of <= LB_INLINE backends, kept inside the
+ * service entry) and a per-CPU counter. Nothing per packet. Only services that
  * ask for more pay for it: the socket's local storage (VIP and backend, LB_F_ORIGIN) is
  * created only for services that need it (getpeername/recvmsg answering with the VIP,
  * UDP, least-conn, passive health, draining): allocating it and freeing it with the socket
@@ -200,6 +201,19 @@ static __always_inline struct lb_backend *choose(struct lb_service *svc, struct 
 		return NULL;
 	if (svc->algo == LB_ALGO_LEAST_CONN)
 		return least_conn(svc->id, base, count, index);
+	if (!base && count <= LB_INLINE) {	/* the table inside the entry: no more lookups */
+		/* i < count <= LB_INLINE (a power of two): the mask changes nothing but shows
+		 * the verifier the bound (a compare would be folded away by the compiler) */
+		__u32 i = (bpf_get_prandom_u32() % count) & (LB_INLINE - 1);
+
+		b = &svc->table[i];
+		if (svc->algo == LB_ALGO_WEIGHTED && bpf_get_prandom_u32() >= b->prob) {
+			i = b->alias & (LB_INLINE - 1);
+			b = &svc->table[i];
+		}
+		*index = i;
+		return b;
+	}
 	k.index = base + bpf_get_prandom_u32() % count;
 	b = bpf_map_lookup_elem(&lb_backends, &k);
 	if (!b)

@@ -216,6 +216,8 @@ class LbKernel:
                 _fill_addr(b.to, ep)
                 b.prob, b.alias = prob, alias
                 bmap.update(bmap.key_type(service_id=sid, index=base + i), b)
+                if base == 0 and len(main) <= len(value.table):  # also inside the entry (LB_INLINE)
+                    ctypes.memmove(ctypes.addressof(value.table[i]), ctypes.addressof(b), ctypes.sizeof(b))
         value.id, value.count, value.algo, value.name = sid, len(main), ALGOS[svc.algorithm], svc.name.encode()
         value.canary_count, value.canary_share = len(canary), share
         value.rate_per_s, value.burst, value.limit_action, fallback = limit
