@@ -40,8 +40,14 @@
 
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym __weak;
 
+/* Not preallocated: an update allocates a new element and frees the old one only after
+ * every program that may still read it is done (RCU), so a connect never reads an entry
+ * being rewritten (a preallocated element can be reused at once by another update). The
+ * elements come from the slab instead of one big vmalloc area (measured at 10,000
+ * services: connect p50 no worse, within noise). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, LB_MAX_SERVICES);
 	__type(key, struct lb_addr);
 	__type(value, struct lb_service);
