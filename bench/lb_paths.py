@@ -5,14 +5,26 @@
   iptables    kube-proxy's iptables mode: KUBE-SERVICES -> KUBE-SVC (statistic random) -> DNAT
   nftables    kube-proxy's nftables mode: one verdict map on (vip . port) -> numgen -> DNAT
 
-Everything runs inside a network namespace this script creates and deletes (its own lo);
-the client (bench/workloads/tcp_rr_client.c) makes COUNT short connections (connect, one
-byte each way, close) to targets picked at random, and prints connect() p50/p99 and
-requests/s. Also timed: applying N services with 10 backends each, and one service update.
+Each path runs in a fresh network namespace this script creates and deletes (its own lo,
+no NAT table or conntrack left behind by another path). The client
+(bench/workloads/tcp_rr_client.c) makes short connections (connect, one byte each way,
+close) to targets picked at random and measures connect() latency and requests/s.
+
+direct and bpfscope differ by a microsecond or two out of ~25, less than this VM drifts
+between two processes or two tenths of a second, so they run in ONE client process that
+alternates between them every 10 connections (moving itself between two sibling cgroups,
+the bpfscope programs being attached to one of them only): a warm-up round, then ROUNDS
+rounds of BLOCK connects per path. Printed: the ratio of every round, and over all rounds
+(p50 of all connects of a path, requests/s over all its connections). The client is pinned to one CPU and the
+backends to the other. bpfscope runs twice: with the services as by default (getpeername()
+answers the VIP, so each socket's VIP is recorded in socket storage) and with
+`getpeername: backend` (nothing recorded). Also timed: applying N services with 10
+backends each, and one service update.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
@@ -25,11 +37,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-NS = f"bpfscope-lbbench-{os.getpid()}"
 BACKENDS = [9001 + i for i in range(10)]
-COUNT = int(os.environ.get("LB_BENCH_COUNT", "6000"))
-ROUNDS = int(os.environ.get("LB_BENCH_ROUNDS", "5"))
+BLOCK = int(os.environ.get("LB_BENCH_BLOCK", "1000"))
+ROUNDS = int(os.environ.get("LB_BENCH_ROUNDS", "16"))
 SIZES = [int(x) for x in os.environ.get("LB_BENCH_SIZES", "10,1000,10000").split(",")]
+# client on the last CPU, backends on the others (when there are two or more)
+CPUS = os.cpu_count() or 1
+CLIENT_CPU = ["taskset", "-c", str(CPUS - 1)] if CPUS > 1 else []
+SERVER_CPU = ["taskset", "-c", f"0-{CPUS - 2}"] if CPUS > 1 else []
 
 
 def vip(i: int) -> str:
@@ -38,10 +53,6 @@ def vip(i: int) -> str:
 
 def sh(*cmd: str, stdin: str | None = None) -> str:
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True).stdout
-
-
-def in_ns(*cmd: str, stdin: str | None = None) -> str:
-    return sh("ip", "netns", "exec", NS, *cmd, stdin=stdin)
 
 
 def build(tmp: Path) -> tuple[Path, Path]:
@@ -53,12 +64,45 @@ def build(tmp: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def run_client(client: Path, targets: Path, cgroup: Path | None) -> tuple[float, float, float, int]:
-    # join the cgroup before entering the namespace: `ip netns exec` mounts its own /sys
-    join = f"echo $$ > {cgroup}/cgroup.procs && " if cgroup else ""
-    line = sh("sh", "-c", f"{join}exec ip netns exec {NS} {client} {targets} {COUNT}").split()
-    p50, p99, rps, fails = int(line[0]), int(line[1]), float(line[2]), int(line[3])
-    return p50 / 1000, p99 / 1000, rps, fails
+@contextlib.contextmanager
+def namespace(server_bin: Path):
+    """A fresh network namespace with lo up and the backends listening in it; yields its name."""
+    ns = f"bpfscope-lbbench-{os.getpid()}"
+    sh("ip", "netns", "add", ns)
+    server = None
+    try:
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        server = subprocess.Popen([*SERVER_CPU, "ip", "netns", "exec", ns, str(server_bin), str(BACKENDS[0]),
+                                   str(len(BACKENDS))], stdout=subprocess.PIPE, text=True)
+        if server.stdout.readline().strip() != "ready":
+            raise SystemExit("bench/lb_paths.py: the backends did not start")
+        yield ns
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+def run_client(client: Path, ns: str, *paths: tuple[Path, Path | str]) -> dict:
+    """Run the client over one path or two (targets file, cgroup); returns per path
+    {"rounds": [(p50_us, p99_us, req_s, fails)], "p50": us, "p99": us, "rps": req/s, "fails": n}."""
+    args = [str(x) for tp in paths for x in tp]
+    out = sh(*CLIENT_CPU, str(client), f"/run/netns/{ns}", str(BLOCK), str(ROUNDS), *args)
+    res = {i: {"rounds": [None] * ROUNDS, "conns": 0, "ns": 0, "fails": 0} for i in range(len(paths))}
+    for line in out.splitlines():
+        f = line.split()
+        if f[0] == "B":
+            p, r, p50, p99, conns, ns_, fails = (int(x) for x in f[1:])
+            res[p]["rounds"][r] = (p50 / 1000, p99 / 1000, conns / ns_ * 1e9, fails)
+            res[p]["conns"] += conns
+            res[p]["ns"] += ns_
+            res[p]["fails"] += fails
+        elif f[0] == "P":
+            res[int(f[1])]["p50"], res[int(f[1])]["p99"] = int(f[2]) / 1000, int(f[3]) / 1000
+    for r in res.values():
+        r["rps"] = r["conns"] / r["ns"] * 1e9
+    return res
 
 
 def iptables_rules(n: int) -> str:
@@ -90,17 +134,18 @@ def nft_rules(n: int) -> str:
             f"  chain output {{ type nat hook output priority -100; ip daddr . tcp dport vmap @services; }}\n}}\n")
 
 
-def services(n: int):
+def services(n: int, getpeername: str = "vip"):
     from bpfscope.lb.config import Backend, Service
 
     backends = [Backend(address="127.0.0.1", port=p) for p in BACKENDS]
-    return [Service(name=f"svc{i}", vip=vip(i), port=8080, backends=backends) for i in range(n)]
+    return [Service(name=f"svc{i}", vip=vip(i), port=8080, backends=backends, getpeername=getpeername)
+            for i in range(n)]
 
 
 def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("bench/lb_paths.py needs root")
-    for tool in ("ip", "iptables-restore", "nft", "cc"):
+    for tool in ("ip", "iptables-restore", "nft", "cc", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"bench/lb_paths.py needs {tool}")
     from bpfscope.hostenv import cgroup2_root, ensure_mounts
@@ -108,26 +153,21 @@ def main() -> int:
 
     ensure_mounts()
     tmp = Path(tempfile.mkdtemp(prefix="bpfscope-lbbench-"))
-    cgroup = Path(cgroup2_root()) / f"bpfscope-lbbench-{os.getpid()}"
+    parent = Path(cgroup2_root()) / f"bpfscope-lbbench-{os.getpid()}"
+    cg_direct, cg_vip = parent / "direct", parent / "vip"
     pin = f"/sys/fs/bpf/bpfscope-lbbench-{os.getpid()}"
-    server = None
-    results = []
     try:
         server_bin, client = build(tmp)
-        sh("ip", "netns", "add", NS)
-        in_ns("ip", "link", "set", "lo", "up")
-        server = subprocess.Popen(["ip", "netns", "exec", NS, str(server_bin), str(BACKENDS[0]), str(len(BACKENDS))],
-                                  stdout=subprocess.PIPE, text=True)
-        assert server.stdout.readline().strip() == "ready"
-        cgroup.mkdir()
+        for cg in (parent, cg_direct, cg_vip):
+            cg.mkdir()
         direct = tmp / "direct.txt"
         direct.write_text("".join(f"127.0.0.1 {p}\n" for p in BACKENDS))
         for n in SIZES:
             targets = tmp / f"vips{n}.txt"
             targets.write_text("".join(f"{vip(i)} 8080\n" for i in range(n)))
             row = {"n": n}
-            with LbKernel(pin) as k:
-                k.install(str(cgroup))
+            with namespace(server_bin) as ns, LbKernel(pin) as k:
+                k.install(str(cg_vip))
                 t0 = time.perf_counter()
                 k.apply(services(n))
                 row["apply_s"] = time.perf_counter() - t0
@@ -135,56 +175,60 @@ def main() -> int:
                 t0 = time.perf_counter()
                 k.upsert(changed)
                 row["update_ms"] = (time.perf_counter() - t0 - 0.05) * 1000  # minus the grace before cleanup
-                # direct and bpfscope interleaved, ROUNDS each, medians: the two differ by
-                # microseconds, less than this VM's drift between two runs
-                runs = {"direct": [], "bpfscope": []}
-                for _ in range(ROUNDS):
-                    runs["direct"].append(run_client(client, direct, None))
-                    runs["bpfscope"].append(run_client(client, targets, cgroup))
-                for path, rs in runs.items():
-                    row[path] = tuple(statistics.median(r[i] for r in rs) for i in range(3)) + \
-                        (sum(r[3] for r in rs),)
+                res = run_client(client, ns, (direct, cg_direct), (targets, cg_vip))
+                row["direct"], row["bpfscope"] = res[0], res[1]
+                k.apply(services(n, "backend"))  # no per-socket record: getpeername shows the backend
+                res = run_client(client, ns, (direct, cg_direct), (targets, cg_vip))
+                row["direct*"], row["bpfscope*"] = res[0], res[1]
                 k.reset()
-            t0 = time.perf_counter()
-            in_ns("iptables-restore", "--noflush", stdin=iptables_rules(n))
-            row["iptables_load_s"] = time.perf_counter() - t0
-            row["iptables"] = run_client(client, targets, None)
-            in_ns("iptables-restore", stdin="*nat\nCOMMIT\n")
-            t0 = time.perf_counter()
-            in_ns("nft", "-f", "-", stdin=nft_rules(n))
-            row["nft_load_s"] = time.perf_counter() - t0
-            row["nftables"] = run_client(client, targets, None)
-            in_ns("nft", "delete", "table", "ip", "kp")
-            results.append(row)
+            with namespace(server_bin) as ns:
+                t0 = time.perf_counter()
+                sh("ip", "netns", "exec", ns, "iptables-restore", "--noflush", stdin=iptables_rules(n))
+                row["iptables_load_s"] = time.perf_counter() - t0
+                row["iptables"] = run_client(client, ns, (targets, cg_direct))[0]
+            with namespace(server_bin) as ns:
+                t0 = time.perf_counter()
+                sh("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=nft_rules(n))
+                row["nft_load_s"] = time.perf_counter() - t0
+                row["nftables"] = run_client(client, ns, (targets, cg_direct))[0]
             report(row)
     finally:
-        if server:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "delete", NS], capture_output=True)
         if os.path.exists(pin):
             with LbKernel(pin) as k:
                 k.reset()
-        if cgroup.exists():
-            cgroup.rmdir()
+        for cg in (cg_direct, cg_vip, parent):
+            if cg.exists():
+                cg.rmdir()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 def report(row: dict) -> None:
     n, d = row["n"], row["direct"]
-    print(f"\nN = {n:,} services x {len(BACKENDS)} backends, {COUNT:,} short connections per run "
-          f"(direct and bpfscope: median of {ROUNDS} interleaved runs)")
+    print(f"\nN = {n:,} services x {len(BACKENDS)} backends; {ROUNDS} rounds of {BLOCK:,} short connections "
+          f"per path")
+    print("  bpfscope: services as by default (getpeername answers the VIP: each socket's VIP is recorded)")
+    print("  bpfscope*: the same with `getpeername: backend` (nothing recorded per socket)")
+    print("  each bpfscope run is interleaved with its own direct run (direct, direct*) in one process")
     print(f"  {'path':10s} {'connect p50':>12s} {'p99':>10s} {'req/s':>9s} {'fails':>6s}   ratios to direct")
-    for path in ("direct", "bpfscope", "iptables", "nftables"):
-        p50, p99, rps, fails = row[path]
-        print(f"  {path:10s} {p50:10.1f}us {p99:8.1f}us {rps:9,.0f} {fails:6d}   "
-              f"p50 {p50 / d[0]:.2f}x  req/s {rps / d[2]:.2f}x")
-    b, ipt = row["bpfscope"], row["iptables"]
-    print(f"  bpfscope p99 is {ipt[1] / b[1]:.1f}x lower than iptables' (target >= 2x at 10,000)")
+    for path in ("direct", "bpfscope", "direct*", "bpfscope*", "iptables", "nftables"):
+        r, base = row[path], row["direct*"] if path.endswith("*") else d
+        print(f"  {path:10s} {r['p50']:10.1f}us {r['p99']:8.1f}us {r['rps']:9,.0f} {r['fails']:6d}   "
+              f"p50 {r['p50'] / base['p50']:.3f}x  req/s {r['rps'] / base['rps']:.3f}x")
+    for path in ("bpfscope", "bpfscope*"):
+        dr, vr = row["direct*" if path.endswith("*") else "direct"]["rounds"], row[path]["rounds"]
+        p50s = [v[0] / x[0] for x, v in zip(dr, vr)]
+        rpss = [v[2] / x[2] for x, v in zip(dr, vr)]
+        print(f"  {path}/direct per round, p50:   " + " ".join(f"{x:.2f}" for x in p50s))
+        print(f"  {path}/direct per round, req/s: " + " ".join(f"{x:.2f}" for x in rpss))
+        print(f"    median p50 {statistics.median(p50s):.3f}x (range {min(p50s):.2f}-{max(p50s):.2f}), "
+              f"median req/s {statistics.median(rpss):.3f}x (range {min(rpss):.2f}-{max(rpss):.2f}); "
+              f"target: p50 <= 1.05x, req/s >= 0.97x")
+    b = row["bpfscope"]
+    print(f"  bpfscope p99 is {row['iptables']['p99'] / b['p99']:.1f}x lower than iptables' (target >= 2x at 10,000)")
     print(f"  apply of {n:,} services: {row['apply_s']:.2f} s (target < 5 s at 10,000); one update: "
           f"{row['update_ms']:.1f} ms (target < 10 ms); iptables-restore {row['iptables_load_s']:.2f} s, "
-          f"nft -f {row['nft_load_s']:.2f} s")
+          f"nft -f {row['nft_load_s']:.2f} s", flush=True)
 
 
 if __name__ == "__main__":

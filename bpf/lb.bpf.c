@@ -5,8 +5,13 @@
  * of each datagram of an unconnected UDP socket; cgroup/getpeername4|6 and recvmsg4|6
  * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
- * O(1) whatever the weights) and the socket's local storage written. Nothing per packet.
- * Only services that ask for more pay for it: least-conn scans its (<= 64) backends' open
+ * O(1) whatever the weights; none for a table of <= LB_INLINE backends, kept inside the
+ * service entry) and a per-CPU counter. Nothing per packet. Only services that
+ * ask for more pay for it: the socket's local storage (VIP and backend, LB_F_ORIGIN) is
+ * created only for services that need it (getpeername/recvmsg answering with the VIP,
+ * UDP, least-conn, passive health, draining): allocating it and freeing it with the socket
+ * costs more than the rest of a connect's program together (measured: bench/lb_paths.py,
+ * docs/design/lb-atomic-updates.md). Least-conn scans its (<= 64) backends' open
  * counts, affinity looks up and refreshes the client's entry, and least-conn and passive
  * health need tp_btf/inet_sock_set_state (attached by user space on first use), which
  * counts the connections of their sockets (SYN_SENT +1, CLOSE -1) and the failed
@@ -35,8 +40,14 @@
 
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym __weak;
 
+/* Not preallocated: an update allocates a new element and frees the old one only after
+ * every program that may still read it is done (RCU), so a connect never reads an entry
+ * being rewritten (a preallocated element can be reused at once by another update). The
+ * elements come from the slab instead of one big vmalloc area (measured at 10,000
+ * services: connect p50 no worse, within noise). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, LB_MAX_SERVICES);
 	__type(key, struct lb_addr);
 	__type(value, struct lb_service);
@@ -196,6 +207,19 @@ static __always_inline struct lb_backend *choose(struct lb_service *svc, struct 
 		return NULL;
 	if (svc->algo == LB_ALGO_LEAST_CONN)
 		return least_conn(svc->id, base, count, index);
+	if (!base && count <= LB_INLINE) {	/* the table inside the entry: no more lookups */
+		/* i < count <= LB_INLINE (a power of two): the mask changes nothing but shows
+		 * the verifier the bound (a compare would be folded away by the compiler) */
+		__u32 i = (bpf_get_prandom_u32() % count) & (LB_INLINE - 1);
+
+		b = &svc->table[i];
+		if (svc->algo == LB_ALGO_WEIGHTED && bpf_get_prandom_u32() >= b->prob) {
+			i = b->alias & (LB_INLINE - 1);
+			b = &svc->table[i];
+		}
+		*index = i;
+		return b;
+	}
 	k.index = base + bpf_get_prandom_u32() % count;
 	b = bpf_map_lookup_elem(&lb_backends, &k);
 	if (!b)
@@ -280,10 +304,11 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 	struct lb_stats_key sk = {};
 	struct lb_origin *origin;
 	struct lb_backend *b;
-	__u32 zero = 0, index;
+	__u32 zero = 0, index, flags;
 
 	if (!svc)
 		return 1;
+	flags = svc->flags;	/* the VIP asked for decides what getpeername answers */
 	if (svc->rate_per_s && !take_token(svc, vip)) {
 		__u32 slot = svc->limit_action == LB_LIMIT_DEGRADE;
 
@@ -322,11 +347,13 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 		ctx->user_ip6[3] = *(__u32 *)&b->to.addr[12];
 	}
 	ctx->user_port = b->to.port;
-	origin = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (origin) {
-		origin->vip = *vip;
-		origin->backend = b->to;
-		origin->flags = svc->flags & (LB_F_TRACK | LB_F_PASSIVE);
+	if ((flags | svc->flags) & LB_F_ORIGIN) {
+		origin = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (origin) {
+			origin->vip = *vip;
+			origin->backend = b->to;
+			origin->flags = svc->flags & (LB_F_TRACK | LB_F_PASSIVE);
+		}
 	}
 	sk.backend = b->to;
 	bump(&lb_choices, &sk);

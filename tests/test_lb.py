@@ -39,6 +39,9 @@ def test_alias_table_gives_each_backend_its_weight(weights):
     ("services:\n  - {name: a, vip: 127.77.0.1, port: 80, backends: [{address: '::1', port: 1}]}\n",
      "services[0]"),
     ("services: [\n", "line"),
+    ("services:\n  - {name: a, vip: 127.77.0.1, port: 53, protocol: udp, getpeername: backend}\n",
+     "services[0]: getpeername"),
+    ("services:\n  - {name: a, vip: 127.77.0.1, port: 80, getpeername: origin}\n", "services[0].getpeername"),
 ])
 def test_malformed_config_names_the_place(text, place):
     with pytest.raises(ConfigError) as err:
@@ -164,6 +167,28 @@ def test_weights_1_2_7_over_3000_connects_and_getpeername_is_the_vip(lb, cgroup)
         status = json.loads(cli("status", "--json").stdout)
         chosen = {b["port"]: b["choices"] for b in status["services"][0]["backends"]}
         assert chosen == {p: got["seen"][str(p)] for p in be.ports}
+    finally:
+        be.close()
+
+
+@pytest.mark.bpf
+def test_getpeername_backend_answers_the_backend_and_the_vip_still_balances(lb, cgroup):
+    # no per-socket record: getpeername() shows where the socket went; the default (vip)
+    # in the same file still answers with the VIP, so the record is per service
+    cli, apply, _ = lb
+    be = Backends(2)
+    try:
+        text = services_yaml(be.ports, [1, 1], "random") + "    getpeername: backend\n" + \
+            f"  - {{name: other, vip: 127.77.0.2, port: 8080, backends: [{{address: 127.0.0.1, port: {be.ports[0]}}}]}}\n"
+        r = apply(text)
+        assert r.returncode == 0, r.stderr
+        got = connects(cgroup, 200)
+        assert not got["errors"]
+        assert got["peers"] == sorted(f"127.0.0.1:{p}" for p in be.ports)
+        assert all(got["seen"][str(p)] > 50 for p in be.ports), got["seen"]
+        assert connects(cgroup, 5, vip="127.77.0.2")["peers"] == ["127.77.0.2:8080"]
+        status = {s["name"]: s for s in json.loads(cli("status", "--json").stdout)["services"]}
+        assert (status["web"]["getpeername"], status["other"]["getpeername"]) == ("backend", "vip")
     finally:
         be.close()
 

@@ -82,3 +82,15 @@ def test_session_affinity_and_least_conn():
     assert (tcp.affinity.by, tcp.affinity.timeout) == ("netns", 60.0) and udp.affinity.timeout == 60.0
     svcs[0].spec.session_affinity_config = None
     assert services_from(svcs, [])[0].affinity.timeout == 10800.0
+
+
+def test_getpeername_annotation_applies_to_tcp_ports_only():
+    from bpfscope.lb.config import ConfigError
+
+    svcs = [service("dns", "d", "127.77.0.10", [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+                    annotations={"bpfscope.io/getpeername": "backend"})]
+    got = {s.name: s.getpeername for s in services_from(svcs, [])}
+    assert got == {"d.dns.dns": "vip", "d.dns.dns-tcp": "backend"}  # udp replies must come from the VIP
+    svcs = [service("web", "d", "127.77.0.1", [("http", 80, "TCP")], annotations={"bpfscope.io/getpeername": "pod"})]
+    with pytest.raises(ConfigError, match="bpfscope.io/getpeername"):
+        services_from(svcs, [])

@@ -18,6 +18,8 @@ enum lb_algo {
 #define LB_F_PASSIVE		2	/* count connects that fail (passive health) */
 #define LB_F_AFFINITY_CGROUP	4	/* same backend per client cgroup for affinity_ns */
 #define LB_F_AFFINITY_NETNS	8	/* same backend per client network namespace */
+#define LB_F_ORIGIN		16	/* record each socket's VIP and backend (socket storage): for
+					 * getpeername, UDP, least-conn, passive health, draining */
 
 #define LB_LEAST_CONN_MAX 64	/* backends a least-conn service may have (scanned per connect) */
 
@@ -28,6 +30,23 @@ struct lb_addr {
 	__u8 proto;		/* IPPROTO_TCP / IPPROTO_UDP */
 	__u8 family;		/* AF_INET / AF_INET6 */
 };
+
+struct lb_backend_key {
+	__u32 service_id;
+	__u32 index;
+};
+
+/* Walker's alias method: index i is kept with probability prob/2^32, else `alias`. */
+struct lb_backend {
+	struct lb_addr to;
+	__u32 prob;
+	__u32 alias;
+};
+
+/* A main table of at most LB_INLINE backends is also kept inside the service entry: a
+ * random or weighted connect then reads it from the entry it already looked up instead
+ * of one or two lb_backends lookups (each a cold bucket and element on a busy machine). */
+#define LB_INLINE 16
 
 enum lb_limit_action {
 	LB_LIMIT_REFUSE = 0,	/* over the rate: connect() fails with ECONNREFUSED */
@@ -49,6 +68,7 @@ struct lb_service {
 	__u32 pad2;
 	struct lb_addr backup;	/* the service to use when this one has no backend (family 0: none) */
 	__u64 affinity_ns;	/* with LB_F_AFFINITY_*: how long a client keeps its backend */
+	struct lb_backend table[LB_INLINE];	/* the main table when count <= LB_INLINE */
 };
 
 /* Client affinity: (service VIP, client cgroup id or netns cookie) -> the backend's index in
@@ -86,18 +106,6 @@ struct lb_bucket {
 	struct bpf_spin_lock lock;
 	__u64 tokens_ns;	/* tokens x 1e9 */
 	__u64 last_ns;
-};
-
-struct lb_backend_key {
-	__u32 service_id;
-	__u32 index;
-};
-
-/* Walker's alias method: index i is kept with probability prob/2^32, else `alias`. */
-struct lb_backend {
-	struct lb_addr to;
-	__u32 prob;
-	__u32 alias;
 };
 
 /* What a redirected socket asked for and where it went: getpeername() and UDP replies

@@ -93,6 +93,8 @@ class Controller:
         self.stop = threading.Event()
         self.reload_errors = 0
         self.drain_timeout_s = drain_timeout_s
+        if drain_timeout_s is not None:
+            kernel.origins = True  # draining finds a backend's connections by their record
         self.removed: dict[Endpoint, float] = {}  # backend removed from the file -> when
         self._pool = ThreadPoolExecutor(max_workers=16)
 

@@ -31,7 +31,7 @@ PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", 
 # change of the machine runs it, so services without least-conn or passive health don't pay.
 TRACKER = "lb_sock_state"
 ALGOS = {"random": 0, "weighted": 1, "least-conn": 2}
-F_TRACK, F_PASSIVE, F_AFFINITY_CGROUP, F_AFFINITY_NETNS = 1, 2, 4, 8  # LB_F_*
+F_TRACK, F_PASSIVE, F_AFFINITY_CGROUP, F_AFFINITY_NETNS, F_ORIGIN = 1, 2, 4, 8, 16  # LB_F_*
 LIMIT_ACTIONS = {"refuse": 0, "degrade": 1}
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # A connect that read a service entry just before it was switched still looks up the old
@@ -55,10 +55,14 @@ class Policy:
     affinity_ns: int = 0
 
     @classmethod
-    def of(cls, svc: Service, vips: dict[str, Endpoint]) -> "Policy":
+    def of(cls, svc: Service, vips: dict[str, Endpoint], origins: bool = False) -> "Policy":
+        """origins: record every socket's VIP and backend (draining needs them)."""
         flags = F_TRACK if svc.algorithm == "least-conn" else 0
         if svc.passive_failures:
             flags |= F_PASSIVE
+        # the per-socket record (socket storage) only where something reads it
+        if origins or flags or svc.protocol == "udp" or svc.getpeername == "vip":
+            flags |= F_ORIGIN
         affinity_ns = 0
         if svc.affinity:
             flags |= F_AFFINITY_NETNS if svc.affinity.by == "netns" else F_AFFINITY_CGROUP
@@ -95,8 +99,10 @@ def _endpoint(addr) -> Endpoint:
 
 
 class LbKernel:
-    def __init__(self, pin_dir: str = DEFAULT_PIN_DIR):
+    def __init__(self, pin_dir: str = DEFAULT_PIN_DIR, origins: bool = False):
+        """origins: record every redirected socket (draining closes only recorded ones)."""
         self.pin_dir = Path(pin_dir)
+        self.origins = origins
         self.obj = BpfObject.open("lb", load=False)  # types and programs; maps come from pins
         self._maps: dict[str, PinnedMap] = {}
 
@@ -210,6 +216,8 @@ class LbKernel:
                 _fill_addr(b.to, ep)
                 b.prob, b.alias = prob, alias
                 bmap.update(bmap.key_type(service_id=sid, index=base + i), b)
+                if base == 0 and len(main) <= len(value.table):  # also inside the entry (LB_INLINE)
+                    ctypes.memmove(ctypes.addressof(value.table[i]), ctypes.addressof(b), ctypes.sizeof(b))
         value.id, value.count, value.algo, value.name = sid, len(main), ALGOS[svc.algorithm], svc.name.encode()
         value.canary_count, value.canary_share = len(canary), share
         value.rate_per_s, value.burst, value.limit_action, fallback = limit
@@ -287,13 +295,13 @@ class LbKernel:
         stale: list = []
         result = ApplyResult([], [], [], [])
         wanted = set()
-        if any(Policy.of(s, vips).flags & (F_TRACK | F_PASSIVE) for s in services):
+        if any(Policy.of(s, vips, self.origins).flags & (F_TRACK | F_PASSIVE) for s in services):
             self._track()  # before the first connect that needs it
         for svc in services:
             vip = Endpoint(svc.vip, svc.port, svc.protocol)
             wanted.add(vip)
             limit = self._limit(svc, vips)
-            policy = Policy.of(svc, vips)
+            policy = Policy.of(svc, vips, self.origins)
             cur = current.get(vip)
             if cur is not None and self._same(cur, svc, limit, policy):
                 result.unchanged.append(svc.name)
@@ -341,7 +349,7 @@ class LbKernel:
         sid = (int(cur.id) ^ ID_TWIN) if cur is not None else self._free_id()
         val = svcs.value_type()
         rate, burst, action, _ = self._limit(svc, {})
-        policy = Policy.of(svc, {})
+        policy = Policy.of(svc, {}, self.origins)
         if policy.flags & (F_TRACK | F_PASSIVE):
             self._track()
         self._write(sid, svc, (rate, burst, action, fallback), val, policy)
@@ -449,6 +457,7 @@ class LbKernel:
                 "algorithm": algo,
                 "rate_per_s": int(cur.rate_per_s) or None,
                 "fallback": self._name_of(policy.backup, current) if policy.backup else None,
+                "getpeername": "vip" if policy.flags & F_ORIGIN else "backend",
                 "affinity": {"by": "netns" if policy.flags & F_AFFINITY_NETNS else "cgroup",
                              "timeout_s": policy.affinity_ns / 1e9} if policy.affinity_ns else None,
                 "backends": [{"address": ep.address, "port": ep.port, "share": round(s, 4),

@@ -8,6 +8,7 @@ Annotations on a Service:
                                                 1 unless bpfscope.io/weight-<ip> gives another;
                                                 least-conn: tcp ports, udp ones stay random)
   bpfscope.io/rate-limit: "<per second>[/<burst>]"
+  bpfscope.io/getpeername: vip | backend   (backend: tcp ports record nothing per socket)
 spec.sessionAffinity ClientIP becomes `affinity: {by: netns}` (a pod is a network
 namespace) with sessionAffinityConfig.clientIP.timeoutSeconds (default 10800).
 """
@@ -56,6 +57,9 @@ def services_from(k8s_services: list, slices: list) -> list[Service]:
         algorithm = notes.get(f"{ANNOTATION}algorithm", "random")
         limit = _rate_limit(notes.get(f"{ANNOTATION}rate-limit"))
         affinity = _affinity(spec)
+        peer = notes.get(f"{ANNOTATION}getpeername", "vip")
+        if peer not in ("vip", "backend"):
+            raise ConfigError(f"annotation {ANNOTATION}getpeername: {peer!r} is not vip or backend")
         for port in spec.ports or []:
             protocol = (port.protocol or "TCP").lower()
             if protocol not in ("tcp", "udp"):
@@ -77,7 +81,7 @@ def services_from(k8s_services: list, slices: list) -> list[Service]:
             out.append(Service(name=_name(meta.namespace, meta.name, port.name, port.port), vip=spec.cluster_ip,
                                port=port.port, protocol=protocol, backends=backends, rate_limit=limit,
                                algorithm="random" if protocol == "udp" and algorithm == "least-conn" else algorithm,
-                               affinity=affinity))
+                               affinity=affinity, getpeername="vip" if protocol == "udp" else peer))
     return out
 
 
