@@ -128,9 +128,6 @@ struct net_conn_lat {
 	__u64 cookie;
 	__u64 sum_ns[NET_LAT_STAGES];
 	__u32 count[NET_LAT_STAGES];
-	__u64 tx_pending_ns;	/* a sampled send waiting for its first transmission */
-	__u32 tx_pending_seq;	/* the sequence number of that send's first byte */
-	__u32 pad;
 };
 
 #endif

@@ -206,7 +206,8 @@ class NetKernel:
             try:
                 return BpfObject.open("net", rodata={"emit_events": self.events_on,
                                                      "latency_sample": max(self.latency_sample, 1),
-                                                     "close_records": self.close_records}, only=only)
+                                                     "close_records": self.close_records,
+                                                     "latency_on": bool(self.latency_sample)}, only=only)
             except L.BpfError as exc:
                 failed = re.findall(r"prog '(\w+)'", exc.log or "")
                 bad = failed[-1] if failed else None
