@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BULK_MIB = 2048
-SHORT_S = 3.0
+BULK_MIB = 1024
+SHORT_S = 2.0
 CHUNK = 256 << 10
 
 
@@ -119,6 +119,26 @@ def foreign_cpu_s() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def wait_attached(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Until the exporter holds BPF links and their number has not changed for 0.5 s."""
+    last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bpfscope net exited with status {proc.returncode}")
+        links = 0
+        for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+            try:
+                links += os.readlink(f"/proc/{proc.pid}/fd/{fd}") == "anon_inode:bpf_link"
+            except OSError:
+                pass
+        if links != last:
+            last, stable_since = links, time.monotonic()
+        elif links and time.monotonic() - stable_since >= 0.5:
+            return
+        time.sleep(0.1)
+    raise SystemExit("bpfscope net did not attach within 20 s")
+
+
 def run_once(kind: str, pin: bool) -> float:
     me = [sys.executable, __file__] + (["--pin"] if pin else [])
     srv = subprocess.Popen(me + ["--role", "server", "--kind", kind], stdout=subprocess.PIPE, text=True)
@@ -144,14 +164,14 @@ def run(kind: str, pin: bool, max_foreign: float, tries: int = 4) -> tuple[float
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--interval", default="1", help="the exporter's --interval (1: a snapshot every second of the run)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="client and server on one CPU each (default); the exporter is never pinned")
     ap.add_argument("--only", choices=["bulk", "short"], help="one workload only")
     ap.add_argument("--max-foreign", type=float, default=0.03,
                     help="run again when other processes used more than this share of one CPU during a run")
-    ap.add_argument("--modes", default="net,latency,json", help="exporter modes to compare with off (comma-separated)")
+    ap.add_argument("--modes", default="net,latency", help="exporter modes to compare with off (comma-separated)")
     ap.add_argument("--role", choices=["bench", "server", "client"], default="bench")
     ap.add_argument("--kind", choices=["bulk", "short"])
     ap.add_argument("--port", type=int)
@@ -178,7 +198,7 @@ def main() -> None:
             if extra is not None:
                 exporter = subprocess.Popen([sys.executable, "-m", "bpfscope", "net", "--quiet", "--interval",
                                              args.interval, *extra], cwd=REPO, stdout=subprocess.DEVNULL)
-                time.sleep(3)  # loaded and attached
+                wait_attached(exporter)
             try:
                 for kind in kinds:
                     value, disturbed = run(kind, args.pin, args.max_foreign)

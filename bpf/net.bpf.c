@@ -19,10 +19,11 @@
  *   ring-buffer record per dropped IP packet.
  * - With --latency: netif_rx, napi_gro_receive_entry, netif_receive_skb[_list]_entry,
  *   netif_receive_skb, tcp_probe, skb_copy_datagram_iovec, tcp_sendmsg_locked,
- *   net_dev_queue, net_dev_xmit: one random number per packet (per send call), and for the
- *   1 in N sampled an LRU-hash update per layer, a per-CPU histogram increment per stage
- *   and the connection's sums in socket storage; net_dev_queue also looks up the socket's
- *   storage for a pending sampled send. net_iter_lat reads the sums once per interval.
+ *   net_dev_queue, net_dev_xmit: per packet and hook a per-CPU countdown (start hooks) or
+ *   one inlined array read and two compares (the others); for the 1 in N sampled a mark
+ *   written per layer, a per-CPU histogram increment per stage and the connection's sums
+ *   in socket storage; net_dev_queue also reads one array slot for a pending sampled send
+ *   of the socket. net_iter_tcp reads the sums with the snapshot (no second walk).
  * The owner lives in socket-local storage (BPF_MAP_TYPE_SK_STORAGE): it is freed with
  * the socket, so nothing can leak or be reused by a later socket at the same address.
  */
@@ -91,6 +92,18 @@ struct {
 	__type(value, struct net_tcp_info);
 } scratch SEC(".maps");
 
+/* --latency, per connection: sampled packets' time per stage; only sockets that had a
+ * sampled packet get one (no prealloc). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct net_conn_lat);
+} conn_lat SEC(".maps");
+
+static const struct net_conn_lat no_lat = {};
+
+BTF_EXPORT_STRUCT(net_conn_lat);
 BTF_EXPORT_STRUCT(net_event);
 BTF_EXPORT_STRUCT(net_tcp_info);
 
@@ -363,7 +376,8 @@ int BPF_PROG(net_recv, struct sock *sk, int ret, int flags)
 }
 
 /* Snapshot: one net_tcp_info per full TCP socket (listeners included; time-wait and
- * request sockets have no tcp_sock and are skipped). */
+ * request sockets have no tcp_sock and are skipped), with --latency followed by its
+ * struct net_conn_lat (zero when it had no sampled packet). */
 SEC("iter/tcp")
 int net_iter_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -386,6 +400,11 @@ int net_iter_tcp(struct bpf_iter__tcp *ctx)
 	fill_owner(ti, bpf_sk_storage_get(&owners, tp, 0, 0));
 	fill_tcp(ti, tp);
 	bpf_seq_write(ctx->meta->seq, ti, sizeof(*ti));
+	if (latency_on) {	/* the same walk carries the latency sums: every record gets them */
+		struct net_conn_lat *cl = bpf_sk_storage_get(&conn_lat, tp, 0, 0);
+
+		bpf_seq_write(ctx->meta->seq, cl ?: &no_lat, sizeof(*cl));
+	}
 	return 0;
 }
 
@@ -596,16 +615,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct net_lat_hist);
 } lat_hist SEC(".maps");
-
-/* Per connection; only sockets that had a sampled packet get one (no prealloc). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct net_conn_lat);
-} conn_lat SEC(".maps");
-
-BTF_EXPORT_STRUCT(net_conn_lat);
 
 static __always_inline bool sampled(__u32 path)
 {
@@ -935,27 +944,6 @@ int BPF_PROG(net_lat_tx_xmit, struct sk_buff *skb, int rc, struct net_device *de
 	m->skb = 0;
 	lat_add(NET_LAT_TX_DEV_XMIT, delta);
 	conn_add(skb->sk, NET_LAT_TX_DEV_XMIT, delta);
-	return 0;
-}
-
-/* Per-connection latency sums of every socket that has some (run with --latency). */
-SEC("iter/tcp")
-int net_iter_lat(struct bpf_iter__tcp *ctx)
-{
-	struct sock_common *skc = ctx->sk_common;
-	struct net_conn_lat *cl;
-	struct tcp_sock *tp;
-
-	if (!skc)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp)
-		return 0;
-	cl = bpf_sk_storage_get(&conn_lat, tp, 0, 0);
-	if (!cl)
-		return 0;
-	cl->cookie = bpf_get_socket_cookie(tp);
-	bpf_seq_write(ctx->meta->seq, cl, sizeof(*cl));
 	return 0;
 }
 
