@@ -10,7 +10,8 @@ a snapshot every second of a run, five times the default's cost in user space), 
 built and written). A round runs every mode once, in an order rotated each round, and its
 ratios are against that round's run without bpfscope; the summary is the median of the
 per-round ratios with their range (the targets: bulk >= 0.97x, short >= 0.95x, with
---latency >= 0.90x), and the exporter process's median share of one CPU during the runs.
+--latency >= 0.90x), and the exporter process's median share of one CPU during the runs
+(perf stat task-clock: every thread, exact).
 
 Noise on this 2-CPU VM: the same workload alone varies +-10% (short) and +-30% (bulk)
 from run to run, so single runs decide nothing. The client and the server are pinned to
@@ -26,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,11 +159,25 @@ def run_once(kind: str, pin: bool) -> float:
     return float(out)
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class TaskClock:
+    """CPU time of a process and all its threads, short-lived ones included, from `perf
+    stat -e task-clock` (exact; /proc's utime and stime are sampled at the tick, which
+    charges a process that wakes on timers far more than it uses)."""
+
+    def __init__(self, pid: int):
+        self._out = tempfile.NamedTemporaryFile("r", suffix=".perf")
+        self._perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock", "-p", str(pid), "-o",
+                                       self._out.name], stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # attached
+
+    def stop_s(self) -> float:
+        self._perf.send_signal(signal.SIGINT)
+        self._perf.wait(10)
+        for line in self._out.read().splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2].startswith("task-clock"):
+                return float(fields[0]) / 1e3  # msec
+        return float("nan")
 
 
 def run(kind: str, pin: bool, max_foreign: float, exporter: subprocess.Popen | None,
@@ -170,10 +187,11 @@ def run(kind: str, pin: bool, max_foreign: float, exporter: subprocess.Popen | N
     also how many runs were disturbed."""
     disturbed = 0
     for _ in range(tries):
-        f0, t0, e0 = foreign_cpu_s(), time.monotonic(), cpu_s(exporter.pid) if exporter else 0.0
+        clock = TaskClock(exporter.pid) if exporter else None
+        f0, t0 = foreign_cpu_s(), time.monotonic()
         value = run_once(kind, pin)
         wall = time.monotonic() - t0
-        share = (cpu_s(exporter.pid) - e0) / wall if exporter else 0.0
+        share = clock.stop_s() / wall if clock else 0.0
         if (foreign_cpu_s() - f0) / wall <= max_foreign:
             break
         disturbed += 1
