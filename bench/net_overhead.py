@@ -165,15 +165,19 @@ class TaskClock:
     charges a process that wakes on timers far more than it uses)."""
 
     def __init__(self, pid: int):
-        self._out = tempfile.NamedTemporaryFile("r", suffix=".perf")
-        self._perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock", "-p", str(pid), "-o",
-                                       self._out.name], stderr=subprocess.DEVNULL)
+        fd, self._path = tempfile.mkstemp(suffix=".perf")
+        os.close(fd)
+        self._perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock", "-p", str(pid), "-o", self._path],
+                                      stderr=subprocess.DEVNULL)
         time.sleep(0.2)  # attached
 
     def stop_s(self) -> float:
         self._perf.send_signal(signal.SIGINT)
         self._perf.wait(10)
-        for line in self._out.read().splitlines():
+        with open(self._path) as f:
+            lines = f.read().splitlines()
+        os.unlink(self._path)
+        for line in lines:
             fields = line.split(",")
             if len(fields) > 2 and fields[2].startswith("task-clock"):
                 return float(fields[0]) / 1e3  # msec
