@@ -19,10 +19,11 @@
  *   ring-buffer record per dropped IP packet.
  * - With --latency: netif_rx, napi_gro_receive_entry, netif_receive_skb[_list]_entry,
  *   netif_receive_skb, tcp_probe, skb_copy_datagram_iovec, tcp_sendmsg_locked,
- *   net_dev_queue, net_dev_xmit: one random number per packet (per send call), and for the
- *   1 in N sampled an LRU-hash update per layer, a per-CPU histogram increment per stage
- *   and the connection's sums in socket storage; net_dev_queue also looks up the socket's
- *   storage for a pending sampled send. net_iter_lat reads the sums once per interval.
+ *   net_dev_queue, net_dev_xmit: per packet and hook a per-CPU countdown (start hooks) or
+ *   one inlined array read and two compares (the others); for the 1 in N sampled a mark
+ *   written per layer, a per-CPU histogram increment per stage and the connection's sums
+ *   in socket storage; net_dev_queue also reads one array slot for a pending sampled send
+ *   of the socket. net_iter_tcp reads the sums with the snapshot (no second walk).
  * The owner lives in socket-local storage (BPF_MAP_TYPE_SK_STORAGE): it is freed with
  * the socket, so nothing can leak or be reused by a later socket at the same address.
  */
@@ -43,6 +44,9 @@ const volatile __u32 latency_sample = 1;	/* --latency: follow 1 packet in N */
 /* false when nothing reads close records (only the live table): closes are counted per
  * direction here instead of one ring-buffer record each */
 const volatile bool close_records = true;
+const volatile bool latency_on = false;	/* --latency */
+
+static __always_inline void lat_forget_send(const struct sock *sk);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -88,6 +92,18 @@ struct {
 	__type(value, struct net_tcp_info);
 } scratch SEC(".maps");
 
+/* --latency, per connection: sampled packets' time per stage; only sockets that had a
+ * sampled packet get one (no prealloc). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct net_conn_lat);
+} conn_lat SEC(".maps");
+
+static const struct net_conn_lat no_lat = {};
+
+BTF_EXPORT_STRUCT(net_conn_lat);
 BTF_EXPORT_STRUCT(net_event);
 BTF_EXPORT_STRUCT(net_tcp_info);
 
@@ -280,6 +296,10 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 	struct sock *sk = (struct sock *)csk;
 	struct net_owner *ow;
 
+	/* most changes need nothing: look at the new state before touching the socket */
+	if (newstate != TCP_SYN_SENT && newstate != TCP_LISTEN && newstate != TCP_SYN_RECV &&
+	    newstate != TCP_CLOSE && !(newstate == TCP_ESTABLISHED && emit_events))
+		return 0;
 	if (!is_inet_tcp(sk))
 		return 0;
 	switch (newstate) {
@@ -309,6 +329,8 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 	case TCP_CLOSE:	/* the final record: totals and lifetime */
 		if (oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
 			return 0;
+		if (latency_on)
+			lat_forget_send(sk);
 		if (!close_records) {
 			__u32 dir;
 			__u64 *n;
@@ -354,7 +376,8 @@ int BPF_PROG(net_recv, struct sock *sk, int ret, int flags)
 }
 
 /* Snapshot: one net_tcp_info per full TCP socket (listeners included; time-wait and
- * request sockets have no tcp_sock and are skipped). */
+ * request sockets have no tcp_sock and are skipped), with --latency followed by its
+ * struct net_conn_lat (zero when it had no sampled packet). */
 SEC("iter/tcp")
 int net_iter_tcp(struct bpf_iter__tcp *ctx)
 {
@@ -377,6 +400,11 @@ int net_iter_tcp(struct bpf_iter__tcp *ctx)
 	fill_owner(ti, bpf_sk_storage_get(&owners, tp, 0, 0));
 	fill_tcp(ti, tp);
 	bpf_seq_write(ctx->meta->seq, ti, sizeof(*ti));
+	if (latency_on) {	/* the same walk carries the latency sums: every record gets them */
+		struct net_conn_lat *cl = bpf_sk_storage_get(&conn_lat, tp, 0, 0);
+
+		bpf_seq_write(ctx->meta->seq, cl ?: &no_lat, sizeof(*cl));
+	}
 	return 0;
 }
 
@@ -517,26 +545,69 @@ int BPF_PROG(net_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
  * (netif_receive_skb) -> TCP (tcp_probe, in tcp_rcv_established) -> copied to the
  * application. Send: a sampled send call (tcp_sendmsg_locked) -> TCP transmits the segment
  * holding its first byte (skb_mstamp_ns, CLOCK_MONOTONIC) -> queued to the device -> handed
- * to the driver. Unfollowed skbs age out of the LRU maps. */
+ * to the driver.
+ *
+ * Every packet passes every hook, sampled or not, so the unsampled path must be nearly
+ * free: the sampling decision is a per-CPU countdown (a random number only per sample),
+ * and a sampled packet is found again in a small 2-way table indexed by a hash of its skb
+ * pointer (an inlined array lookup and two compares per hook, no hash map, no lock). */
+
+enum lat_path { LAT_RX = 0, LAT_TX = 1, LAT_SEND = 2, LAT_PATHS = 3 };
+
+/* How far a followed packet got: each hook only takes a mark at the previous stage. */
+enum lat_step { LAT_STARTED = 1, LAT_PAST_L2 = 2, LAT_PAST_TCP = 3 };
 
 struct lat_mark {
-	__u64 ts;
+	__u64 skb;		/* 0: free */
+	__u64 ts;		/* when it passed the last stage (bpf_ktime_get_ns) */
 	__u64 dev_l2_ns;	/* device -> L2, added to the connection once TCP names it */
+	__u32 step;		/* enum lat_step */
+	__u32 pad;
 };
 
+struct lat_set {
+	struct lat_mark m[2];
+};
+
+#define LAT_SETS 1024	/* power of two */
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct lat_mark);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LAT_SETS);
+	__type(key, __u32);
+	__type(value, struct lat_set);
 } lat_rx SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct lat_mark);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LAT_SETS);
+	__type(key, __u32);
+	__type(value, struct lat_set);
 } lat_tx SEC(".maps");
+
+/* A sampled send call waiting for TCP to transmit its first byte, per socket (direct-mapped
+ * by socket pointer; forgotten when the socket closes). */
+struct lat_send {
+	__u64 sk;		/* 0: free */
+	__u64 ts;
+	__u32 seq;		/* the sequence number of the send's first byte */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LAT_SETS);
+	__type(key, __u32);
+	__type(value, struct lat_send);
+} lat_sends SEC(".maps");
+
+/* Packets (send calls) left before the next sample, per CPU and enum lat_path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LAT_PATHS);
+	__type(key, __u32);
+	__type(value, __u32);
+} lat_countdown SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -545,19 +616,93 @@ struct {
 	__type(value, struct net_lat_hist);
 } lat_hist SEC(".maps");
 
-/* Per connection; only sockets that had a sampled packet get one (no prealloc). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct net_conn_lat);
-} conn_lat SEC(".maps");
-
-BTF_EXPORT_STRUCT(net_conn_lat);
-
-static __always_inline bool sampled(void)
+static __always_inline bool sampled(__u32 path)
 {
-	return latency_sample <= 1 || bpf_get_prandom_u32() % latency_sample == 0;
+	__u32 *left;
+
+	if (latency_sample <= 1)
+		return true;
+	left = bpf_map_lookup_elem(&lat_countdown, &path);
+	if (!left)
+		return false;
+	if (*left > 1) {
+		(*left)--;
+		return false;
+	}
+	/* the next sample 1..2N-1 packets later: 1 in N on average, never in lock-step with
+	 * traffic of a fixed period (10 packets per connection would always sample the same one) */
+	*left = 1 + bpf_get_prandom_u32() % (2 * latency_sample - 1);
+	return true;
+}
+
+/* The verifier allows no arithmetic on a kernel pointer, but what is read back from map
+ * memory is a plain number: a per-CPU word turns a pointer into one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lat_word SEC(".maps");
+
+static __always_inline __u32 lat_slot(const void *ptr)
+{
+	__u32 zero = 0;
+	volatile __u64 *w = bpf_map_lookup_elem(&lat_word, &zero);
+
+	if (!w)
+		return 0;
+	*w = (__u64)ptr;
+	return ((__u32)*w * 2654435769U) >> 22;	/* Fibonacci hash of the low half, 10 bits: LAT_SETS */
+}
+
+static __always_inline struct lat_set *lat_set_of(void *map, const struct sk_buff *skb)
+{
+	__u32 i = lat_slot(skb);
+
+	return bpf_map_lookup_elem(map, &i);
+}
+
+static __always_inline struct lat_mark *lat_find(void *map, const struct sk_buff *skb, __u32 step)
+{
+	struct lat_set *s = lat_set_of(map, skb);
+
+	if (!s)
+		return NULL;
+	if (s->m[0].skb == (__u64)skb && s->m[0].step == step)
+		return &s->m[0];
+	if (s->m[1].skb == (__u64)skb && s->m[1].step == step)
+		return &s->m[1];
+	return NULL;
+}
+
+/* A packet enters a path: a followed packet that lived at this address before ended where
+ * no hook saw it (dropped, merged into another, a pure ACK): forget it. */
+static __always_inline void lat_forget(struct lat_set *s, const struct sk_buff *skb)
+{
+	if (s->m[0].skb == (__u64)skb)
+		s->m[0].skb = 0;
+	if (s->m[1].skb == (__u64)skb)
+		s->m[1].skb = 0;
+}
+
+/* Follow skb from now: into a free mark, else the one least far along (keep a packet
+ * waiting for the application), else the older. */
+static __always_inline void lat_follow(struct lat_set *s, const struct sk_buff *skb, __u64 now)
+{
+	struct lat_mark *m;
+
+	if (!s->m[0].skb)
+		m = &s->m[0];
+	else if (!s->m[1].skb)
+		m = &s->m[1];
+	else if (s->m[0].step != s->m[1].step)
+		m = s->m[0].step < s->m[1].step ? &s->m[0] : &s->m[1];
+	else
+		m = s->m[0].ts <= s->m[1].ts ? &s->m[0] : &s->m[1];
+	m->skb = (__u64)skb;
+	m->ts = now;
+	m->dev_l2_ns = 0;
+	m->step = LAT_STARTED;
 }
 
 static __always_inline void lat_add(__u32 stage, __u64 delta)
@@ -603,16 +748,16 @@ static __always_inline bool is_tcp_skb_sk(const struct sk_buff *skb)
 	return sk && sk->sk_protocol == IPPROTO_TCP;
 }
 
-/* The device hands a packet to the stack: start following 1 in N. */
+/* The device hands a packet to the stack. */
 static __always_inline int lat_rx_start(const struct sk_buff *skb)
 {
-	struct lat_mark m = {};
-	__u64 key = (__u64)skb;
+	struct lat_set *s = lat_set_of(&lat_rx, skb);
 
-	if (!sampled())
+	if (!s)
 		return 0;
-	m.ts = bpf_ktime_get_ns();
-	bpf_map_update_elem(&lat_rx, &key, &m, BPF_ANY);
+	lat_forget(s, skb);
+	if (sampled(LAT_RX))
+		lat_follow(s, skb, bpf_ktime_get_ns());
 	return 0;
 }
 
@@ -643,82 +788,99 @@ int BPF_PROG(net_lat_rx_list, const struct sk_buff *skb)
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(net_lat_rx_l2, struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb, now;
-	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
+	struct lat_mark *m = lat_find(&lat_rx, skb, LAT_STARTED);
+	__u64 now;
 
-	if (!m || m->dev_l2_ns)
+	if (!m)
 		return 0;
 	now = bpf_ktime_get_ns();
 	m->dev_l2_ns = now - m->ts ?: 1;
 	lat_add(NET_LAT_RX_DEV_L2, m->dev_l2_ns);
 	m->ts = now;
+	m->step = LAT_PAST_L2;
 	return 0;
 }
 
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(net_lat_rx_tcp, struct sock *sk, const struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb, now, delta;
-	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
+	struct lat_mark *m = lat_find(&lat_rx, skb, LAT_PAST_L2);
+	__u32 seq[2] = {};	/* struct tcp_skb_cb: seq, end_seq */
+	__u64 now, delta;
 
-	if (!m || !m->dev_l2_ns)
+	if (!m)
 		return 0;
 	now = bpf_ktime_get_ns();
 	delta = now - m->ts;
 	lat_add(NET_LAT_RX_L2_TCP, delta);
 	conn_add(sk, NET_LAT_RX_DEV_L2, m->dev_l2_ns);
 	conn_add(sk, NET_LAT_RX_L2_TCP, delta);
+	bpf_probe_read_kernel(seq, sizeof(seq), skb->cb);
+	if (seq[0] == seq[1]) {	/* no data (an ACK): never copied to the application */
+		m->skb = 0;
+		return 0;
+	}
 	m->ts = now;
+	m->step = LAT_PAST_TCP;
 	return 0;
 }
 
 SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(net_lat_rx_app, const struct sk_buff *skb, int len)
 {
-	__u64 key = (__u64)skb, delta;
-	struct lat_mark *m = bpf_map_lookup_elem(&lat_rx, &key);
+	struct lat_mark *m = lat_find(&lat_rx, skb, LAT_PAST_TCP);
+	__u64 delta;
 
-	if (!m || !m->dev_l2_ns)
+	if (!m)
+		return 0;
+	m->skb = 0;
+	if (!is_tcp_skb_sk(skb))	/* another socket's skb at the address of a lost one */
 		return 0;
 	delta = bpf_ktime_get_ns() - m->ts;
 	lat_add(NET_LAT_RX_TCP_APP, delta);
 	conn_add(skb->sk, NET_LAT_RX_TCP_APP, delta);
-	bpf_map_delete_elem(&lat_rx, &key);
 	return 0;
 }
 
-/* A sampled send call: remember when, and where its bytes start in the stream. */
+static __always_inline struct lat_send *lat_send_of(const struct sock *sk)
+{
+	__u32 i = lat_slot(sk);
+
+	return bpf_map_lookup_elem(&lat_sends, &i);
+}
+
+/* A sampled send call: remember when, and where its bytes start in the stream (one
+ * pending send per socket). */
 SEC("tp_btf/tcp_sendmsg_locked")
 int BPF_PROG(net_lat_tx_send, const struct sock *csk, const struct msghdr *msg, const struct sk_buff *skb,
 	     int size_goal)
 {
-	struct sock *sk = (struct sock *)csk;
-	struct net_conn_lat *cl;
+	struct lat_send *p;
 	struct tcp_sock *tp;
 
-	if (!sampled())
+	if (!sampled(LAT_SEND))
 		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
+	tp = bpf_skc_to_tcp_sock((struct sock *)csk);
+	p = lat_send_of(csk);
+	if (!tp || !p || p->sk == (__u64)csk)
 		return 0;
-	cl = bpf_sk_storage_get(&conn_lat, tp, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!cl || cl->tx_pending_ns)
-		return 0;
-	cl->tx_pending_seq = tp->write_seq;
-	cl->tx_pending_ns = bpf_ktime_get_ns();
+	p->sk = (__u64)csk;
+	p->seq = tp->write_seq;
+	p->ts = bpf_ktime_get_ns();
 	return 0;
 }
 
 /* The first segment holding the pending send's first byte closes the app -> TCP stage. */
-static __always_inline void lat_tx_app(struct sk_buff *skb, __u64 stamp)
+static __always_inline void lat_tx_app(struct sk_buff *skb, struct sock *sk)
 {
-	struct net_conn_lat *cl = bpf_sk_storage_get(&conn_lat, skb->sk, 0, 0);
+	struct lat_send *p = lat_send_of(sk);
 	unsigned char *th;
+	__u64 stamp, ts;
 	__u8 hdr[16];
 	__u32 seq, end;
 	int data;
 
-	if (!cl || !cl->tx_pending_ns)
+	if (!p || p->sk != (__u64)sk || sk->sk_protocol != IPPROTO_TCP)
 		return;
 	th = skb->head + skb->transport_header;
 	if (bpf_probe_read_kernel(hdr, sizeof(hdr), th))
@@ -726,71 +888,62 @@ static __always_inline void lat_tx_app(struct sk_buff *skb, __u64 stamp)
 	seq = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) | ((__u32)hdr[6] << 8) | hdr[7];
 	data = (int)skb->len - (int)(th - skb->data) - (hdr[12] >> 4) * 4;
 	end = seq + (data > 0 ? data : 0);
-	if ((int)(end - cl->tx_pending_seq) <= 0)	/* older data, still ahead of the send */
+	if ((int)(end - p->seq) <= 0)	/* older data, still ahead of the send */
 		return;
-	if (stamp >= cl->tx_pending_ns) {
-		lat_add(NET_LAT_TX_APP_TCP, stamp - cl->tx_pending_ns);
-		cl->sum_ns[NET_LAT_TX_APP_TCP] += stamp - cl->tx_pending_ns;
-		cl->count[NET_LAT_TX_APP_TCP]++;
+	stamp = skb->skb_mstamp_ns;
+	ts = p->ts;
+	p->sk = 0;
+	if (stamp >= ts) {
+		lat_add(NET_LAT_TX_APP_TCP, stamp - ts);
+		conn_add(sk, NET_LAT_TX_APP_TCP, stamp - ts);
 	}
-	cl->tx_pending_ns = 0;
+}
+
+/* A closed socket's pending send is forgotten: a later socket at its address is another. */
+static __always_inline void lat_forget_send(const struct sock *sk)
+{
+	struct lat_send *p = lat_send_of(sk);
+
+	if (p && p->sk == (__u64)sk)
+		p->sk = 0;
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(net_lat_tx_queue, struct sk_buff *skb)
 {
-	__u64 key = (__u64)skb, now, stamp;
-	struct lat_mark m = {};
+	struct lat_set *s = lat_set_of(&lat_tx, skb);
+	struct sock *sk = skb->sk;
+	__u64 now, stamp;
 
-	if (!is_tcp_skb_sk(skb))
+	if (sk)
+		lat_tx_app(skb, sk);
+	if (!s)
 		return 0;
-	stamp = skb->skb_mstamp_ns;
-	lat_tx_app(skb, stamp);
-	if (!sampled())
+	lat_forget(s, skb);
+	if (!sampled(LAT_TX) || !is_tcp_skb_sk(skb))
 		return 0;
 	now = bpf_ktime_get_ns();
+	stamp = skb->skb_mstamp_ns;
 	if (stamp && stamp <= now) {	/* a paced (future) departure time is not a delay */
 		lat_add(NET_LAT_TX_TCP_DEV, now - stamp);
-		conn_add(skb->sk, NET_LAT_TX_TCP_DEV, now - stamp);
+		conn_add(sk, NET_LAT_TX_TCP_DEV, now - stamp);
 	}
-	m.ts = now;
-	bpf_map_update_elem(&lat_tx, &key, &m, BPF_ANY);
+	lat_follow(s, skb, now);
 	return 0;
 }
 
 SEC("tp_btf/net_dev_xmit")
 int BPF_PROG(net_lat_tx_xmit, struct sk_buff *skb, int rc, struct net_device *dev, unsigned int len)
 {
-	__u64 key = (__u64)skb, delta;
-	struct lat_mark *m = bpf_map_lookup_elem(&lat_tx, &key);
+	struct lat_mark *m = lat_find(&lat_tx, skb, LAT_STARTED);
+	__u64 delta;
 
 	if (!m)
 		return 0;
 	delta = bpf_ktime_get_ns() - m->ts;
+	m->skb = 0;
 	lat_add(NET_LAT_TX_DEV_XMIT, delta);
 	conn_add(skb->sk, NET_LAT_TX_DEV_XMIT, delta);
-	bpf_map_delete_elem(&lat_tx, &key);
-	return 0;
-}
-
-/* Per-connection latency sums of every socket that has some (run with --latency). */
-SEC("iter/tcp")
-int net_iter_lat(struct bpf_iter__tcp *ctx)
-{
-	struct sock_common *skc = ctx->sk_common;
-	struct net_conn_lat *cl;
-	struct tcp_sock *tp;
-
-	if (!skc)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp)
-		return 0;
-	cl = bpf_sk_storage_get(&conn_lat, tp, 0, 0);
-	if (!cl)
-		return 0;
-	cl->cookie = bpf_get_socket_cookie(tp);
-	bpf_seq_write(ctx->meta->seq, cl, sizeof(*cl));
 	return 0;
 }
 

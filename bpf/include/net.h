@@ -123,14 +123,10 @@ struct net_lat_hist {
 };
 
 /* --latency per connection: sampled packets' time per stage, kept in socket storage and
- * written by iter/tcp (net_iter_lat) for sockets that have any. */
+ * written by iter/tcp (net_iter_tcp) after each socket's net_tcp_info. */
 struct net_conn_lat {
-	__u64 cookie;
 	__u64 sum_ns[NET_LAT_STAGES];
 	__u32 count[NET_LAT_STAGES];
-	__u64 tx_pending_ns;	/* a sampled send waiting for its first transmission */
-	__u32 tx_pending_seq;	/* the sequence number of that send's first byte */
-	__u32 pad;
 };
 
 #endif

@@ -41,8 +41,7 @@ ESSENTIAL_PROGRAMS = ("net_state", "net_iter_tcp")  # the rest degrade: owners c
 EVENT_PROGRAMS = ["net_retransmit", "net_send_reset", "net_receive_reset", "net_cong_state", "net_rcvq_full"]
 DROP_PROGRAMS = ["net_kfree_skb"]
 LATENCY_PROGRAMS = ["net_lat_rx_dev", "net_lat_rx_gro", "net_lat_rx_entry", "net_lat_rx_list", "net_lat_rx_l2",
-                    "net_lat_rx_tcp", "net_lat_rx_app", "net_lat_tx_send", "net_lat_tx_queue", "net_lat_tx_xmit",
-                    "net_iter_lat"]
+                    "net_lat_rx_tcp", "net_lat_rx_app", "net_lat_tx_send", "net_lat_tx_queue", "net_lat_tx_xmit"]
 # enum net_lat_stage: (path, stage label)
 LATENCY_STAGES = (("rx", "device_to_l2"), ("rx", "l2_to_tcp"), ("rx", "tcp_to_app"),
                   ("tx", "app_to_tcp"), ("tx", "tcp_to_device"), ("tx", "device_to_driver"))
@@ -206,7 +205,8 @@ class NetKernel:
             try:
                 return BpfObject.open("net", rodata={"emit_events": self.events_on,
                                                      "latency_sample": max(self.latency_sample, 1),
-                                                     "close_records": self.close_records}, only=only)
+                                                     "close_records": self.close_records,
+                                                     "latency_on": bool(self.latency_sample)}, only=only)
             except L.BpfError as exc:
                 failed = re.findall(r"prog '(\w+)'", exc.log or "")
                 bad = failed[-1] if failed else None
@@ -228,10 +228,13 @@ class NetKernel:
                 prog.attach()
         self.info = InfoDecoder(self.obj.struct("net_tcp_info"))
         self._tcp_link = self.obj.programs["net_iter_tcp"].attach_iter()
-        self._lat_link = None
-        if self.latency_sample and "net_iter_lat" not in self.missing:
-            self._lat_link = self.obj.programs["net_iter_lat"].attach_iter()
-            self._lat_struct = self.obj.struct("net_conn_lat")
+        # with --latency each snapshot record is a net_tcp_info and the socket's net_conn_lat
+        self._snap_codec, self._conn_lat = self.info.codec, {}
+        if self.latency_sample:
+            t, n = self.obj.struct("net_conn_lat"), len(LATENCY_STAGES)
+            if t.sum_ns.offset != 0 or t.count.offset != 8 * n:  # the layout the codec below assumes
+                raise TypeError("struct net_conn_lat: unexpected layout")
+            self._snap_codec = struct.Struct(f"{self.info.codec.format}{n}Q{n}I{ctypes.sizeof(t) - 12 * n}x")
         ev_t = self.obj.struct("net_event")
         # the head's field order is fixed by net.h; its size is checked against BTF here
         head = "QIIII"
@@ -328,18 +331,9 @@ class NetKernel:
         return out
 
     def connection_latency(self) -> dict[int, tuple[list[int], list[int]]]:
-        """{socket cookie: (sum_ns per stage, samples per stage)} of every socket of this
-        network namespace that had a sampled packet (cumulative over its life)."""
-        if self._lat_link is None:
-            return {}
-        t, n = self._lat_struct, len(LATENCY_STAGES)
-        if t.sum_ns.offset != 8 or t.count.offset != 8 + 8 * n:  # the layout the codec below assumes
-            raise TypeError("struct net_conn_lat: unexpected layout")
-        codec = struct.Struct(f"<Q{n}Q{n}I{ctypes.sizeof(t) - 8 - 12 * n}x")
-        out = {}
-        for tup in codec.iter_unpack(self._read_iter(self._lat_link, "net_iter_lat")):
-            out[tup[0]] = (list(tup[1:1 + n]), list(tup[1 + n:1 + 2 * n]))
-        return out
+        """{socket cookie: (sum_ns per stage, samples per stage)} of every socket of the last
+        snapshot that had a sampled packet (cumulative over its life)."""
+        return self._conn_lat
 
     def _iter_fds(self, link, name: str) -> list[int]:
         """Iterator fds to read: this network namespace's, and with all_netns every other's
@@ -349,17 +343,6 @@ class NetKernel:
             others = [path for ino, path in network_namespaces().items() if ino != self._own_netns]
             fds += [fd for fd in call_in(others, lambda: L.check_int(L.bpf_iter_create(link.fd), name)) if fd]
         return fds
-
-    def _read_iter(self, link, name: str) -> bytes:
-        chunks, fds = [], self._iter_fds(link, name)
-        try:
-            for fd in fds:
-                while chunk := os.read(fd, 1 << 20):
-                    chunks.append(chunk)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        return b"".join(chunks)
 
     def take_drops(self) -> dict[int, int]:
         """{drop reason: packets} since the last call (read and deleted in one batch)."""
@@ -397,7 +380,7 @@ class NetKernel:
         thread = threading.Thread(target=reader, name="bpfscope-net-iter", daemon=True)
         thread.start()
         out: list[tuple] = []
-        rest, size, unpack = b"", self.info.size, self.info.codec.iter_unpack
+        rest, size, unpack = b"", self._snap_codec.size, self._snap_codec.iter_unpack
         try:
             while (chunk := chunks.get()) is not None:
                 if isinstance(chunk, OSError):
@@ -410,9 +393,23 @@ class NetKernel:
             thread.join()
             for fd in fds:
                 os.close(fd)
+        if self.latency_sample:
+            out = self._split_latency(out)
         # a socket no hook has named yet: look in the fd tables before the next snapshot
         pid_i, state_i = self.info.index["pid"], self.info.index["state"]
         self._need_owner_pass = any(t[pid_i] == 0 and t[state_i] != TCP_LISTEN for t in out)
+        return out
+
+    def _split_latency(self, records: list[tuple]) -> list[tuple]:
+        """Records of net_tcp_info + net_conn_lat -> net_tcp_info tuples; the latency sums of
+        sockets that have some go to connection_latency()."""
+        k, n, cookie_i = len(self.info.codec.unpack(bytes(self.info.size))), len(LATENCY_STAGES), self.info.index["cookie"]
+        lat, out = {}, []
+        for rec in records:
+            out.append(rec[:k])
+            if any(rec[k + n:]):
+                lat[rec[cookie_i]] = (list(rec[k:k + n]), list(rec[k + n:]))
+        self._conn_lat = lat
         return out
 
     def snapshot(self) -> list[dict]:
