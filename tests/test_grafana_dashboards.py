@@ -105,8 +105,9 @@ def _run_exporters(url: str) -> None:
                                           "--quiet"], stderr=subprocess.PIPE, text=True)
              for domain in (["sys"], ["net"], ["proc"], ["stack", "cpu", "--freq", "199"], ["fuse", "trace"])]
     # a portrait (bpfscope proc -- COMMAND): summaries and thread state spans
-    procs.append(subprocess.Popen(BPFSCOPE + ["proc", "--collector", url, "--interval", "0.5", "--quiet", "--",
-                                              "sh", "-c", "sleep 0.3; exit 5"], stderr=subprocess.PIPE, text=True))
+    portrait = subprocess.Popen(BPFSCOPE + ["proc", "--collector", url, "--interval", "0.5", "--quiet", "--",
+                                            "sh", "-c", "sleep 0.3; exit 5"], stderr=subprocess.PIPE, text=True)
+    procs.append(portrait)
     time.sleep(1.5)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -122,7 +123,7 @@ def _run_exporters(url: str) -> None:
     for p in procs:
         p.wait(60)
         # the portrait exits with its command's code (5), the exporters with 0
-        assert p.returncode == (5 if p is procs[4] else 0), p.stderr.read()
+        assert p.returncode == (5 if p is portrait else 0), p.stderr.read()
 
 
 def _records_posted(url: str) -> None:
