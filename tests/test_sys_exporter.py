@@ -200,3 +200,14 @@ def test_a_process_that_execs_is_named_by_its_new_comm():
         exp.close()
         child.kill()
         child.wait()
+
+
+def test_quiet_prints_no_table_even_without_a_tty():
+    # a table goes to stdout when it is a pipe (bpfscope sys > file); --quiet means none at all
+    loud = subprocess.run(BPFSCOPE + ["sys", "--interval", "0.5", "--duration", "1.2"],
+                          capture_output=True, text=True, timeout=60)
+    quiet = subprocess.run(BPFSCOPE + ["sys", "--quiet", "--interval", "0.5", "--duration", "1.2"],
+                           capture_output=True, text=True, timeout=60)
+    assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr + quiet.stderr
+    assert "COMM" in loud.stdout.upper()
+    assert quiet.stdout == ""

@@ -207,7 +207,8 @@ class ExporterLoop:
         self.interval_s = interval_s
         self.duration_s = duration_s
         self.json_out = json_out
-        self.view = view and not json_out and sys.stdout.isatty()
+        self.tables = view and not json_out  # --quiet: no table at all, tty or not
+        self.view = self.tables and sys.stdout.isatty()
         self.sender = Sender(collector_url) if collector_url else None
         exporter.records_wanted = bool(json_out or self.sender)
         self.metrics_addr = metrics_addr
@@ -230,7 +231,7 @@ class ExporterLoop:
             out.flush()
         elif live is not None:
             live.update(self.exporter.table(records))
-        elif not self.sender or sys.stdout.isatty():
+        elif self.tables and (not self.sender or sys.stdout.isatty()):
             Console().print(self.exporter.table(records))
 
     def _collect(self, elapsed: float) -> list[dict]:
