@@ -82,10 +82,10 @@ struct {
 
 /* offcpu: kernel stacks taken at switch-in (bpf_get_stackid can only walk `current`),
  * interned by content: the id is a hash of the frames; a different stack under a taken
- * id is a collision, counted like one of stack_traces */
+ * id is a collision, counted like one of stack_traces. mem --kernel interns here too.
+ * Preallocated: an insert never allocates, so a burst of new stacks is never refused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, STACK_TRACES);
 	__type(key, __u32);
 	__type(value, struct kstack);
@@ -354,20 +354,18 @@ static __always_inline __s32 offcpu_user_id(void *ctx, struct task_struct *prev,
 	return -ENOMEM;
 }
 
-/* The kernel stack of a task that is being switched in: it still sits in __schedule. */
-static __always_inline __s32 task_kstack_id(struct task_struct *task)
+/* A kernel stack walked into buf (n bytes, the rest zero-filled by the helper), interned
+ * in kstacks under a 31-bit hash of its frames: two stacks share an id about once in 2^31
+ * pairs, where a BPF_MAP_TYPE_STACK_TRACE bucket (2^14 of them) loses one stack in a
+ * hundred once a few hundred are stored. */
+static __always_inline __s32 kstack_intern(struct kstack *buf, long n)
 {
 	__u64 h = 14695981039346656037ULL;	/* FNV-1a over the frames */
-	struct kstack *buf, *old;
-	__u32 zero = 0, id;
-	long n, err;
+	struct kstack *old;
+	__u32 id;
+	long err;
 	int i;
 
-	buf = bpf_map_lookup_elem(&kstack_buf, &zero);
-	if (!buf)
-		return -ENOMEM;
-	stat_inc(STAT_KERNEL_WALKS);
-	n = bpf_get_task_stack(task, buf->ips, sizeof(buf->ips), 0);
 	if (n <= 0)
 		return -EFAULT;
 	for (i = 0; i < STACK_MAX_DEPTH && i * 8 < n; i++)
@@ -388,6 +386,33 @@ static __always_inline __s32 task_kstack_id(struct task_struct *task)
 		}
 	}
 	return id;
+}
+
+/* The kernel stack of a task that is being switched in: it still sits in __schedule. */
+static __always_inline __s32 task_kstack_id(struct task_struct *task)
+{
+	struct kstack *buf;
+	__u32 zero = 0;
+
+	buf = bpf_map_lookup_elem(&kstack_buf, &zero);
+	if (!buf)
+		return -ENOMEM;
+	stat_inc(STAT_KERNEL_WALKS);
+	return kstack_intern(buf, bpf_get_task_stack(task, buf->ips, sizeof(buf->ips), 0));
+}
+
+/* The kernel stack of current (mem --kernel: ids live as long as the allocation, so a
+ * stack lost to a shared bucket would stay lost). */
+static __always_inline __s32 current_kstack_id(void *ctx)
+{
+	struct kstack *buf;
+	__u32 zero = 0;
+
+	buf = bpf_map_lookup_elem(&kstack_buf, &zero);
+	if (!buf)
+		return -ENOMEM;
+	stat_inc(STAT_KERNEL_WALKS);
+	return kstack_intern(buf, bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), 0));
 }
 
 /* The time __schedule just read: rq->clock of this CPU (sched_clock-based; what
@@ -502,7 +527,7 @@ static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
 	info.key.tid = tid;
 	info.key.cgroup_id = bpf_get_current_cgroup_id();
 	info.key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
-	info.key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
+	info.key.kernel_stack_id = kernel_stacks ? current_kstack_id(ctx) : -1;
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
 	if (bpf_map_update_elem(&allocs, &ptr, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);

@@ -234,7 +234,11 @@ class StackExporter(Exporter):
                   "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
                   "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
-        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces, "counts": self.max_entries}
+        # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
+        # under kmalloc): sized only where kernel stacks are interned by content
+        interned = self.kernel_stacks and (self.mode.name == "offcpu" or self.kernel_mem)
+        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if interned else 1,
+                 "counts": self.max_entries}
         if self.mode.name == "mem":
             only = list(KMEM_PROGRAMS) if self.kernel_mem else [p for pair in MEM_PROBES.values() for p in pair if p]
         elif self.mode.name == "block":
@@ -274,8 +278,8 @@ class StackExporter(Exporter):
                     raise
 
     def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
-        # offcpu kernel stacks are taken at switch-in into their own map (see stack.bpf.c)
-        in_kstacks = kernel and self.mode.name == "offcpu"
+        # offcpu and mem kernel stacks are interned by content in their own map (stack.bpf.c)
+        in_kstacks = kernel and self.mode.name in ("offcpu", "mem")
         cache_key = ("k", stack_id) if in_kstacks else stack_id
         ips = self._ips.get(cache_key)
         if ips is None:
@@ -299,8 +303,8 @@ class StackExporter(Exporter):
             if kframes is None:  # a kernel stack names the same frames for every task
                 kframes = self._kframes[kernel_id] = list(reversed(self.sym.kernel_stack(self._stack(kernel_id, kernel=True))))
             out.extend(kframes)
-        elif kernel_id in (-EEXIST, -ENOMEM) and not out:
-            out.append(LOST)
+        elif kernel_id in (-EEXIST, -ENOMEM) and LOST not in out:
+            out.append(LOST)  # under user frames too: the kernel part is missing, not absent
         return out or ["[no stack]"]
 
     def _maybe_clear_stacks(self, errors_grew: bool) -> None:
