@@ -61,16 +61,19 @@ print("closed", flush=True); sys.stdin.readline()
 """
 
 
-def test_kernel_memory_of_500_open_pipes_is_outstanding_on_alloc_pipe_info_until_closed():
+@pytest.mark.parametrize("frames", ["user and kernel", "kernel only"])
+def test_kernel_memory_of_500_open_pipes_is_outstanding_on_alloc_pipe_info_until_closed(frames):
     """Each pipe(2) kmallocs its pipe_inode_info and its array of 16 pipe_buffers in
     alloc_pipe_info (kernel memory freed only when both ends are closed)."""
     import sys
+
+    only = ["--kernel-only"] if frames == "kernel only" else []
 
     n = 500
     work = subprocess.Popen([sys.executable, "-c", PIPES_HOLDER, str(n)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     exporter = subprocess.Popen(BPFSCOPE + ["stack", "mem", "--kernel", "--pid", str(work.pid), "--json",
-                                            "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            "--interval", "0.5", *only], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     try:
         assert wait_for_links(exporter, at_least=6), exporter.stderr.read()
@@ -102,4 +105,9 @@ def test_kernel_memory_of_500_open_pipes_is_outstanding_on_alloc_pipe_info_until
     assert sum(r["values"]["outstanding_count"] for r in held) == 2 * n, held
     assert sum(r["values"]["outstanding_bytes"] for r in held) >= n * 16 * 40
     assert all(r["labels"]["space"] == "kernel" and "do_pipe2_[k]" in r["stack"] for r in held)
+    user_frames = {f for r in held for f in r["stack"] if not f.endswith("_[k]")}
+    if only:
+        assert user_frames == set()
+    else:
+        assert "pipe2" in user_frames, user_frames  # libc's wrapper, the caller of the system call
     assert pipe_objects(marks[0], marks[1]) == []

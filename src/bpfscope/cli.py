@@ -236,7 +236,8 @@ def stack_mem(
                                                    "call); figures are scaled by N.", min=1)] = 1,
     kernel: Annotated[bool, typer.Option("--kernel", help="Kernel allocations instead (kmalloc, kmem_cache, "
                                                         "pages; kmem tracepoints), per kernel and user stack.")] = False,
-    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, top: StackTop = 20,
+    pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
+    kernel_only: KernelOnly = False, top: StackTop = 20,
     folded: Folded = None, flamegraph: FlameSvg = None, speedscope: Speedscope = None, pprof: Pprof = None,
     interval: Interval = 5.0, duration: Duration = None, as_json: Json = False, collector: Collector = None,
     metrics_port: MetricsPort = None, metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False,
@@ -244,7 +245,9 @@ def stack_mem(
 ) -> None:
     """Outstanding libc allocations (malloc, calloc, realloc, posix_memalign, aligned_alloc
     minus free) per user stack: leaks. Files written at exit show what is outstanding then."""
-    _run_stack("mem", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
+    if kernel_only and not kernel:
+        raise UserError("--kernel-only needs --kernel (a libc allocation has a user stack only)", 2)
+    _run_stack("mem", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
                sample_every=sample_every, kernel_mem=kernel)
 
