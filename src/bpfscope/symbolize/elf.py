@@ -92,7 +92,7 @@ def _build_id(data, sec) -> str | None:
     return None
 
 
-def _parse(data, want_symtab: bool = True) -> tuple[ElfSymbols, dict[int, tuple[int, str]], bool]:
+def _parse(data, symbols: bool = True) -> tuple[ElfSymbols, dict[int, tuple[int, str]], bool]:
     if len(data) < 64 or bytes(data[:4]) != b"\x7fELF":
         raise ElfError("not an ELF file")
     if data[4] != 2 or data[5] != 1:
@@ -113,8 +113,8 @@ def _parse(data, want_symtab: bool = True) -> tuple[ElfSymbols, dict[int, tuple[
             if sec[1] in (SHT_SYMTAB, SHT_DYNSYM) and sec[1] != SHT_NOBITS and sec[6] < len(secs):
                 if sec[1] == SHT_SYMTAB:
                     has_symtab = True
-                    if not want_symtab:
-                        continue
+                if not symbols:
+                    continue
                 if secs[sec[6]][1] == SHT_NOBITS or sec[4] + sec[5] > len(data):
                     continue  # a debug file's stripped copy
                 _read_symbols(data, sec, secs[sec[6]], syms)
@@ -168,7 +168,7 @@ def read_build_id(path: str) -> str | None:
     except (OSError, ElfError):
         return None
     try:
-        info, _, _ = _parse(m, want_symtab=False)
+        info, _, _ = _parse(m, symbols=False)  # the note alone: no symbol table is read
         return info.build_id
     except (ElfError, struct.error):
         return None
