@@ -29,14 +29,25 @@ class ElfError(ValueError):
 
 @dataclass
 class ElfSymbols:
-    """Sorted function symbols of one ELF file and its loadable segments."""
+    """Sorted function symbols of one ELF file and its loadable segments. Names stay
+    bytes in the file's string tables until looked up (a library names tens of thousands
+    of functions; a profile looks up a few hundred)."""
 
     build_id: str | None = None
     is_dyn: bool = False  # ET_DYN: PIE executables and shared libraries
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # (p_offset, p_filesz, p_vaddr)
     addrs: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
+    name_offs: list[int] = field(default_factory=list)  # into strings, NUL-terminated
+    strings: bytes = b""
+
+    def name(self, i: int) -> str:
+        off = self.name_offs[i]
+        return self.strings[off:self.strings.index(b"\0", off)].decode(errors="replace")
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name(i) for i in range(len(self.name_offs))]
 
     def file_offset_to_vaddr(self, off: int) -> int | None:
         for p_off, p_filesz, p_vaddr in self.segments:
@@ -52,7 +63,7 @@ class ElfSymbols:
         for j in range(i, max(i - 4, -1), -1):
             start, end = self.addrs[j], self.ends[j]
             if start <= vaddr < end or (end == start and vaddr - start < 4096 and j == i):
-                return self.names[j], vaddr - start
+                return self.name(j), vaddr - start
         return None
 
 
@@ -62,21 +73,26 @@ def _sections(data, off: int, num: int, entsize: int):
         yield struct.unpack_from("<IIQQQQIIQQ", data, off + i * entsize)
 
 
-def _read_symbols(data, sec, strsec, out: dict[int, tuple[int, str]]) -> None:
+def _read_symbols(data, sec, strsec, strings: bytearray, out: dict[int, tuple[int, int]]) -> None:
+    """Function symbols of one table into out: address -> (size, name offset in strings);
+    the table's names are appended to strings as they are."""
     _, _, _, _, off, size, _, _, _, entsize = sec
-    str_off = strsec[4]
+    base = len(strings)
+    strings += data[strsec[4]:strsec[4] + strsec[5]]
+    strings += b"\0"  # a name at the table's very end still ends
     entsize = entsize or 24
     for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
             "<IBBHQQ", data[off:off + size - size % entsize]):
-        if st_shndx == 0 or not st_value or (st_info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC):
+        if st_shndx == 0 or not st_value or not st_name or (st_info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC):
             continue
-        end = data.find(b"\0", str_off + st_name)
-        name = bytes(data[str_off + st_name:end]).decode(errors="replace")
-        if not name:
+        name = base + st_name
+        if not strings[name]:  # an empty name
             continue
         old = out.get(st_value)
         # prefer a sized symbol, then a global name over a local alias (_IO_puts vs puts)
-        if old is None or (st_size > old[0]) or (st_size == old[0] and len(name) < len(old[1])):
+        if old is None or st_size > old[0]:
+            out[st_value] = (st_size, name)
+        elif st_size == old[0] and strings.index(0, name) - name < strings.index(0, old[1]) - old[1]:
             out[st_value] = (st_size, name)
 
 
@@ -92,7 +108,7 @@ def _build_id(data, sec) -> str | None:
     return None
 
 
-def _parse(data, symbols: bool = True) -> tuple[ElfSymbols, dict[int, tuple[int, str]], bool]:
+def _parse(data, symbols: bool = True) -> tuple[ElfSymbols, dict[int, tuple[int, int]], bool]:
     if len(data) < 64 or bytes(data[:4]) != b"\x7fELF":
         raise ElfError("not an ELF file")
     if data[4] != 2 or data[5] != 1:
@@ -105,7 +121,8 @@ def _parse(data, symbols: bool = True) -> tuple[ElfSymbols, dict[int, tuple[int,
             "<IIQQQQQQ", data, e_phoff + i * e_phentsize)
         if p_type == PT_LOAD:
             info.segments.append((p_offset, p_filesz, p_vaddr))
-    syms: dict[int, tuple[int, str]] = {}
+    syms: dict[int, tuple[int, int]] = {}
+    strings = bytearray()
     has_symtab = False
     if e_shoff and e_shnum:
         secs = list(_sections(data, e_shoff, e_shnum, e_shentsize))
@@ -117,17 +134,18 @@ def _parse(data, symbols: bool = True) -> tuple[ElfSymbols, dict[int, tuple[int,
                     continue
                 if secs[sec[6]][1] == SHT_NOBITS or sec[4] + sec[5] > len(data):
                     continue  # a debug file's stripped copy
-                _read_symbols(data, sec, secs[sec[6]], syms)
+                _read_symbols(data, sec, secs[sec[6]], strings, syms)
             elif sec[1] == SHT_NOTE and info.build_id is None and sec[4] + sec[5] <= len(data):
                 info.build_id = _build_id(data, sec)
+    info.strings = bytes(strings)
     return info, syms, has_symtab
 
 
-def _finish(info: ElfSymbols, syms: dict[int, tuple[int, str]]) -> ElfSymbols:
+def _finish(info: ElfSymbols, syms: dict[int, tuple[int, int]]) -> ElfSymbols:
     ordered = sorted(syms.items())
     info.addrs = [a for a, _ in ordered]
     info.ends = [a + s for a, (s, _) in ordered]
-    info.names = [n for _, (_, n) in ordered]
+    info.name_offs = [n for _, (_, n) in ordered]
     return info
 
 
@@ -152,11 +170,13 @@ def read_elf(path: str) -> ElfSymbols:
             try:
                 dm = _map(debug)
                 try:
-                    _, dsyms, _ = _parse(dm)
+                    dinfo, dsyms, _ = _parse(dm)
                 finally:
                     dm.close()
-                for addr, val in dsyms.items():
-                    syms.setdefault(addr, val)
+                base = len(info.strings)
+                info.strings += dinfo.strings
+                for addr, (size, name) in dsyms.items():
+                    syms.setdefault(addr, (size, base + name))
             except (OSError, ElfError, struct.error):
                 pass
     return _finish(info, syms)
