@@ -37,8 +37,9 @@ class Symbolizer:
         self._files: dict[tuple, ElfSymbols | None] = {}
         self._by_build_id: dict[str, ElfSymbols] = {}
         self._frames: dict[int, dict[int, str]] = {}  # pid -> addr -> frame, while its maps are unchanged
-        self._mapping_files: dict[tuple, tuple] = {}  # (pid, start, inode) -> (file key, symbols), this interval
-        self._named: dict[tuple, str] = {}  # (file key, file offset) -> frame, kept across intervals
+        self._mapping_files: dict[tuple, tuple] = {}  # (pid, start, inode) -> (file id, symbols), this interval
+        self._named: dict[tuple, str] = {}  # (file id, file offset) -> frame, kept across intervals
+        self._file_ids: dict[tuple, int] = {}  # file key -> a small int (a cheaper hash per frame)
         self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
 
     # ---- kernel -------------------------------------------------------------------------
@@ -107,14 +108,14 @@ class Symbolizer:
         """The symbols of an ELF file, cached per (dev, inode, size, mtime) and per build id."""
         return self._elf_keyed(path)[1]
 
-    def _elf_keyed(self, path: str) -> tuple[tuple | None, ElfSymbols | None]:
+    def _elf_keyed(self, path: str) -> tuple[int | None, ElfSymbols | None]:
         try:
             st = os.stat(path)
         except OSError:
             return None, None
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if key in self._files:
-            return key, self._files[key]
+            return self._file_ids[key], self._files[key]
         syms = None
         build_id = read_build_id(path)
         if build_id and build_id in self._by_build_id:
@@ -128,9 +129,10 @@ class Symbolizer:
             if syms is not None and syms.build_id:
                 self._by_build_id[syms.build_id] = syms
         self._files[key] = syms
-        return key, syms
+        fid = self._file_ids[key] = len(self._file_ids)
+        return fid, syms
 
-    def _mapping_elf(self, pid: int, maps: ProcessMaps, m: Mapping) -> tuple[tuple | None, ElfSymbols | None]:
+    def _mapping_elf(self, pid: int, maps: ProcessMaps, m: Mapping) -> tuple[int | None, ElfSymbols | None]:
         """The file behind a mapping, resolved once per interval per (pid, mapping)."""
         mkey = (pid, m.start, m.inode)
         hit = self._mapping_files.get(mkey)
