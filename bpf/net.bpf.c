@@ -12,7 +12,8 @@
  *   connect()/listen() in the caller's context, marks accepted sockets, and sends the
  *   final record of a connection on its way to TCP_CLOSE (one ring-buffer record).
  * - tp_btf/sock_send_length, sock_recv_length: one firing per send/recv syscall on any
- *   socket; a socket-storage lookup, and the owner is written the first time only.
+ *   socket; an array lookup by socket cookie (a socket-storage lookup when the socket's
+ *   slot is another's), and the owner is written the first time only.
  * - With --events: tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
  *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each.
  * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
