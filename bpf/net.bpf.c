@@ -12,7 +12,8 @@
  *   connect()/listen() in the caller's context, marks accepted sockets, and sends the
  *   final record of a connection on its way to TCP_CLOSE (one ring-buffer record).
  * - tp_btf/sock_send_length, sock_recv_length: one firing per send/recv syscall on any
- *   socket; a socket-storage lookup, and the owner is written the first time only.
+ *   socket; an array lookup by socket cookie (a socket-storage lookup when the socket's
+ *   slot is another's), and the owner is written the first time only.
  * - With --events: tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
  *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each.
  * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
@@ -24,8 +25,10 @@
  *   written per layer, a per-CPU histogram increment per stage and the connection's sums
  *   in socket storage; net_dev_queue also reads one array slot for a pending sampled send
  *   of the socket. net_iter_tcp reads the sums with the snapshot (no second walk).
- * The owner lives in socket-local storage (BPF_MAP_TYPE_SK_STORAGE): it is freed with
- * the socket, so nothing can leak or be reused by a later socket at the same address.
+ * The owner lives in a slot of an array indexed by socket cookie, freed when the socket
+ * closes, or, when another open socket holds that slot, in socket-local storage
+ * (BPF_MAP_TYPE_SK_STORAGE, freed with the socket): no owner is ever read for a socket it
+ * does not belong to (docs/design/net-attribution.md).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -45,6 +48,8 @@ const volatile __u32 latency_sample = 1;	/* --latency: follow 1 packet in N */
  * direction here instead of one ring-buffer record each */
 const volatile bool close_records = true;
 const volatile bool latency_on = false;	/* --latency */
+/* owner_slots has owner_mask + 1 entries (a power of two; Python sizes both before load) */
+const volatile __u32 owner_mask = NET_OWNER_SLOTS - 1;
 
 static __always_inline void lat_forget_send(const struct sock *sk);
 
@@ -54,6 +59,24 @@ struct {
 	__type(key, int);
 	__type(value, struct net_owner);
 } owners SEC(".maps");
+
+/* The owners of most sockets, direct-mapped by socket cookie: no allocation per socket
+ * (socket storage costs a memcg-charged kzalloc and an RCU free, ~1 us a socket). Cookies
+ * are handed out nearly in sequence, so live sockets rarely share a slot; a socket whose
+ * slot another live socket holds keeps its owner in `owners` instead. A slot is freed when
+ * its socket reaches TCP_CLOSE, and a closed socket never claims one: a slot only ever names
+ * a socket that is still open, never a stale one (cookies are never reused). */
+struct owner_slot {
+	__u64 cookie;		/* 0: free */
+	struct net_owner ow;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NET_OWNER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct owner_slot);
+} owner_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -115,6 +138,58 @@ static __always_inline bool is_inet_tcp(const struct sock *sk)
 		return false;
 	family = sk->__sk_common.skc_family;
 	return family == AF_INET || family == AF_INET6;
+}
+
+static __always_inline struct owner_slot *slot_of(__u64 cookie)
+{
+	__u32 i = cookie & owner_mask;
+
+	return bpf_map_lookup_elem(&owner_slots, &i);
+}
+
+/* The owner record of sk, or NULL when none was written. */
+static __always_inline struct net_owner *owner_find(void *sk, __u64 cookie)
+{
+	struct owner_slot *slot = slot_of(cookie);
+
+	if (slot && slot->cookie == cookie)
+		return &slot->ow;
+	return bpf_sk_storage_get(&owners, sk, 0, 0);
+}
+
+/* The owner record of sk, created (zeroed) when it has none: in its slot when free, else in
+ * socket storage. A closed socket (closing: it will not pass TCP_CLOSE again to free a slot)
+ * gets socket storage. */
+static __always_inline struct net_owner *owner_get(struct sock *sk, __u64 cookie, bool closed)
+{
+	struct owner_slot *slot = slot_of(cookie);
+	struct net_owner *ow;
+	__u64 old;
+
+	if (!slot)
+		return NULL;
+	if (slot->cookie == cookie)
+		return &slot->ow;
+	ow = bpf_sk_storage_get(&owners, sk, 0, 0);
+	if (ow || closed || slot->cookie)
+		return ow ?: bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	old = __sync_val_compare_and_swap(&slot->cookie, 0, cookie);
+	if (old == 0) {
+		__builtin_memset(&slot->ow, 0, sizeof(slot->ow));
+		return &slot->ow;
+	}
+	if (old == cookie)	/* another CPU claimed it for this socket just now */
+		return &slot->ow;
+	return bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+}
+
+/* sk reached TCP_CLOSE: its slot is free for the next socket. */
+static __always_inline void owner_release(__u64 cookie)
+{
+	struct owner_slot *slot = slot_of(cookie);
+
+	if (slot && slot->cookie == cookie)
+		__sync_val_compare_and_swap(&slot->cookie, cookie, 0);
 }
 
 static __always_inline void owner_from_current(struct net_owner *ow, __u8 src)
@@ -249,7 +324,7 @@ static __always_inline void fill_info(struct net_tcp_info *ti, struct sock *sk)
 
 	fill_tuple(ti, &sk->__sk_common);
 	ti->cookie = bpf_get_socket_cookie(sk);
-	fill_owner(ti, bpf_sk_storage_get(&owners, sk, 0, 0));
+	fill_owner(ti, owner_find(sk, ti->cookie));
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp)
 		fill_tcp(ti, tp);
@@ -295,6 +370,7 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 {
 	struct sock *sk = (struct sock *)csk;
 	struct net_owner *ow;
+	__u64 cookie;
 
 	/* most changes need nothing: look at the new state before touching the socket */
 	if (newstate != TCP_SYN_SENT && newstate != TCP_LISTEN && newstate != TCP_SYN_RECV &&
@@ -302,10 +378,11 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 		return 0;
 	if (!is_inet_tcp(sk))
 		return 0;
+	cookie = bpf_get_socket_cookie(sk);
 	switch (newstate) {
 	case TCP_SYN_SENT:	/* connect(): runs in the caller's context */
 	case TCP_LISTEN:	/* listen(): likewise */
-		ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		ow = owner_get(sk, cookie, false);
 		if (ow) {
 			ow->start_ns = bpf_ktime_get_boot_ns();
 			ow->dir = newstate == TCP_SYN_SENT ? NET_DIR_OUT : NET_DIR_IN;
@@ -313,7 +390,7 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 		}
 		return 0;
 	case TCP_SYN_RECV:	/* a child of a listener, in softirq: current is unrelated */
-		ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		ow = owner_get(sk, cookie, false);
 		if (ow && !ow->start_ns) {
 			ow->start_ns = bpf_ktime_get_boot_ns();
 			ow->dir = NET_DIR_IN;
@@ -322,27 +399,30 @@ int BPF_PROG(net_state, const struct sock *csk, const int oldstate, const int ne
 	case TCP_ESTABLISHED:	/* with the full 4-tuple now; arg2: handshake time in us */
 		if (!emit_events || (oldstate != TCP_SYN_RECV && oldstate != TCP_SYN_SENT))
 			return 0;
-		ow = bpf_sk_storage_get(&owners, sk, 0, 0);
+		ow = owner_find(sk, cookie);
 		emit(oldstate == TCP_SYN_SENT ? NET_EV_CONNECT : NET_EV_ACCEPT, sk, oldstate,
 		     ow && ow->start_ns ? (bpf_ktime_get_boot_ns() - ow->start_ns) / 1000 : 0, false);
 		return 0;
 	case TCP_CLOSE:	/* the final record: totals and lifetime */
-		if (oldstate == TCP_LISTEN || oldstate == TCP_CLOSE)
+		if (oldstate == TCP_CLOSE)
 			return 0;
-		if (latency_on)
-			lat_forget_send(sk);
-		if (!close_records) {
-			__u32 dir;
-			__u64 *n;
+		if (oldstate != TCP_LISTEN) {
+			if (latency_on)
+				lat_forget_send(sk);
+			if (close_records) {
+				emit(NET_EV_CLOSE, sk, oldstate, 0, false);
+			} else {
+				__u32 dir;
+				__u64 *n;
 
-			ow = bpf_sk_storage_get(&owners, sk, 0, 0);
-			dir = ow && ow->dir <= NET_DIR_IN ? ow->dir : NET_DIR_UNKNOWN;
-			n = bpf_map_lookup_elem(&closes, &dir);
-			if (n)
-				(*n)++;
-			return 0;
+				ow = owner_find(sk, cookie);
+				dir = ow && ow->dir <= NET_DIR_IN ? ow->dir : NET_DIR_UNKNOWN;
+				n = bpf_map_lookup_elem(&closes, &dir);
+				if (n)
+					(*n)++;
+			}
 		}
-		emit(NET_EV_CLOSE, sk, oldstate, 0, false);
+		owner_release(cookie);
 		return 0;
 	}
 	return 0;
@@ -356,7 +436,7 @@ static __always_inline void owner_on_io(struct sock *sk)
 
 	if (!is_inet_tcp(sk))
 		return;
-	ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	ow = owner_get(sk, bpf_get_socket_cookie(sk), sk->__sk_common.skc_state == TCP_CLOSE);
 	if (ow && !ow->pid)
 		owner_from_current(ow, NET_OWNER_IO);
 }
@@ -397,7 +477,7 @@ int net_iter_tcp(struct bpf_iter__tcp *ctx)
 	__builtin_memset(ti, 0, sizeof(*ti));
 	fill_tuple(ti, skc);
 	ti->cookie = bpf_get_socket_cookie(skc);
-	fill_owner(ti, bpf_sk_storage_get(&owners, tp, 0, 0));
+	fill_owner(ti, owner_find(tp, ti->cookie));
 	fill_tcp(ti, tp);
 	bpf_seq_write(ctx->meta->seq, ti, sizeof(*ti));
 	if (latency_on) {	/* the same walk carries the latency sums: every record gets them */
@@ -426,7 +506,7 @@ int net_iter_owner(struct bpf_iter__task_file *ctx)
 	sk = sock->sk;
 	if (!is_inet_tcp(sk))
 		return 0;
-	ow = bpf_sk_storage_get(&owners, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	ow = owner_get(sk, bpf_get_socket_cookie(sk), sk->__sk_common.skc_state == TCP_CLOSE);
 	if (!ow || ow->pid)
 		return 0;
 	ow->pid = task->tgid;

@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 from conftest import REPO, free_port
@@ -326,3 +327,39 @@ def test_table_only_mode_counts_closes_without_building_records():
     assert exp.closed["out"] - before_out >= 50 and exp.closed["in"] - before_in >= 50
     n = int(re.search(r"tcp_close: (\d+)", caption).group(1))
     assert n >= 100
+
+
+def test_owners_stay_right_when_sockets_share_the_owner_slots(peers):
+    """Two owner slots for 40 open sockets: most owners go to socket storage (the fallback
+    when another open socket holds a socket's slot). Every socket must still name its own
+    process and direction, in the snapshot and in its close record, and a closed socket
+    must leave no slot behind."""
+    exp = open_exporter(owner_slots=2)
+    try:
+        srv = peers("server", "--conns", 20, "--expect", 1, "--name", "nt-slot-s")
+        port = srv.port()
+        cli = peers("client", "--port", port, "--conns", 20, "--send", 1, "--name", "nt-slot-c")
+        assert cli.line() == "done" and srv.line() == "done"
+        records = exp.collect(1.0)
+        out, inn = conns(records, rport=port), conns(records, lport=port)
+        assert len(out) == len(inn) == 20
+        assert {(r["pid"], r["comm"], r["labels"]["direction"], r["labels"]["owner"]) for r in out} == {
+            (cli.pid, "nt-slot-c", "out", "syscall")}
+        assert {(r["pid"], r["comm"], r["labels"]["direction"], r["labels"]["owner"]) for r in inn} == {
+            (srv.pid, "nt-slot-s", "in", "io")}
+
+        cli.close()
+        srv.close()
+        deadline, closes = time.monotonic() + 10, []
+        while time.monotonic() < deadline and len(closes) < 40:
+            time.sleep(0.2)
+            closes += [r for r in exp.collect(0.2) if r["kind"] == "tcp_close"
+                       and port in (int(r["labels"]["lport"]), int(r["labels"]["rport"]))]
+        assert len(closes) == 40
+        owners = Counter((r["pid"], r["labels"]["direction"]) for r in closes)
+        assert owners == {(cli.pid, "out"): 20, (srv.pid, "in"): 20}
+        ours = {int(r["labels"]["conn_id"]) for r in out + inn + closes}
+        slots = exp.kernel.obj.maps["owner_slots"]
+        assert not {slots.lookup(i).cookie for i in range(2)} & ours
+    finally:
+        exp.close()

@@ -4,6 +4,7 @@
 
 #define NET_COMM_LEN 16
 #define NET_MAX_DROP_REASONS 1024
+#define NET_OWNER_SLOTS (1 << 17)	/* owner_slots entries (a power of two), unless set at load */
 
 /* Who opened the connection. */
 enum net_dir {

@@ -170,7 +170,7 @@ class NetExporter(Exporter):
     domain = "net"
 
     def __init__(self, filt: ConnFilter | None = None, sort: str = "rate", top: int = 30, events: bool = False,
-                 drops: bool = False, latency_sample: int = 0, all_netns: bool = False):
+                 drops: bool = False, latency_sample: int = 0, all_netns: bool = False, owner_slots: int | None = None):
         if sort not in SORT_KEYS:
             raise ValueError(f"unknown sort key {sort!r} (have: {', '.join(SORT_KEYS)})")
         self.filt = filt or ConnFilter()
@@ -180,6 +180,7 @@ class NetExporter(Exporter):
         self.drops = drops
         self.latency_sample = latency_sample  # 0: no --latency; else follow 1 packet in N
         self.all_netns = all_netns
+        self.owner_slots = owner_slots  # tests only: see NetKernel
         self._lat_prev: list[tuple[list[int], int, int]] | None = None
         self.lat_totals: list[tuple[list[int], int, int]] = []
         self.kernel: NetKernel | None = None
@@ -198,7 +199,8 @@ class NetExporter(Exporter):
     def open(self) -> None:
         self._template = make_record("net", "tcp_conn")
         self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample,
-                                all_netns=self.all_netns, close_records=self.records_wanted).open()
+                                all_netns=self.all_netns, close_records=self.records_wanted,
+                                owner_slots=self.owner_slots).open()
         self._values_of = self.kernel.info.getter(_VALUE_FIELDS)
         index = self.kernel.info.index
         self._state_i = index["state"]

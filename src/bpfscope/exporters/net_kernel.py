@@ -177,13 +177,16 @@ class NetKernel:
     """Loads net.bpf.o with the programs the options need and reads it."""
 
     def __init__(self, events: bool = False, drops: bool = False, latency_sample: int = 0, all_netns: bool = False,
-                 close_records: bool = True):
+                 close_records: bool = True, owner_slots: int | None = None):
         self.events_on = events
         self.close_records = close_records  # False: closes only counted per direction (closed_counts)
         self.all_netns = all_netns  # snapshot every network namespace, not only the exporter's
         self._own_netns = own_namespace()
         self.drops_on = drops
         self.latency_sample = latency_sample  # 0: no --latency
+        # owner slots (a power of two; None: the object's NET_OWNER_SLOTS). Tests use a few
+        # to make sockets share slots and take the socket-storage fallback.
+        self.owner_slots = owner_slots
         self.missing: list[str] = []  # programs this kernel refused
         self.obj: BpfObject | None = None
         self.ring: FixedRingReader | None = None
@@ -201,12 +204,16 @@ class NetKernel:
         """Load the programs asked for; a program this kernel refuses (a tracepoint it lacks,
         an older signature) is left out with one line on stderr, unless the snapshot or the
         close records need it."""
+        rodata = {"emit_events": self.events_on, "latency_sample": max(self.latency_sample, 1),
+                  "close_records": self.close_records, "latency_on": bool(self.latency_sample)}
+        sizes = {}
+        if self.owner_slots:
+            if self.owner_slots & (self.owner_slots - 1):
+                raise ValueError(f"owner_slots {self.owner_slots}: not a power of two")
+            rodata["owner_mask"], sizes["owner_slots"] = self.owner_slots - 1, self.owner_slots
         while True:
             try:
-                return BpfObject.open("net", rodata={"emit_events": self.events_on,
-                                                     "latency_sample": max(self.latency_sample, 1),
-                                                     "close_records": self.close_records,
-                                                     "latency_on": bool(self.latency_sample)}, only=only)
+                return BpfObject.open("net", rodata=rodata, max_entries=sizes, only=only)
             except L.BpfError as exc:
                 failed = re.findall(r"prog '(\w+)'", exc.log or "")
                 bad = failed[-1] if failed else None
