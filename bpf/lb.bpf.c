@@ -6,12 +6,13 @@
  * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
  * O(1) whatever the weights; none for a table of <= LB_INLINE backends, kept inside the
- * service entry) and a per-CPU counter. Nothing per packet. Only services that
- * ask for more pay for it: the socket's local storage (VIP and backend, LB_F_ORIGIN) is
- * created only for services that need it (getpeername/recvmsg answering with the VIP,
- * UDP, least-conn, passive health, draining): allocating it and freeing it with the socket
- * costs more than the rest of a connect's program together (measured: bench/lb_paths.py,
- * docs/design/lb-atomic-updates.md). Least-conn scans its (<= 64) backends' open
+ * service entry), a per-CPU counter and, for getpeername answering with the VIP (the
+ * default), one store into the socket's lb_peers slot. Nothing per packet. Only services
+ * that ask for more pay for it: the socket's local storage (VIP and backend, LB_F_ORIGIN)
+ * is created only for services whose record must live with the socket (UDP, least-conn,
+ * passive health, draining): allocating it and freeing it with the socket costs more than
+ * the rest of a connect's program together (measured: bench/lb_paths.py,
+ * docs/design/lb-connect-cost.md). Least-conn scans its (<= 64) backends' open
  * counts, affinity looks up and refreshes the client's entry, and least-conn and passive
  * health need tp_btf/inet_sock_set_state (attached by user space on first use), which
  * counts the connections of their sockets (SYN_SENT +1, CLOSE -1) and the failed

@@ -115,8 +115,9 @@ struct lb_bucket {
 	__u64 last_ns;
 };
 
-/* What a redirected socket asked for and where it went: getpeername() and UDP replies
- * (recvmsg) answer with the VIP; later datagrams of the socket go to the same backend. */
+/* What a redirected socket of a LB_F_ORIGIN service asked for and where it went:
+ * getpeername() and UDP replies (recvmsg) answer with the VIP; later datagrams of the
+ * socket go to the same backend; least-conn, passive health and draining find it here. */
 struct lb_origin {
 	struct lb_addr vip;
 	struct lb_addr backend;

@@ -22,8 +22,8 @@ from .alias import ONE, alias_table, shares
 from .config import ConfigError, Service
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
-MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_peers", "lb_choices", "lb_no_backend", "lb_buckets", "lb_limited",
-        "lb_canary_clients", "lb_active", "lb_passive", "lb_affinity", "lb_drain")
+MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_peers", "lb_choices", "lb_no_backend", "lb_buckets",
+        "lb_limited", "lb_canary_clients", "lb_active", "lb_passive", "lb_affinity", "lb_drain")
 CANARY_BASE = 1 << 20  # LB_CANARY_BASE: index of a service's first canary backend
 PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", "lb_sendmsg4", "lb_sendmsg6",
             "lb_recvmsg4", "lb_recvmsg6")
