@@ -17,7 +17,7 @@ the bpfscope programs being attached to one of them only): a warm-up round, then
 rounds of BLOCK connects per path. Printed: the ratio of every round, and over all rounds
 (p50 of all connects of a path, requests/s over all its connections). The client is pinned to one CPU and the
 backends to the other. bpfscope runs twice: with the services as by default (getpeername()
-answers the VIP, so each socket's VIP is recorded in socket storage) and with
+answers the VIP, so each socket's VIP is recorded in its lb_peers slot) and with
 `getpeername: backend` (nothing recorded). Also timed: applying N services with 10
 backends each, and one service update.
 """
@@ -207,7 +207,8 @@ def report(row: dict) -> None:
     n, d = row["n"], row["direct"]
     print(f"\nN = {n:,} services x {len(BACKENDS)} backends; {ROUNDS} rounds of {BLOCK:,} short connections "
           f"per path")
-    print("  bpfscope: services as by default (getpeername answers the VIP: each socket's VIP is recorded)")
+    print("  bpfscope: services as by default (getpeername answers the VIP: each socket's VIP is recorded "
+          "in lb_peers)")
     print("  bpfscope*: the same with `getpeername: backend` (nothing recorded per socket)")
     print("  each bpfscope run is interleaved with its own direct run (direct, direct*) in one process")
     print(f"  {'path':10s} {'connect p50':>12s} {'p99':>10s} {'req/s':>9s} {'fails':>6s}   ratios to direct")

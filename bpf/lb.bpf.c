@@ -6,12 +6,13 @@
  * give the VIP back to the application.
  * Cost per connect: a service lookup, at most two backend lookups (alias method,
  * O(1) whatever the weights; none for a table of <= LB_INLINE backends, kept inside the
- * service entry) and a per-CPU counter. Nothing per packet. Only services that
- * ask for more pay for it: the socket's local storage (VIP and backend, LB_F_ORIGIN) is
- * created only for services that need it (getpeername/recvmsg answering with the VIP,
- * UDP, least-conn, passive health, draining): allocating it and freeing it with the socket
- * costs more than the rest of a connect's program together (measured: bench/lb_paths.py,
- * docs/design/lb-atomic-updates.md). Least-conn scans its (<= 64) backends' open
+ * service entry), a per-CPU counter and, for getpeername answering with the VIP (the
+ * default), one store into the socket's lb_peers slot. Nothing per packet. Only services
+ * that ask for more pay for it: the socket's local storage (VIP and backend, LB_F_ORIGIN)
+ * is created only for services whose record must live with the socket (UDP, least-conn,
+ * passive health, draining): allocating it and freeing it with the socket costs more than
+ * the rest of a connect's program together (measured: bench/lb_paths.py,
+ * docs/design/lb-connect-cost.md). Least-conn scans its (<= 64) backends' open
  * counts, affinity looks up and refreshes the client's entry, and least-conn and passive
  * health need tp_btf/inet_sock_set_state (attached by user space on first use), which
  * counts the connections of their sockets (SYN_SENT +1, CLOSE -1) and the failed
@@ -67,6 +68,18 @@ struct {
 	__type(key, int);
 	__type(value, struct lb_origin);
 } lb_origins SEC(".maps");
+
+/* The VIP of each socket of a LB_F_PEER service, for getpeername: a slot per socket cookie
+ * (low bits), written at connect with no allocation (socket storage created per connect cost
+ * ~650 ns of ~1.6 us). A slot taken over by a newer socket is a miss: getpeername then
+ * answers the backend. BPF_F_MMAPABLE only for the page-aligned values (one cache line a slot). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, LB_PEER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lb_peer);
+} lb_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -138,6 +151,41 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lb_no_backend SEC(".maps");
+
+#define barrier() asm volatile("" ::: "memory")
+
+/* Record the VIP of this socket in its lb_peers slot. The cookie is cleared while the VIP is
+ * written and set last, so a reader that sees its cookie before and after copying has a
+ * whole record (stores and loads keep their order on x86; the barriers keep the compiler's). */
+static __always_inline void peer_record(struct bpf_sock_addr *ctx, struct lb_addr *vip)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 slot = cookie & (LB_PEER_SLOTS - 1);
+	struct lb_peer *p = bpf_map_lookup_elem(&lb_peers, &slot);
+
+	if (!p)
+		return;
+	*(volatile __u64 *)&p->cookie = 0;
+	barrier();
+	p->vip = *vip;
+	barrier();
+	*(volatile __u64 *)&p->cookie = cookie;
+}
+
+/* The VIP this socket asked for, from its lb_peers slot; 0 when another socket took the slot. */
+static __always_inline int peer_lookup(struct bpf_sock_addr *ctx, struct lb_addr *out)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 slot = cookie & (LB_PEER_SLOTS - 1);
+	struct lb_peer *p = bpf_map_lookup_elem(&lb_peers, &slot);
+
+	if (!p || *(volatile __u64 *)&p->cookie != cookie)
+		return 0;
+	barrier();
+	*out = p->vip;
+	barrier();
+	return *(volatile __u64 *)&p->cookie == cookie;
+}
 
 static __always_inline void bump(void *map, void *key)
 {
@@ -347,6 +395,8 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, struct lb_addr *v
 		ctx->user_ip6[3] = *(__u32 *)&b->to.addr[12];
 	}
 	ctx->user_port = b->to.port;
+	if (((flags | svc->flags) & (LB_F_PEER | LB_F_ORIGIN)) == LB_F_PEER)
+		peer_record(ctx, vip);
 	if ((flags | svc->flags) & LB_F_ORIGIN) {
 		origin = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (origin) {
@@ -468,21 +518,27 @@ int lb_recvmsg6(struct bpf_sock_addr *ctx)
 	return recvmsg_restore(ctx, AF_INET6);
 }
 
+/* The socket's own record when it has one (no eviction), else its lb_peers slot. */
 static __always_inline int restore_vip(struct bpf_sock_addr *ctx, __u8 family)
 {
 	struct lb_origin *o = bpf_sk_storage_get(&lb_origins, ctx->sk, 0, 0);
+	struct lb_addr vip;
 
-	if (!o || o->vip.family != family)
+	if (o)
+		vip = o->vip;
+	else if (!peer_lookup(ctx, &vip))
+		return 1;
+	if (vip.family != family)
 		return 1;
 	if (family == AF_INET) {
-		ctx->user_ip4 = *(__u32 *)o->vip.addr;
+		ctx->user_ip4 = *(__u32 *)vip.addr;
 	} else {
-		ctx->user_ip6[0] = *(__u32 *)&o->vip.addr[0];
-		ctx->user_ip6[1] = *(__u32 *)&o->vip.addr[4];
-		ctx->user_ip6[2] = *(__u32 *)&o->vip.addr[8];
-		ctx->user_ip6[3] = *(__u32 *)&o->vip.addr[12];
+		ctx->user_ip6[0] = *(__u32 *)&vip.addr[0];
+		ctx->user_ip6[1] = *(__u32 *)&vip.addr[4];
+		ctx->user_ip6[2] = *(__u32 *)&vip.addr[8];
+		ctx->user_ip6[3] = *(__u32 *)&vip.addr[12];
 	}
-	ctx->user_port = o->vip.port;
+	ctx->user_port = vip.port;
 	return 1;
 }
 

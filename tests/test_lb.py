@@ -171,6 +171,37 @@ def test_weights_1_2_7_over_3000_connects_and_getpeername_is_the_vip(lb, cgroup)
         be.close()
 
 
+HELD_CLIENT = textwrap.dedent("""
+    import json, os, socket, sys
+    open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+    vip, port = sys.argv[2], int(sys.argv[3])
+    held = [socket.create_connection((vip, port)) for _ in range(20)]
+    before = ["%s:%d" % s.getpeername() for s in held]
+    for _ in range(2000):
+        socket.create_connection((vip, port)).close()
+    after = ["%s:%d" % s.getpeername() for s in held]
+    print(json.dumps({"before": before, "after": after}))
+""")
+
+
+@pytest.mark.bpf
+def test_held_sockets_keep_the_vip_in_getpeername_after_2000_other_connects(lb, cgroup):
+    # the VIP of a default service lives in a slot of lb_peers per socket cookie: 2,000 later
+    # sockets of the same VIP must not take the slots of the 20 still open
+    _, apply, _ = lb
+    be = Backends(2, hold=True)
+    try:
+        r = apply(services_yaml(be.ports, [1, 1], "random"))
+        assert r.returncode == 0, r.stderr
+        out = subprocess.run([sys.executable, "-c", HELD_CLIENT, str(cgroup), VIP, "8080"],
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        got = json.loads(out)
+        assert got["before"] == [f"{VIP}:8080"] * 20
+        assert got["after"] == [f"{VIP}:8080"] * 20
+    finally:
+        be.close()
+
+
 @pytest.mark.bpf
 def test_getpeername_backend_answers_the_backend_and_the_vip_still_balances(lb, cgroup):
     # no per-socket record: getpeername() shows where the socket went; the default (vip)

@@ -18,8 +18,15 @@ enum lb_algo {
 #define LB_F_PASSIVE		2	/* count connects that fail (passive health) */
 #define LB_F_AFFINITY_CGROUP	4	/* same backend per client cgroup for affinity_ns */
 #define LB_F_AFFINITY_NETNS	8	/* same backend per client network namespace */
-#define LB_F_ORIGIN		16	/* record each socket's VIP and backend (socket storage): for
-					 * getpeername, UDP, least-conn, passive health, draining */
+#define LB_F_ORIGIN		16	/* record each socket's VIP and backend in socket storage: for
+					 * UDP, least-conn, passive health, draining (per-socket life) */
+#define LB_F_PEER		32	/* record each socket's VIP in lb_peers: getpeername answers it */
+
+/* lb_peers: a direct-mapped table indexed by the socket cookie's low bits. 2^17 slots of
+ * 64 bytes (8 MiB): a slot is overwritten only after 2^17 newer sockets (cookies are
+ * handed out in sequence), and then getpeername answers the real peer (the backend). */
+#define LB_PEER_BITS 17
+#define LB_PEER_SLOTS (1u << LB_PEER_BITS)
 
 #define LB_LEAST_CONN_MAX 64	/* backends a least-conn service may have (scanned per connect) */
 
@@ -108,13 +115,21 @@ struct lb_bucket {
 	__u64 last_ns;
 };
 
-/* What a redirected socket asked for and where it went: getpeername() and UDP replies
- * (recvmsg) answer with the VIP; later datagrams of the socket go to the same backend. */
+/* What a redirected socket of a LB_F_ORIGIN service asked for and where it went:
+ * getpeername() and UDP replies (recvmsg) answer with the VIP; later datagrams of the
+ * socket go to the same backend; least-conn, passive health and draining find it here. */
 struct lb_origin {
 	struct lb_addr vip;
 	struct lb_addr backend;
 	__u32 flags;		/* LB_F_TRACK / LB_F_PASSIVE of the service, LB_O_COUNTED */
 	__u32 pad;
+};
+
+/* One lb_peers slot (a cache line): the VIP a socket (`cookie`, 0: none) asked for. */
+struct lb_peer {
+	__u64 cookie;
+	struct lb_addr vip;
+	__u8 pad[36];
 };
 
 #define LB_O_COUNTED 0x100	/* this socket is in lb_active: take it out when it closes */

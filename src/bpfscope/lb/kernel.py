@@ -22,8 +22,8 @@ from .alias import ONE, alias_table, shares
 from .config import ConfigError, Service
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/bpfscope/lb"
-MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_choices", "lb_no_backend", "lb_buckets", "lb_limited",
-        "lb_canary_clients", "lb_active", "lb_passive", "lb_affinity", "lb_drain")
+MAPS = ("lb_services", "lb_backends", "lb_origins", "lb_peers", "lb_choices", "lb_no_backend", "lb_buckets",
+        "lb_limited", "lb_canary_clients", "lb_active", "lb_passive", "lb_affinity", "lb_drain")
 CANARY_BASE = 1 << 20  # LB_CANARY_BASE: index of a service's first canary backend
 PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", "lb_sendmsg4", "lb_sendmsg6",
             "lb_recvmsg4", "lb_recvmsg6")
@@ -31,7 +31,7 @@ PROGRAMS = ("lb_connect4", "lb_connect6", "lb_getpeername4", "lb_getpeername6", 
 # change of the machine runs it, so services without least-conn or passive health don't pay.
 TRACKER = "lb_sock_state"
 ALGOS = {"random": 0, "weighted": 1, "least-conn": 2}
-F_TRACK, F_PASSIVE, F_AFFINITY_CGROUP, F_AFFINITY_NETNS, F_ORIGIN = 1, 2, 4, 8, 16  # LB_F_*
+F_TRACK, F_PASSIVE, F_AFFINITY_CGROUP, F_AFFINITY_NETNS, F_ORIGIN, F_PEER = 1, 2, 4, 8, 16, 32  # LB_F_*
 LIMIT_ACTIONS = {"refuse": 0, "degrade": 1}
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # A connect that read a service entry just before it was switched still looks up the old
@@ -60,9 +60,12 @@ class Policy:
         flags = F_TRACK if svc.algorithm == "least-conn" else 0
         if svc.passive_failures:
             flags |= F_PASSIVE
-        # the per-socket record (socket storage) only where something reads it
-        if origins or flags or svc.protocol == "udp" or svc.getpeername == "vip":
+        # socket storage (allocated per connect) only where the record must live with the
+        # socket; getpeername alone needs only the VIP, kept in a slot of lb_peers
+        if origins or flags or svc.protocol == "udp":
             flags |= F_ORIGIN
+        elif svc.getpeername == "vip":
+            flags |= F_PEER
         affinity_ns = 0
         if svc.affinity:
             flags |= F_AFFINITY_NETNS if svc.affinity.by == "netns" else F_AFFINITY_CGROUP
@@ -457,7 +460,7 @@ class LbKernel:
                 "algorithm": algo,
                 "rate_per_s": int(cur.rate_per_s) or None,
                 "fallback": self._name_of(policy.backup, current) if policy.backup else None,
-                "getpeername": "vip" if policy.flags & F_ORIGIN else "backend",
+                "getpeername": "vip" if policy.flags & (F_ORIGIN | F_PEER) else "backend",
                 "affinity": {"by": "netns" if policy.flags & F_AFFINITY_NETNS else "cgroup",
                              "timeout_s": policy.affinity_ns / 1e9} if policy.affinity_ns else None,
                 "backends": [{"address": ep.address, "port": ep.port, "share": round(s, 4),
