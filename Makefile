@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMPS := .stamps
 APT_PACKAGES := clang-19 llvm-19 libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev \
-                make gcc python3-venv iproute2 iptables curl postgresql prometheus chromium linux-perf
+                make gcc python3-venv iproute2 iptables nftables curl postgresql prometheus chromium linux-perf
 BPFSCOPE := $(VENV)/bin/bpfscope
 ARGS ?=
 
