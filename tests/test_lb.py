@@ -1,4 +1,5 @@
-"""bpfscope lb: real backends, real connects from a child cgroup, VIPs in 127.77.0.0/16."""
+"""bpfscope lb: real backends, real connects from a child cgroup, VIPs in 127.77.0.0/16 (IPv6:
+fd00:77::1 with backends on [::1], inside a network namespace the test creates)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pytest
 
 from bpfscope.lb.alias import alias_table, shares
 from bpfscope.lb.config import ConfigError, parse
+from bpfscope.netns import call_in
 from conftest import run_cli
 
 VIP = "127.77.0.1"
+VIP6 = "fd00:77::1"  # only ever used inside the test's own network namespace (see `family`)
 
 
 # ---- pure parts -------------------------------------------------------------------------
@@ -52,14 +55,14 @@ def test_malformed_config_names_the_place(text, place):
 # ---- kernel ----------------------------------------------------------------------------
 
 class Backends:
-    """TCP servers on 127.0.0.1 that answer each connection with their own port (and then
-    close it, or with hold=True keep it open until close())."""
+    """TCP servers on 127.0.0.1 (or host) that answer each connection with their own port (and
+    then close it, or with hold=True keep it open until close())."""
 
-    def __init__(self, n: int, hold: bool = False):
+    def __init__(self, n: int, hold: bool = False, host: str = "127.0.0.1"):
         self.socks, self.held, self.hold = [], [], hold
         for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.bind((host, 0))
             s.listen(1024)
             self.socks.append(s)
             threading.Thread(target=self._serve, args=(s,), daemon=True).start()
@@ -98,12 +101,13 @@ CLIENT = textwrap.dedent("""
     from collections import Counter
     open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
     vip, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
     seen, peers, errors = Counter(), set(), Counter()
     for _ in range(n):
-        s = socket.socket()
+        s = socket.socket(family)
         try:
             s.connect((vip, port))
-            peers.add("%s:%d" % s.getpeername())
+            peers.add("%s:%d" % s.getpeername()[:2])
             seen[s.recv(16).decode()] += 1
         except OSError as e:
             errors[e.errno] += 1
@@ -138,8 +142,9 @@ def lb(cgroup, tmp_path):
         assert not os.path.exists(pin)
 
 
-def services_yaml(ports: list[int], weights: list[int], algorithm: str = "weighted", vip: str = VIP) -> str:
-    backends = "\n".join(f"        - {{address: 127.0.0.1, port: {p}, weight: {w}}}" for p, w in zip(ports, weights))
+def services_yaml(ports: list[int], weights: list[int], algorithm: str = "weighted", vip: str = VIP,
+                  address: str = "127.0.0.1") -> str:
+    backends = "\n".join(f"        - {{address: '{address}', port: {p}, weight: {w}}}" for p, w in zip(ports, weights))
     return textwrap.dedent(f"""\
         services:
           - name: web
@@ -151,16 +156,43 @@ def services_yaml(ports: list[int], weights: list[int], algorithm: str = "weight
         """) + backends + "\n"
 
 
-@pytest.mark.bpf
-def test_weights_1_2_7_over_3000_connects_and_getpeername_is_the_vip(lb, cgroup):
-    cli, apply, _ = lb
-    be = Backends(3)
+@pytest.fixture(params=["ipv4", "ipv6"])
+def family(request):
+    """(vip, backend host, inside) for each address family; inside(fn) runs fn where the
+    backends and the client live. IPv6 runs in a network namespace this fixture creates with
+    only `lo` up: backends on [::1] and a client whose connect()/sendto() to VIP6 is rewritten
+    before routing, and even if it were not, nothing in that namespace can leave the host."""
+    if request.param == "ipv4":
+        yield VIP, "127.0.0.1", lambda fn: fn()
+        return
+    ns = f"bpfs-lb6-{os.getpid()}"
     try:
-        r = apply(services_yaml(be.ports, [1, 2, 7]))
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, capture_output=True)
+
+        def inside(fn):
+            # a thread that joins the namespace: sockets it creates and processes it starts
+            # (fork inherits the thread's namespace) are in there; the cgroup is not per netns
+            got = call_in([f"/run/netns/{ns}"], fn)[0]
+            assert got is not None, f"could not run {fn} in {ns}"
+            return got
+
+        yield VIP6, "::1", inside
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.mark.bpf
+def test_weights_1_2_7_over_3000_connects_and_getpeername_is_the_vip(lb, cgroup, family):
+    cli, apply, _ = lb
+    vip, host, inside = family
+    be = inside(lambda: Backends(3, host=host))
+    try:
+        r = apply(services_yaml(be.ports, [1, 2, 7], vip=vip, address=host))
         assert r.returncode == 0, r.stderr
-        got = connects(cgroup, 3000)
+        got = inside(lambda: connects(cgroup, 3000, vip=vip))
         assert not got["errors"]
-        assert got["peers"] == [f"{VIP}:8080"]
+        assert got["peers"] == [f"{vip}:8080"]
         share = [got["seen"].get(str(p), 0) / 3000 for p in be.ports]
         for s, want in zip(share, (0.10, 0.20, 0.70)):
             assert abs(s - want) <= 0.03, share
@@ -257,10 +289,11 @@ def test_curl_reaches_a_backend_through_the_vip(lb, cgroup, tmp_path):
 
 
 @pytest.mark.bpf
-def test_service_without_backends_fails_connect_at_once_with_ehostunreach(lb, cgroup):
+def test_service_without_backends_fails_connect_at_once_with_ehostunreach(lb, cgroup, family):
     cli, apply, _ = lb
-    assert apply("services:\n  - {name: web, vip: 127.77.0.1, port: 8080}\n").returncode == 0
-    got = connects(cgroup, 5)
+    vip, _, inside = family
+    assert apply(f"services:\n  - {{name: web, vip: '{vip}', port: 8080}}\n").returncode == 0
+    got = inside(lambda: connects(cgroup, 5, vip=vip))
     assert got["errors"] == {"113": 5}  # EHOSTUNREACH
     assert json.loads(cli("status", "--json").stdout)["no_backend_refusals"] == 5
 
@@ -415,26 +448,30 @@ UDP_CLIENT = textwrap.dedent("""
     import json, os, socket, sys
     open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
     vip, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
     out = []
     for i in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unconnected: sendto/recvfrom
+        s = socket.socket(family, socket.SOCK_DGRAM)  # unconnected: sendto/recvfrom
         s.settimeout(3)
         s.sendto(b"ping %d" % i, (vip, port))
         data, frm = s.recvfrom(64)
-        out.append([data.decode(), "%s:%d" % frm])
+        out.append([data.decode(), "%s:%d" % frm[:2]])
         s.close()
     print(json.dumps(out))
 """)
 
 
 @pytest.mark.bpf
-def test_udp_request_reply_through_a_vip_comes_back_from_the_vip(lb, cgroup):
+def test_udp_request_reply_through_a_vip_comes_back_from_the_vip(lb, cgroup, family):
     _, apply, _ = lb
-    servers = []
-    for _ in range(2):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
-        servers.append(u)
+    vip, host, inside = family
+
+    def udp_server():
+        u = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind((host, 0))
+        return u
+
+    servers = [inside(udp_server) for _ in range(2)]
 
     def echo(u):
         port = u.getsockname()[1]
@@ -449,14 +486,14 @@ def test_udp_request_reply_through_a_vip_comes_back_from_the_vip(lb, cgroup):
         threading.Thread(target=echo, args=(u,), daemon=True).start()
     ports = [u.getsockname()[1] for u in servers]
     try:
-        yaml_text = services_yaml(ports, [1, 1], "random").replace("protocol: tcp", "protocol: udp")
+        yaml_text = services_yaml(ports, [1, 1], "random", vip=vip, address=host).replace("protocol: tcp", "protocol: udp")
         assert apply(yaml_text).returncode == 0
-        out = subprocess.run([sys.executable, "-c", UDP_CLIENT, str(cgroup), VIP, "8080", "40"],
-                             capture_output=True, text=True, timeout=60)
+        out = inside(lambda: subprocess.run([sys.executable, "-c", UDP_CLIENT, str(cgroup), vip, "8080", "40"],
+                                            capture_output=True, text=True, timeout=60))
         assert out.returncode == 0, out.stderr
         replies = json.loads(out.stdout)
         assert len(replies) == 40
-        assert {frm for _, frm in replies} == {f"{VIP}:8080"}  # replies seem to come from the VIP
+        assert {frm for _, frm in replies} == {f"{vip}:8080"}  # replies seem to come from the VIP
         assert all(data.split(":", 1)[1] == f"ping {i}" for i, (data, _) in enumerate(replies))
         assert {data.split(":")[0] for data, _ in replies} == {str(p) for p in ports}  # both backends used
     finally:
