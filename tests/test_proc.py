@@ -172,7 +172,9 @@ def test_futex_waits_of_two_threads_on_one_mutex(bins):
     records, _ = portrait([w])
     in_lock_s = float(w.stdout.read())  # the program's own clock around pthread_mutex_lock
     futex = [r for r in kinds(records, "futex_wait_summary") if r["pid"] == w.pid]
-    assert 0.85 <= in_lock_s <= 2.3, in_lock_s  # 200 holds of 10 ms: one thread mostly waits
+    # 200 holds of 10 ms taken in turns (the workload pauses after each unlock): each
+    # worker waits for nearly every hold of the other, ~2 s in all
+    assert 1.5 <= in_lock_s <= 3.0, in_lock_s
     # the mutex is the user address both workers waited on, many times (main's
     # pthread_join waits on each worker's tid word, once)
     by_addr: dict[str, list[dict]] = {}

@@ -1,5 +1,11 @@
 /* Two threads contend for one pthread mutex, each holding it 10 ms, 100 times. Prints the
- * time each thread spent inside pthread_mutex_lock (the truth for futex wait time). */
+ * time each thread spent inside pthread_mutex_lock (the truth for futex wait time).
+ *
+ * After each unlock a worker pauses 0.2 ms before it locks again: a glibc mutex is not
+ * fair, and a worker that re-locked at once usually won against the waiter it had just
+ * woken (still being scheduled), so one worker could take all its 100 holds in a row
+ * while the other only waited (1 run in ~6-12: the other never waited at all). With
+ * the pause the woken waiter takes the lock: the two alternate and both wait. */
 #include <pthread.h>
 #include <stdio.h>
 #include <time.h>
@@ -17,7 +23,7 @@ static double now(void)
 static void *worker(void *arg)
 {
 	double *waited = arg;
-	struct timespec hold = {0, 10 * 1000 * 1000};
+	struct timespec hold = {0, 10 * 1000 * 1000}, pause = {0, 200 * 1000};
 
 	pthread_barrier_wait(&start);
 	for (int i = 0; i < 100; i++) {
@@ -26,6 +32,7 @@ static void *worker(void *arg)
 		*waited += now() - t0;
 		nanosleep(&hold, NULL);
 		pthread_mutex_unlock(&m);
+		nanosleep(&pause, NULL);
 	}
 	return NULL;
 }
