@@ -31,7 +31,8 @@
  *
  * block:  tp_btf block_io_start (a request is made, in the submitter's context: stacks,
  *         task) -> block_rq_issue (given to the driver) -> block_rq_complete: device
- *         latency and bytes per stack. Three hash operations per request.
+ *         latency and bytes per stack. Three hash operations per request; the kernel
+ *         stack is interned in kstacks (a lost stack would lose every request made there).
  *
  * See docs/design/stack-attribution.md for how pid/tid/comm/cgroup attach to a key.
  */
@@ -82,7 +83,7 @@ struct {
 
 /* offcpu: kernel stacks taken at switch-in (bpf_get_stackid can only walk `current`),
  * interned by content: the id is a hash of the frames; a different stack under a taken
- * id is a collision, counted like one of stack_traces. mem --kernel interns here too.
+ * id is a collision, counted like one of stack_traces. mem --kernel and block intern here too.
  * Preallocated: an insert never allocates, so a burst of new stacks is never refused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -388,31 +389,25 @@ static __always_inline __s32 kstack_intern(struct kstack *buf, long n)
 	return id;
 }
 
-/* The kernel stack of a task that is being switched in: it still sits in __schedule. */
-static __always_inline __s32 task_kstack_id(struct task_struct *task)
+/* A kernel stack, interned: of task when given (offcpu: a task being switched in still
+ * sits in __schedule), else of current (mem --kernel: ids live as long as the allocation,
+ * so a stack lost to a shared bucket would stay lost; block: a lost stack loses every
+ * request made there, bytes and all, not one sample of many). */
+static __always_inline __s32 kstack_id(void *ctx, struct task_struct *task)
 {
 	struct kstack *buf;
 	__u32 zero = 0;
+	long n;
 
 	buf = bpf_map_lookup_elem(&kstack_buf, &zero);
 	if (!buf)
 		return -ENOMEM;
 	stat_inc(STAT_KERNEL_WALKS);
-	return kstack_intern(buf, bpf_get_task_stack(task, buf->ips, sizeof(buf->ips), 0));
-}
-
-/* The kernel stack of current (mem --kernel: ids live as long as the allocation, so a
- * stack lost to a shared bucket would stay lost). */
-static __always_inline __s32 current_kstack_id(void *ctx)
-{
-	struct kstack *buf;
-	__u32 zero = 0;
-
-	buf = bpf_map_lookup_elem(&kstack_buf, &zero);
-	if (!buf)
-		return -ENOMEM;
-	stat_inc(STAT_KERNEL_WALKS);
-	return kstack_intern(buf, bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), 0));
+	if (task)
+		n = bpf_get_task_stack(task, buf->ips, sizeof(buf->ips), 0);
+	else
+		n = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), 0);
+	return kstack_intern(buf, n);
 }
 
 /* The time __schedule just read: rq->clock of this CPU (sched_clock-based; what
@@ -486,7 +481,7 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 			key.tid = next_tid;
 			key.cgroup_id = BPF_CORE_READ(next, cgroups, dfl_cgrp, kn, id);
 			key.user_stack_id = s->user_stack_id;
-			key.kernel_stack_id = kernel_stacks ? task_kstack_id(next) : -1;
+			key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, next) : -1;
 			key.state = s->state;
 			bpf_probe_read_kernel(key.comm, sizeof(key.comm), next->comm);
 			add(&key, delta);
@@ -527,7 +522,7 @@ static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
 	info.key.tid = tid;
 	info.key.cgroup_id = bpf_get_current_cgroup_id();
 	info.key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
-	info.key.kernel_stack_id = kernel_stacks ? current_kstack_id(ctx) : -1;
+	info.key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, NULL) : -1;
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
 	if (bpf_map_update_elem(&allocs, &ptr, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);
@@ -800,7 +795,7 @@ int BPF_PROG(block_start, struct request *rq)
 	st.key.cgroup_id = bpf_get_current_cgroup_id();
 	st.key.state = op <= 1 ? op : 2;
 	st.key.user_stack_id = stack_id(ctx, user_stacks && (__u32)id, BPF_F_USER_STACK);
-	st.key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
+	st.key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, NULL) : -1;
 	bpf_get_current_comm(st.key.comm, sizeof(st.key.comm));
 	if (bpf_map_update_elem(&block_starts, &addr, &st, BPF_ANY))
 		stat_inc(STAT_MAP_FULL);

@@ -236,7 +236,7 @@ class StackExporter(Exporter):
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
         # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
         # under kmalloc): sized only where kernel stacks are interned by content
-        interned = self.kernel_stacks and (self.mode.name == "offcpu" or self.kernel_mem)
+        interned = self.kernel_stacks and (self.mode.name in ("offcpu", "block") or self.kernel_mem)
         sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if interned else 1,
                  "counts": self.max_entries}
         if self.mode.name == "mem":
@@ -278,8 +278,8 @@ class StackExporter(Exporter):
                     raise
 
     def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
-        # offcpu and mem kernel stacks are interned by content in their own map (stack.bpf.c)
-        in_kstacks = kernel and self.mode.name in ("offcpu", "mem")
+        # offcpu, mem and block kernel stacks are interned by content in their own map (stack.bpf.c)
+        in_kstacks = kernel and self.mode.name in ("offcpu", "mem", "block")
         cache_key = ("k", stack_id) if in_kstacks else stack_id
         ips = self._ips.get(cache_key)
         if ips is None:

@@ -34,12 +34,11 @@ class Symbolizer:
         self._maps: dict[int, ProcessMaps | None] = {}
         self._old_maps: dict[int, ProcessMaps | None] = {}
         self._perf_maps: dict[int, PerfMap | None] = {}
-        self._files: dict[tuple, ElfSymbols | None] = {}
+        self._files: dict[tuple, tuple[int, ElfSymbols | None]] = {}  # file key -> (small id, symbols)
         self._by_build_id: dict[str, ElfSymbols] = {}
         self._frames: dict[int, dict[int, str]] = {}  # pid -> addr -> frame, while its maps are unchanged
         self._mapping_files: dict[tuple, tuple] = {}  # (pid, start, inode) -> (file id, symbols), this interval
         self._named: dict[tuple, str] = {}  # (file id, file offset) -> frame, kept across intervals
-        self._file_ids: dict[tuple, int] = {}  # file key -> a small int (a cheaper hash per frame)
         self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
 
     # ---- kernel -------------------------------------------------------------------------
@@ -114,8 +113,9 @@ class Symbolizer:
         except OSError:
             return None, None
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if key in self._files:
-            return self._file_ids[key], self._files[key]
+        hit = self._files.get(key)
+        if hit is not None:
+            return hit
         syms = None
         build_id = read_build_id(path)
         if build_id and build_id in self._by_build_id:
@@ -128,9 +128,8 @@ class Symbolizer:
                 syms = None
             if syms is not None and syms.build_id:
                 self._by_build_id[syms.build_id] = syms
-        self._files[key] = syms
-        fid = self._file_ids[key] = len(self._file_ids)
-        return fid, syms
+        hit = self._files[key] = (len(self._files), syms)
+        return hit
 
     def _mapping_elf(self, pid: int, maps: ProcessMaps, m: Mapping) -> tuple[int | None, ElfSymbols | None]:
         """The file behind a mapping, resolved once per interval per (pid, mapping)."""

@@ -83,10 +83,10 @@ def _read_symbols(data, sec, strsec, strings: bytearray, out: dict[int, tuple[in
     entsize = entsize or 24
     for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack(
             "<IBBHQQ", data[off:off + size - size % entsize]):
-        if st_shndx == 0 or not st_value or not st_name or (st_info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC):
+        if st_shndx == 0 or not st_value or (st_info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC):
             continue
         name = base + st_name
-        if not strings[name]:  # an empty name
+        if not strings[name]:  # no name (st_name 0 points at the table's leading NUL)
             continue
         old = out.get(st_value)
         # prefer a sized symbol, then a global name over a local alias (_IO_puts vs puts)
