@@ -91,18 +91,21 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
-/* events the ring buffer had no room for (the timeline then has gaps) */
+/* what could not be kept: events the ring buffer had no room for (the timeline then has
+ * gaps), and first sights of a followed thread whose task storage could not be made (its
+ * time until the next try is not counted); user space reports both */
+enum { LOST_EVENTS = 0, LOST_STORAGE = 1, LOST_N = 2 };
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, LOST_N);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
 
-static __always_inline void count_lost(void)
+static __always_inline void count_lost(__u32 what)
 {
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	__u64 *n = bpf_map_lookup_elem(&lost, &what);
 
 	if (n)
 		(*n)++;
@@ -133,9 +136,14 @@ static __always_inline void set_followed(__u32 tgid, bool on)
  * process is followed (for every other task: one bitmap test, no storage). */
 static __always_inline struct proc_task *task_of(struct task_struct *t)
 {
+	struct proc_task *s;
+
 	if (follow && !is_followed(t->tgid))
 		return NULL;
-	return bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	s = bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!s && follow)	/* no memory at hand (inside the scheduler), or storage busy */
+		count_lost(LOST_STORAGE);
+	return s;
 }
 
 /* Spans do not wake the reader: it drains the ring every 100 ms (a wake-up per span cost
@@ -151,7 +159,7 @@ static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 
 	struct proc_span *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
-		count_lost();
+		count_lost(LOST_EVENTS);
 		return;
 	}
 	e->type = PROC_EV_SPAN;
@@ -276,6 +284,12 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 		__u32 state = state_at_switch_out(prev, preempt, prev_state);
 
 		now = bpf_ktime_get_ns();
+		if (!s->since) {	/* first sight on the way out: running since it last got a CPU */
+			__u64 arrived = prev->sched_info.last_arrival, clock = rq_clock_of(prev);
+
+			s->state = PROC_RUNNING;
+			s->since = arrived && clock > arrived && clock - arrived < now ? now - (clock - arrived) : now;
+		}
 		enter_state(prev, s, state, now);
 		s->run_delay_out = prev->sched_info.run_delay;
 		/* as the kernel counts nvcsw/nivcsw in __schedule */
@@ -346,7 +360,7 @@ static __always_inline struct proc_life *new_event(__u32 type, struct task_struc
 	struct proc_life *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
-		count_lost();
+		count_lost(LOST_EVENTS);
 		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));

@@ -105,8 +105,9 @@ def test_life_of_a_process_spin_sleep_io_exit_code(bins, tmp_path):
     v = proc["values"]
     assert v["exit_code"] == 3 and proc["labels"]["status"] == "exited"
     # 1 s of CPU spinning (+ the I/O's own CPU time), 1 s asleep, and I/O wait
-    assert 0.95 <= v["running_ns"] / 1e9 <= 1.1, v
-    assert 0.95 <= v["sleeping_ns"] / 1e9 <= 1.1, v
+    every = json.dumps(v)  # a str: pytest prints it whole, where it cuts a dict's repr
+    assert 0.95 <= v["running_ns"] / 1e9 <= 1.1, every
+    assert 0.95 <= v["sleeping_ns"] / 1e9 <= 1.1, every
     assert v["iowait_ns"] > 0, v
     assert v["lifetime_ns"] >= v["running_ns"] + v["sleeping_ns"] + v["iowait_ns"]
     # the kernel's own account: utime+stime is scaled to the task's exact runtime
@@ -224,6 +225,34 @@ def test_command_killed_by_a_signal_exits_128_plus_signal():
     # and a command that succeeds: 0
     r = run_cli("proc", "--json", "--interval", "0.5", "--", "true", timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_following_a_process_already_on_a_cpu_counts_its_running_stretch(bins):
+    """--pid on a spinner that is running when the programs attach: its first switch-out
+    is the first sight, and the stretch it was running since it got the CPU is counted."""
+    w = start(bins["spin"], "2")
+    w.stdin.write(b"go\n")
+    w.stdin.close()
+    time.sleep(0.2)
+    p = subprocess.Popen(BPFSCOPE + ["proc", "--pid", str(w.pid), "--json", "--interval", "0.5"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_links(p, len(FOLLOW_PROGRAMS)), p.stderr.read() if p.poll() is not None else "no links"
+        cpu_at_attach = int(Path(f"/proc/{w.pid}/schedstat").read_text().split()[0])
+        zombie_stat(w.pid)
+        cpu_at_exit = int(Path(f"/proc/{w.pid}/schedstat").read_text().split()[0])
+        out, err = p.communicate(timeout=60)  # exits once the followed process has
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        w.wait()
+    assert p.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+    running = proc["values"]["running_ns"]
+    # at least its CPU time after attaching (1 ms of slack), at most all of it
+    assert cpu_at_exit - cpu_at_attach - 1_000_000 <= running <= cpu_at_exit, (running, cpu_at_attach, cpu_at_exit)
 
 
 def test_system_wide_table_sees_a_busy_process(bins):

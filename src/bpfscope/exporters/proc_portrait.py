@@ -557,7 +557,22 @@ class ProcPortrait(Exporter):
         if self.spans_dropped:
             print(f"bpfscope proc: {self.spans_dropped} timeline spans over --max-spans were not kept",
                   file=sys.stderr)
+        events, storage = self.lost()
+        if events:
+            print(f"bpfscope proc: {events} events did not fit in the ring buffer (the timeline has gaps)",
+                  file=sys.stderr)
+        if storage:
+            print(f"bpfscope proc: {storage} times a followed thread's accounting could not be created "
+                  "(its time until the next context switch is not counted)", file=sys.stderr)
         return out
+
+    def lost(self) -> tuple[int, int]:
+        """(events the ring buffer had no room for, failed creations of a thread's accounting),
+        since load (proc.bpf.c `lost`)."""
+        if not self.obj:
+            return 0, 0
+        m = self.obj.maps["lost"]
+        return sum(m.cpu_values(m.lookup(0))), sum(m.cpu_values(m.lookup(1)))
 
     # ---- views ---------------------------------------------------------------------------------
     def _threads_table(self, records: list[dict], title: str) -> Table:
@@ -683,6 +698,11 @@ class ProcPortrait(Exporter):
         for (comm, lt), ns in waits.items():
             w.add_metric([comm, lt], ns / 1e9)
         yield w
+        lost = CounterMetricFamily("bpfscope_proc_lost", "What the kernel side could not keep: ring-buffer "
+                                   "events (timeline gaps), thread accounting it could not create", labels=["what"])
+        for what, n in zip(("events", "thread_storage"), self.lost()):
+            lost.add_metric([what], n)
+        yield lost
 
     def exit_code(self) -> int:
         """-- COMMAND: the command's exit status, 128 + N when signal N killed it (as a shell
