@@ -273,6 +273,34 @@ static __always_inline __u64 runnable_since_out(struct task_struct *t, struct pr
 	return ns;
 }
 
+/* A thread switched out while not running by our account: first seen now (it was already
+ * on a CPU when following began, or its storage could not be made at its switch-in), or
+ * its switch-in passed no sched_switch tracepoint (seen on this VM's 6.18 kernel: a switch
+ * to another task, then the next switch-out of this one with no switch back in between,
+ * while /proc/PID/schedstat shows no wait). It has been running since it last arrived on
+ * a CPU (sched_info.last_arrival, the run queue's clock): the time before that stays in
+ * the state it was in; an arrival before that state began means the switch-out that began
+ * it never took the CPU away, so the whole stretch was running. */
+static __always_inline void running_since_arrival(struct task_struct *t, struct proc_task *s, __u64 now)
+{
+	__u64 arrived = t->sched_info.last_arrival, clock = rq_clock_of(t), at;
+
+	if (!arrived || clock <= arrived || clock - arrived >= now) {
+		if (!s->since) {
+			s->state = PROC_RUNNING;
+			s->since = now;
+		}
+		return;
+	}
+	at = now - (clock - arrived);
+	if (s->since && at > s->since)
+		enter_state(t, s, PROC_RUNNING, at);
+	else
+		s->state = PROC_RUNNING;
+	if (!s->since)
+		s->since = at;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
@@ -284,12 +312,8 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 		__u32 state = state_at_switch_out(prev, preempt, prev_state);
 
 		now = bpf_ktime_get_ns();
-		if (!s->since) {	/* first sight on the way out: running since it last got a CPU */
-			__u64 arrived = prev->sched_info.last_arrival, clock = rq_clock_of(prev);
-
-			s->state = PROC_RUNNING;
-			s->since = arrived && clock > arrived && clock - arrived < now ? now - (clock - arrived) : now;
-		}
+		if (!s->since || (s->state != PROC_RUNNING && s->state != PROC_OTHER))	/* OTHER: exited */
+			running_since_arrival(prev, s, now);
 		enter_state(prev, s, state, now);
 		s->run_delay_out = prev->sched_info.run_delay;
 		/* as the kernel counts nvcsw/nivcsw in __schedule */
@@ -418,10 +442,14 @@ int BPF_PROG(proc_exit, struct task_struct *p, bool group_dead)
 {
 	struct proc_task *s;
 	struct proc_life *e;
+	__u64 now;
 
 	if (!follow || !(s = task_of(p)))
 		return 0;
-	enter_state(p, s, PROC_OTHER, bpf_ktime_get_ns());	/* its running time ends here */
+	now = bpf_ktime_get_ns();
+	if (s->state != PROC_RUNNING)	/* it runs (this is its exit): a switch-in was not seen */
+		running_since_arrival(p, s, now);
+	enter_state(p, s, PROC_OTHER, now);	/* its running time ends here */
 	e = new_event(PROC_EV_EXIT, p);
 	if (!e)
 		return 0;

@@ -16,7 +16,6 @@ futex_wait, lock_wait (per interval), resources (per process: CPU%, RSS, I/O byt
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import itertools
 import os
@@ -39,6 +38,7 @@ from ..bpf import BpfObject, RingBuffer
 from ..decode import c_string
 from ..schema import make_record
 from ..symbolize import KERNEL_SUFFIX, Symbolizer
+from ..symbolize.kallsyms import DATA, Kallsyms
 from .base import Exporter
 from .proc import STATES, fmt_bytes, fmt_ns, open_object, read_rows
 
@@ -93,30 +93,6 @@ def blocked_on(kframes_leaf_first: list[str]) -> str:
         if not name.startswith(SCHED_FRAMES):
             return name
     return kframes_leaf_first[-1].removesuffix(KERNEL_SUFFIX) if kframes_leaf_first else "?"
-
-
-class KernelData:
-    """Static kernel data symbols (d/D/b/B in /proc/kallsyms): names a lock by its address."""
-
-    def __init__(self, path: str = "/proc/kallsyms"):
-        rows = []
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "dDbBrR":
-                    addr = int(parts[0], 16)
-                    if addr:
-                        rows.append((addr, parts[2]))
-        rows.sort()
-        self.addrs = [a for a, _ in rows]
-        self.names = [n for _, n in rows]
-
-    def lookup(self, addr: int) -> str | None:
-        i = bisect.bisect_right(self.addrs, addr) - 1
-        if i < 0 or i + 1 >= len(self.addrs) or addr - self.addrs[i] > 4096:
-            return None
-        off = addr - self.addrs[i]
-        return self.names[i] + (f"+0x{off:x}" if off else "")
 
 
 def descendants(roots: set[int]) -> set[int]:
@@ -200,7 +176,7 @@ class ProcPortrait(Exporter):
         self.reason_ns: Counter[tuple] = Counter()
         self.waits: dict[tuple, list[int]] = {}  # (kind, pid, tid, addr, flags) -> [count, ns, max_ns]
         self._stack_cache: dict[int, tuple[int, ...]] = {}
-        self._kdata: KernelData | None = None
+        self._kdata: Kallsyms | None = None
         self._rb: RingBuffer | None = None
         self._rb_thread: threading.Thread | None = None
         self._rb_stop = threading.Event()
@@ -410,10 +386,10 @@ class ProcPortrait(Exporter):
     def _lock_symbol(self, addr: int) -> str:
         if self._kdata is None:
             try:
-                self._kdata = KernelData()
+                self._kdata = Kallsyms(types=DATA)
             except OSError:
                 return ""
-        return self._kdata.lookup(addr) or ""
+        return self._kdata.name_at(addr) or ""
 
     def _resources(self, ts: int) -> list[dict]:
         records = []
