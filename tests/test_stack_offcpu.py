@@ -59,10 +59,11 @@ def run_offcpu(sleep_loop: Path, count: int, ms: int, extra: list[str] = (),
 
 
 # LOST_BLOCK: in about one run in eight, one block (rarely two) of the 160 is not counted:
-# its switch-out is recorded (user walk, no task-storage failure, no recursion miss) but no
-# count follows. Seen with main's program too (bpf_ktime_get_ns clock), and with a single
-# read of the counts at exit, so neither the run-queue clock nor the interval read is the
-# cause; not found yet (2026-11-28).
+# its switch-out is recorded but no count follows. Cause (found 2026-11-29 with ftrace's
+# own sched_switch event beside a bpf_printk): this kernel now and then switches a task in
+# without the sched_switch tracepoint, so the block's end is never seen and the next
+# switch-out starts a new one (docs/design/proc-accounting.md; proc recovers the time from
+# sched_info.last_arrival, offcpu does not: the kernel stack of that moment is gone).
 
 
 def _nanosleep(records: list[dict], pid: int) -> list[dict]:
