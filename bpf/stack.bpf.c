@@ -429,6 +429,24 @@ static __always_inline __u64 sched_now(struct task_struct *task)
 	return bpf_ktime_get_ns();
 }
 
+/* A block of task ends: counted under the user stack taken at its switch-out and kstack. */
+static __always_inline void count_block(struct task_struct *task, struct offcpu_start *s, __s32 kstack,
+					__u64 delta)
+{
+	struct stack_key key = {};
+
+	if (s->unverified)
+		stat_inc(STAT_USER_UNVERIFIED);
+	key.pid = task->tgid;
+	key.tid = task->pid;
+	key.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	key.user_stack_id = s->user_stack_id;
+	key.kernel_stack_id = kstack;
+	key.state = s->state;
+	bpf_probe_read_kernel(key.comm, sizeof(key.comm), task->comm);
+	add(&key, delta);
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
@@ -441,6 +459,17 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 	if (prev_tid && wanted(prev->tgid)) {
 		s = bpf_task_storage_get(&starts, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (s) {
+			/* a block whose end we did not see: this kernel now and then switches a
+			 * task in without the tracepoint. It ended when the task last got a CPU
+			 * (sched_info.last_arrival: the same run-queue clock); the kernel stack it
+			 * had then is gone ("[lost stack]"). */
+			__u64 arrived = prev->sched_info.last_arrival;
+
+			if (s->ts && arrived > s->ts && arrived - s->ts >= min_block_ns &&
+			    arrived - s->ts <= max_block_ns) {
+				stat_inc(STAT_UNSEEN_SWITCH_IN);
+				count_block(prev, s, kernel_stacks ? -ENOMEM : -1, arrived - s->ts);
+			}
 			s->ts = now;
 			s->state = state_class(preempt, prev_state);
 			if (user_stacks) {
@@ -472,20 +501,8 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 			else if (!counted && walk->verify)
 				walk->verify--;
 		}
-		if (counted) {
-			struct stack_key key = {};
-
-			if (s->unverified)
-				stat_inc(STAT_USER_UNVERIFIED);
-			key.pid = next->tgid;
-			key.tid = next_tid;
-			key.cgroup_id = BPF_CORE_READ(next, cgroups, dfl_cgrp, kn, id);
-			key.user_stack_id = s->user_stack_id;
-			key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, next) : -1;
-			key.state = s->state;
-			bpf_probe_read_kernel(key.comm, sizeof(key.comm), next->comm);
-			add(&key, delta);
-		}
+		if (counted)
+			count_block(next, s, kernel_stacks ? kstack_id(ctx, next) : -1, delta);
 	}
 	s->ts = 0;	/* counted once */
 	return 0;

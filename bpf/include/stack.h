@@ -99,6 +99,8 @@ struct load_gate {
 #define STAT_KERNEL_WALKS 5		/* offcpu: kernel stacks taken at switch-in (counted blocks) */
 #define STAT_USER_UNVERIFIED 6		/* offcpu: counted blocks whose user stack id was reused on the
 					 * registers alone (the site's previous block was not counted) */
-#define STAT_N 7
+#define STAT_UNSEEN_SWITCH_IN 7		/* offcpu: blocks whose end passed no sched_switch tracepoint,
+					 * counted at the next switch-out (kernel stack lost) */
+#define STAT_N 8
 
 #endif

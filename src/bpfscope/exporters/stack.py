@@ -42,8 +42,8 @@ STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of s
 EEXIST, ENOMEM, EFAULT = 17, 12, 14
 LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
 (STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS,
- STAT_USER_UNVERIFIED) = range(7)
-STAT_N = 7  # stack.h
+ STAT_USER_UNVERIFIED, STAT_UNSEEN_SWITCH_IN) = range(8)
+STAT_N = 8  # stack.h
 
 
 @dataclass(frozen=True)
@@ -484,7 +484,9 @@ class StackExporter(Exporter):
                                  ("map_full_events", STAT_MAP_FULL, "Samples not counted because the map was full"),
                                  ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)"),
                                  ("user_unverified", STAT_USER_UNVERIFIED,
-                                  "offcpu: counted blocks whose user stack was reused on the registers alone")):
+                                  "offcpu: counted blocks whose user stack was reused on the registers alone"),
+                                 ("unseen_switch_ins", STAT_UNSEEN_SWITCH_IN,
+                                  "offcpu: blocks whose end passed no sched_switch tracepoint (kernel stack lost)")):
             m = CounterMetricFamily(f"bpfscope_stack_{name}", help_, labels=["mode"])
             m.add_metric([self.mode.name], self._stats[idx])
             yield m
