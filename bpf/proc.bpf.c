@@ -171,16 +171,33 @@ static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 
 	bpf_ringbuf_submit(e, span_wakeup());
 }
 
+/* The time t ran in a running stretch of `wall` ns: the CPU time the kernel counted for it
+ * meanwhile (what utime+stime and top show: a vCPU the host took away, or an interrupt
+ * handled on its CPU, is not its time), else the wall time. */
+static __always_inline __u64 running_ns(struct task_struct *t, struct proc_task *s, __u64 wall)
+{
+	__u64 exec = t->se.sum_exec_runtime;
+
+	if (s->exec_since && exec >= s->exec_since && exec - s->exec_since <= wall)
+		return exec - s->exec_since;
+	return wall;
+}
+
 /* Close the current state (its time goes to its bucket) and begin `state` now. */
 static __always_inline void enter_state(struct task_struct *t, struct proc_task *s, __u32 state, __u64 now)
 {
 	if (s->since && now > s->since) {
-		s->ns[s->state & (PROC_NSTATES - 1)] += now - s->since;
+		__u64 ns = now - s->since;
+
+		if (s->state == PROC_RUNNING)
+			ns = running_ns(t, s, ns);
+		s->ns[s->state & (PROC_NSTATES - 1)] += ns;
 		if (follow && timeline)
 			emit_span(t, s->state, s->since, now);
 	}
 	s->state = state;
 	s->since = now;
+	s->exec_since = state == PROC_RUNNING ? t->se.sum_exec_runtime : 0;
 }
 
 static __always_inline void add_wait(void *map, struct task_struct *t, __u64 addr, __u32 flags, __u64 ns)
@@ -289,16 +306,22 @@ static __always_inline void running_since_arrival(struct task_struct *t, struct 
 		if (!s->since) {
 			s->state = PROC_RUNNING;
 			s->since = now;
+			s->exec_since = 0;
 		}
 		return;
 	}
 	at = now - (clock - arrived);
-	if (s->since && at > s->since)
+	if (s->since && at > s->since) {
 		enter_state(t, s, PROC_RUNNING, at);
-	else
+		s->exec_since = t->se.prev_sum_exec_runtime;	/* its CPU time when it arrived */
+	} else {
 		s->state = PROC_RUNNING;
-	if (!s->since)
+		s->exec_since = 0;	/* since when is not known in CPU time: wall time */
+	}
+	if (!s->since) {
 		s->since = at;
+		s->exec_since = t->se.prev_sum_exec_runtime;
+	}
 }
 
 SEC("tp_btf/sched_switch")
@@ -661,7 +684,10 @@ int proc_dump(struct bpf_iter__task *ctx)
 			}
 			if (waiting > now - s->since)
 				waiting = now - s->since;
-			row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since - waiting;
+			if (s->state == PROC_RUNNING)	/* sum_exec_runtime: up to a tick behind */
+				row.ns[PROC_RUNNING] += running_ns(t, s, now - s->since);
+			else
+				row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since - waiting;
 			row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += waiting;
 		}
 		row.nvcsw = s->nvcsw;
