@@ -24,12 +24,23 @@ def stats():
     s.close()
 
 
+def _settled(stats, timeout_s: float = 5.0) -> dict:
+    """A snapshot once the counts stand still for 0.2 s: RELEASE is sent asynchronously
+    after close(), and one arriving late would be counted in the next workload's window."""
+    snap, deadline = stats.snapshot(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        snap, last = stats.snapshot(), snap
+        if snap == last:
+            break
+    return snap
+
+
 def _workload_counts(stats, conn, fn):
     from bpfscope.fuse.trace import delta
-    before = stats.snapshot()
+    before = _settled(stats)
     fn()
-    time.sleep(0.2)  # asynchronous requests (RELEASE) end shortly after close()
-    return {k[1]: v for k, v in delta(stats.snapshot(), before).items() if k[0] == conn}
+    return {k[1]: v for k, v in delta(_settled(stats), before).items() if k[0] == conn}
 
 
 def test_100_stats_of_fresh_files_are_100_lookups(stats, tmp_path):
