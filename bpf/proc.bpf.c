@@ -92,8 +92,8 @@ struct {
 } events SEC(".maps");
 
 /* what could not be kept: events the ring buffer had no room for (the timeline then has
- * gaps), and first sights of a followed thread whose task storage could not be made (its
- * time until the next try is not counted); user space reports both */
+ * gaps), and sights of a followed thread whose task storage could not be made (its time
+ * before it last got a CPU is not counted, running_since_arrival); user space reports both */
 enum { LOST_EVENTS = 0, LOST_STORAGE = 1, LOST_N = 2 };
 
 struct {
@@ -300,27 +300,21 @@ static __always_inline __u64 runnable_since_out(struct task_struct *t, struct pr
  * it never took the CPU away, so the whole stretch was running. */
 static __always_inline void running_since_arrival(struct task_struct *t, struct proc_task *s, __u64 now)
 {
-	__u64 arrived = t->sched_info.last_arrival, clock = rq_clock_of(t), at;
+	__u64 arrived = t->sched_info.last_arrival, clock = rq_clock_of(t);
+	bool known = arrived && clock > arrived && clock - arrived < now;
+	__u64 at = known ? now - (clock - arrived) : now;
+	__u64 exec_at = known ? t->se.prev_sum_exec_runtime : 0;	/* its CPU time when it arrived */
 
-	if (!arrived || clock <= arrived || clock - arrived >= now) {
-		if (!s->since) {
-			s->state = PROC_RUNNING;
-			s->since = now;
-			s->exec_since = 0;
-		}
-		return;
-	}
-	at = now - (clock - arrived);
-	if (s->since && at > s->since) {
-		enter_state(t, s, PROC_RUNNING, at);
-		s->exec_since = t->se.prev_sum_exec_runtime;	/* its CPU time when it arrived */
-	} else {
+	if (!s->since) {		/* first sight */
 		s->state = PROC_RUNNING;
-		s->exec_since = 0;	/* since when is not known in CPU time: wall time */
-	}
-	if (!s->since) {
 		s->since = at;
-		s->exec_since = t->se.prev_sum_exec_runtime;
+		s->exec_since = exec_at;
+	} else if (known && at > s->since) {
+		enter_state(t, s, PROC_RUNNING, at);
+		s->exec_since = exec_at;
+	} else if (known) {		/* never taken off the CPU: wall time (no CPU time at since) */
+		s->state = PROC_RUNNING;
+		s->exec_since = 0;
 	}
 }
 

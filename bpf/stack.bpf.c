@@ -463,12 +463,14 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 			 * task in without the tracepoint. It ended when the task last got a CPU
 			 * (sched_info.last_arrival: the same run-queue clock); the kernel stack it
 			 * had then is gone ("[lost stack]"). */
-			__u64 arrived = prev->sched_info.last_arrival;
+			if (s->ts) {
+				__u64 arrived = prev->sched_info.last_arrival;
 
-			if (s->ts && arrived > s->ts && arrived - s->ts >= min_block_ns &&
-			    arrived - s->ts <= max_block_ns) {
-				stat_inc(STAT_UNSEEN_SWITCH_IN);
-				count_block(prev, s, kernel_stacks ? -ENOMEM : -1, arrived - s->ts);
+				if (arrived > s->ts && arrived - s->ts >= min_block_ns &&
+				    arrived - s->ts <= max_block_ns) {
+					stat_inc(STAT_UNSEEN_SWITCH_IN);
+					count_block(prev, s, kernel_stacks ? -ENOMEM : -1, arrived - s->ts);
+				}
 			}
 			s->ts = now;
 			s->state = state_class(preempt, prev_state);

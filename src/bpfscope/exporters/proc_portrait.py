@@ -42,6 +42,8 @@ from ..symbolize.kallsyms import DATA, Kallsyms
 from .base import Exporter
 from .proc import STATES, fmt_bytes, fmt_ns, open_object, read_rows
 
+LOST_EVENTS, LOST_STORAGE = 0, 1  # keys of proc.bpf.c `lost`
+
 EV_SPAN, EV_FORK, EV_EXEC, EV_EXIT = 1, 2, 3, 4
 EEXIST, ENOMEM = 17, 12
 LCB_SPIN, LCB_READ, LCB_WRITE, LCB_RT, LCB_PERCPU, LCB_MUTEX = 1, 2, 4, 8, 16, 32
@@ -539,7 +541,7 @@ class ProcPortrait(Exporter):
                   file=sys.stderr)
         if storage:
             print(f"bpfscope proc: {storage} times a followed thread's accounting could not be created "
-                  "(its time until the next context switch is not counted)", file=sys.stderr)
+                  "(its time before it next left a CPU is partly not counted)", file=sys.stderr)
         return out
 
     def lost(self) -> tuple[int, int]:
@@ -548,7 +550,7 @@ class ProcPortrait(Exporter):
         if not self.obj:
             return 0, 0
         m = self.obj.maps["lost"]
-        return sum(m.cpu_values(m.lookup(0))), sum(m.cpu_values(m.lookup(1)))
+        return sum(m.cpu_values(m.lookup(LOST_EVENTS))), sum(m.cpu_values(m.lookup(LOST_STORAGE)))
 
     # ---- views ---------------------------------------------------------------------------------
     def _threads_table(self, records: list[dict], title: str) -> Table:

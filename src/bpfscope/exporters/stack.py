@@ -207,6 +207,9 @@ class StackExporter(Exporter):
         self.kernel_mem = kernel_mem and self.mode.name == "mem"
         if self.mode.name in ("mem", "io") and not self.kernel_mem:
             self.kernel_stacks = False  # who asked, in user space: no kernel stacks taken
+        # offcpu, mem --kernel and block intern kernel stacks by content in `kstacks`
+        # (stack.bpf.c); the other modes use stack_traces
+        self.kstacks_interned = self.kernel_stacks and self.mode.name in ("offcpu", "mem", "block")
         self.stack_traces = stack_traces
         self.max_entries = max_entries
         self.outputs = outputs
@@ -236,8 +239,7 @@ class StackExporter(Exporter):
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
         # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
         # under kmalloc): sized only where kernel stacks are interned by content
-        interned = self.kernel_stacks and (self.mode.name in ("offcpu", "block") or self.kernel_mem)
-        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if interned else 1,
+        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if self.kstacks_interned else 1,
                  "counts": self.max_entries}
         if self.mode.name == "mem":
             only = list(KMEM_PROGRAMS) if self.kernel_mem else [p for pair in MEM_PROBES.values() for p in pair if p]
@@ -278,8 +280,7 @@ class StackExporter(Exporter):
                     raise
 
     def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
-        # offcpu, mem and block kernel stacks are interned by content in their own map (stack.bpf.c)
-        in_kstacks = kernel and self.mode.name in ("offcpu", "mem", "block")
+        in_kstacks = kernel and self.kstacks_interned
         cache_key = ("k", stack_id) if in_kstacks else stack_id
         ips = self._ips.get(cache_key)
         if ips is None:
