@@ -285,6 +285,40 @@ def test_bad_input_is_one_line():
     assert r.returncode == 2 and "command not found" in r.stderr
 
 
+def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpfscope: ") and needle in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    # table options given to a portrait
+    (["--pid", "SELF", "--cgroup", "/"], "--cgroup is a table option"),
+    (["--pid", "SELF", "--sort", "rss"], "--sort is a table option"),
+    (["--pid", "SELF", "--futex"], "--futex is a table option"),
+    (["--cgroup", "/", "--", "true"], "--cgroup is a table option"),
+    (["--sort", "cpu", "--", "true"], "--sort is a table option"),
+    (["--comm", "SELFCOMM", "--follow", "--sort", "pid"], "--sort is a table option"),
+    # --comm is the table's filter unless --follow makes it a portrait's roots
+    (["--pid", "SELF", "--comm", "python3"], "--comm with --pid or -- COMMAND needs --follow"),
+    (["--comm", "sh", "--", "true"], "--comm with --pid or -- COMMAND needs --follow"),
+    # portrait options given to the table
+    (["--no-timeline"], "--no-timeline is a portrait option"),
+    (["--no-stacks"], "--no-stacks is a portrait option"),
+    (["--max-spans", "10"], "--max-spans is a portrait option"),
+    (["--pthread"], "--pthread needs a portrait"),
+    (["--pid", "SELF", "--no-timeline", "--max-spans", "5"], "--max-spans limits the timeline"),
+    (["--follow"], "--follow needs --comm"),
+    (["--cgroup", "/no/such/cgroup/bpfscope"], "no cgroup v2"),
+])
+def test_options_the_mode_would_ignore_are_one_line_errors(args, needle):
+    me = str(os.getpid())
+    my_comm = Path("/proc/self/comm").read_text().strip()
+    args = [my_comm if a == "SELFCOMM" else me if a == "SELF" else a for a in args]
+    # --duration: were an option wrongly accepted, the run still ends (and the test fails on rc 0)
+    _one_line_error(run_cli("proc", "--duration", "0.5", *args), needle)
+
+
 def test_pthread_hold_times_of_the_mutex(bins):
     w = start(bins["mutex"], stdout=subprocess.PIPE)
     records, _ = portrait([w], "--pthread", links=len(FOLLOW_PROGRAMS) + 3)  # + the mutex uprobes (attached first)

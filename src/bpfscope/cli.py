@@ -312,12 +312,13 @@ def proc(
     follow: Annotated[bool, typer.Option("--follow", help="With --comm: the portrait of those processes.")] = False,
     cgroup: Annotated[Optional[str], typer.Option(help="Table: only processes in this cgroup v2 (path under the "
                                                        "v2 root) or below.")] = None,
-    sort: Annotated[str, typer.Option(help="Table order: cpu, runq, vcsw, ivcsw, rss, lock, threads, pid.")] = "cpu",
+    sort: Annotated[Optional[str], typer.Option(help="Table order: cpu (default), runq, vcsw, ivcsw, rss, lock, "
+                                                     "threads, pid.")] = None,
     top: Annotated[int, typer.Option(help="Rows of the table (0: all).", min=0)] = 30,
     no_timeline: Annotated[bool, typer.Option("--no-timeline", help="Portrait: no per-state span records.")] = False,
     no_stacks: Annotated[bool, typer.Option("--no-stacks", help="Portrait: no stacks at switch-out.")] = False,
-    max_spans: Annotated[int, typer.Option(help="Portrait: timeline records kept per interval (0: all).",
-                                           min=0)] = 100000,
+    max_spans: Annotated[Optional[int], typer.Option(help="Portrait: timeline records kept per interval (0: all; "
+                                                          "default 100000).", min=0)] = None,
     pthread: Annotated[bool, typer.Option("--pthread", help="Portrait: hold times of pthread mutexes, rwlocks and "
                                                            "spin locks (uprobes on libc: every call on the host "
                                                            "traps, expensive).")] = False,
@@ -338,13 +339,38 @@ def proc(
     from .exporters.proc import SORT_KEYS, ProcTop
 
     _set_host(host)
-    if sort not in SORT_KEYS:
+    if sort is not None and sort not in SORT_KEYS:
         raise UserError(f"bad --sort {sort!r} (have: {', '.join(SORT_KEYS)})", 2)
     for p in pid or []:
         if not os.path.exists(f"/proc/{p}"):
             raise UserError(f"no process with pid {p}", 2)
     if follow and not comm:
         raise UserError("--follow needs --comm NAME", 2)
+    # an option the chosen mode would ignore is a mistake: say so rather than drop it
+    portrait = bool(pid or command or follow)
+    if comm and (pid or command) and not follow:
+        raise UserError("--comm with --pid or -- COMMAND needs --follow (the table's --comm filter is not a "
+                        "portrait option)", 2)
+    if portrait:
+        for name, given in (("--cgroup", cgroup is not None), ("--sort", sort is not None),
+                            ("--futex", futex)):
+            if given:
+                raise UserError(f"{name} is a table option; a portrait (--pid, --comm --follow, -- COMMAND) "
+                                "does not take it" + (" (it always counts futex waits)" if name == "--futex" else ""),
+                                2)
+        if no_timeline and max_spans is not None:
+            raise UserError("--max-spans limits the timeline, which --no-timeline turns off", 2)
+    else:
+        for name, given in (("--no-timeline", no_timeline), ("--no-stacks", no_stacks),
+                            ("--max-spans", max_spans is not None)):
+            if given:
+                raise UserError(f"{name} is a portrait option: it needs --pid, --comm --follow or -- COMMAND", 2)
+    if cgroup is not None:
+        from .hostenv import cgroup2_root
+
+        root = cgroup2_root()
+        if not root or not os.path.isdir(os.path.join(root, cgroup.strip("/"))):
+            raise UserError(f"no cgroup v2 {cgroup!r}" + ("" if root else " (cgroup v2 is not mounted)"), 2)
     pids = list(pid or [])
     if follow:
         from .exporters.proc_portrait import pids_of_comm
@@ -363,9 +389,9 @@ def proc(
         from .exporters.proc_portrait import ProcPortrait
 
         exporter = ProcPortrait(pids=pids, command=command, timeline=not no_timeline, stacks=not no_stacks,
-                                max_spans=max_spans, top=top, pthread=pthread)
+                                max_spans=100000 if max_spans is None else max_spans, top=top, pthread=pthread)
     else:
-        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort, top=top, futex=futex)
+        exporter = ProcTop(comm=comm, cgroup=cgroup, sort=sort or "cpu", top=top, futex=futex)
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
 
 
