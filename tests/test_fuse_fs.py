@@ -259,6 +259,69 @@ def test_permissions_for_a_non_root_user_are_native(mode):
     assert got == want
 
 
+SETGID_SCRIPT = r"""
+import json, os, stat, sys
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+os.umask(0o022)
+root = sys.argv[1]
+made = {}
+for d in ("sgid", "own"):
+    base = f"{root}/{d}"
+    fd = os.open(f"{base}/file", os.O_CREAT | os.O_WRONLY, 0o644); os.close(fd)
+    fd = os.open(f"{base}/sgid_exec", os.O_CREAT | os.O_WRONLY, 0o2755); os.close(fd)
+    fd = os.open(f"{base}/suid_exec", os.O_CREAT | os.O_WRONLY, 0o4755); os.close(fd)
+    os.mkdir(f"{base}/sub", 0o755)
+    fd = os.open(f"{base}/sub/nested", os.O_CREAT | os.O_WRONLY, 0o640); os.close(fd)
+    os.mkdir(f"{base}/sub/subsub")
+    os.symlink("file", f"{base}/link")
+    os.mkfifo(f"{base}/fifo", 0o600)
+    for n in ("file", "sgid_exec", "suid_exec", "sub", "sub/nested", "sub/subsub", "link", "fifo"):
+        st = os.lstat(f"{base}/{n}")
+        made[f"{d}/{n}"] = [st.st_uid, st.st_gid, oct(st.st_mode)]
+print(json.dumps(made))
+"""
+
+
+def _prepare_setgid_tree(root: str) -> None:
+    os.chmod(root, 0o755)
+    os.mkdir(f"{root}/sgid")
+    os.chown(f"{root}/sgid", 0, 100)  # a group the user is not in
+    os.chmod(f"{root}/sgid", 0o2777)
+    os.mkdir(f"{root}/own")
+    os.chown(f"{root}/own", 65534, 65534)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_new_files_in_a_setgid_directory_take_its_group_as_natively(mode):
+    """A setgid directory gives new files its group and new subdirectories its setgid bit;
+    a set-id mode the caller may keep stays (the server creates as root, then chowns)."""
+    import json
+    with world_dir() as base:
+        native, src, mnt = f"{base}/native", f"{base}/src", f"{base}/mnt"
+        for d in (native, src, mnt):
+            os.mkdir(d)
+        _prepare_setgid_tree(native)
+        _prepare_setgid_tree(src)
+
+        def run(root):
+            r = subprocess.run([sys.executable, "-c", SETGID_SCRIPT, root], capture_output=True, text=True,
+                               timeout=30)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        want = run(native)
+        with mounted(src, mnt, mode):
+            got = run(mnt)
+        source = {}
+        for n in want:
+            st = os.lstat(f"{src}/{n}")
+            source[n] = [st.st_uid, st.st_gid, oct(st.st_mode)]
+    assert want["sgid/file"][:2] == [65534, 100] and want["own/file"][:2] == [65534, 65534]
+    assert int(want["sgid/sub"][2], 8) & stat.S_ISGID and int(want["sgid/sub/subsub"][2], 8) & stat.S_ISGID
+    assert want["sgid/sub/nested"][1] == 100
+    assert got == want
+    assert source == want
+
+
 @pytest.mark.parametrize("mode,timeout", [("cached", "1"), ("cached", "600"), ("fast", "600")])
 def test_changes_to_source_show_through_a_cached_mount_within_its_timeout(mode, timeout, tmp_path):
     """With a 1 s timeout the kernel asks again; with 600 s only the inotify invalidation

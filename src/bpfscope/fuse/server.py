@@ -289,10 +289,19 @@ class Server:
             return os.fstat(node.fd)
         return os.lstat(node.path)
 
-    def _own(self, path: str, uid: int, gid: int) -> None:
-        """A new file belongs to the caller, as on a native file system."""
-        if uid != 0 or gid != 0:
-            os.lchown(path, uid, gid)
+    def _own(self, path: str, uid: int, gid: int, mode: int | None = None) -> None:
+        """A new file belongs to the caller, as on a native file system. The server created it as
+        root, so in a setgid directory the source file system already gave it the directory's
+        group (and a new directory the setgid bit): then only the owner changes."""
+        if uid == 0 and gid == 0:
+            return
+        if os.lstat(os.path.dirname(path)).st_mode & stat.S_ISGID:
+            gid = -1
+        os.lchown(path, uid, gid)
+        # chown clears set-user-id (and set-group-id of a group-executable file), which the
+        # caller keeps when creating it natively; the kernel already dropped what it may not keep
+        if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(mode))
 
     # ---- operations ------------------------------------------------------------------------
     def op_init(self, nodeid, arg, uid, gid):
@@ -378,7 +387,7 @@ class Server:
         mode, rdev, _umask, _ = P.MKNOD_IN.unpack_from(arg, 0)
         path = self._child(nodeid, arg[16:-1])
         os.mknod(path, mode, rdev)
-        self._own(path, uid, gid)
+        self._own(path, uid, gid, mode)
         return self._entry(path)
 
     def op_mkdir(self, nodeid, arg, uid, gid):
@@ -473,7 +482,7 @@ class Server:
         path = self._child(nodeid, arg[16:-1])
         fd = os.open(path, self._open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL), stat.S_IMODE(mode))
         try:
-            self._own(path, uid, gid)
+            self._own(path, uid, gid, mode)
             entry = self._entry(path)
         except OSError:
             os.close(fd)
