@@ -4,6 +4,7 @@ every libc allocator allocated and freed by churn())."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import time
@@ -11,6 +12,7 @@ import time
 import pytest
 from conftest import BPFSCOPE
 from test_stack_cpu import build
+from test_stack_outputs import read_profile
 from bpfscope.bpf import wait_for_links
 
 pytestmark = pytest.mark.bpf
@@ -40,7 +42,8 @@ def run_mem(leak, extra: list[str] = ()) -> tuple[list[dict], int]:
 
 def test_leaked_4096000_bytes_are_outstanding_on_the_leaking_stack_and_nothing_else(tmp_path):
     leak = build(tmp_path, "leak")
-    snapshot, pid = run_mem(leak)
+    files = {"pprof": tmp_path / "mem.pb.gz", "speedscope": tmp_path / "mem.speedscope.json"}
+    snapshot, pid = run_mem(leak, ["--pprof", str(files["pprof"]), "--speedscope", str(files["speedscope"])])
     leaking = [r for r in snapshot if "leak_here" in r["stack"]]
     assert sum(r["values"]["outstanding_bytes"] for r in leaking) == 4_096_000
     assert sum(r["values"]["outstanding_count"] for r in leaking) == 1000
@@ -48,6 +51,13 @@ def test_leaked_4096000_bytes_are_outstanding_on_the_leaking_stack_and_nothing_e
     assert all(r["kind"] == "alloc_stack" and r["comm"] == "leak" for r in snapshot)
     churned = [r for r in snapshot if "churn" in r["stack"]]
     assert sum(r["values"]["outstanding_bytes"] for r in churned) == 0, churned
+    # the files say bytes, and carry the count of blocks as a second value
+    prof = read_profile(gzip.decompress(files["pprof"].read_bytes()))
+    assert prof["sample_types"] == [("inuse_space", "bytes"), ("inuse_objects", "count")]
+    in_leak = [values for frames, values in prof["samples"] if "leak_here" in frames]
+    assert [sum(v[0] for v in in_leak), sum(v[1] for v in in_leak)] == [4_096_000, 1000]
+    doc = json.loads(files["speedscope"].read_text())
+    assert {p["unit"] for p in doc["profiles"]} == {"bytes"}
 
 
 PIPES_HOLDER = """

@@ -59,8 +59,9 @@ def _packed(buf: bytes) -> list[int]:
     return vals
 
 
-def read_pprof(data: bytes) -> tuple[list[tuple[list[str], int]], list[str]]:
-    """profile.proto -> ([(frames leaf first, value)], sample types)."""
+def read_profile(data: bytes) -> dict:
+    """profile.proto -> {"samples": [(frames leaf first, [values])], "sample_types": [(type,
+    unit)], "period_type": (type, unit), "period": int, "default_sample_type": str}."""
     msg = decode_message(data)
     strings = [v.decode() for n, v in msg if n == 6]
     funcs = {}
@@ -80,10 +81,22 @@ def read_pprof(data: bytes) -> tuple[list[tuple[list[str], int]], list[str]]:
         if n == 2:
             s = decode_message(v)
             ids = _packed(dict(s)[1])
-            value = _packed(dict(s)[2])[0]
-            samples.append(([locs[i] for i in ids], value))
-    types = [strings[dict(decode_message(v))[1]] for n, v in msg if n == 1]
-    return samples, types
+            samples.append(([locs[i] for i in ids], _packed(dict(s)[2])))
+
+    def value_type(buf: bytes) -> tuple[str, str]:
+        vt = dict(decode_message(buf))
+        return strings[vt[1]], strings[vt[2]]
+
+    top = dict(msg)
+    return {"samples": samples, "sample_types": [value_type(v) for n, v in msg if n == 1],
+            "period_type": value_type(top[11]) if 11 in top else None, "period": top.get(12),
+            "default_sample_type": strings[top[14]] if 14 in top else None}
+
+
+def read_pprof(data: bytes) -> tuple[list[tuple[list[str], int]], list[str]]:
+    """profile.proto -> ([(frames leaf first, first value)], sample type names)."""
+    prof = read_profile(data)
+    return [(frames, values[0]) for frames, values in prof["samples"]], [t for t, _ in prof["sample_types"]]
 
 
 def totals_of_files(folded: Path, svg: Path, speedscope: Path, pprof: Path) -> dict[str, int]:
@@ -144,10 +157,50 @@ def test_offcpu_folded_has_the_state_under_the_command():
 
 def test_pprof_reads_back_with_leaf_first_locations_and_sample_type():
     samples, types = read_pprof(pprof_bytes(_known()))
-    assert types == ["samples"]
+    assert types == ["samples"]  # no mode: the weight alone
     got = {tuple(frames): v for frames, v in samples}
     assert got[("hot_a", "main", "app")] == 75
     assert got[("worker_thread_[k]", "kworker/0:1")] == 7
+
+
+# mode -> pprof sample types (type, unit) and speedscope's unit
+UNITS = {
+    "cpu": ([("samples", "count"), ("cpu", "nanoseconds")], "none"),
+    "load": ([("samples", "count"), ("cpu", "nanoseconds")], "none"),
+    "offcpu": ([("offcpu", "nanoseconds"), ("blocks", "count")], "nanoseconds"),
+    "block": ([("device_time", "nanoseconds"), ("requests", "count"), ("io", "bytes")], "nanoseconds"),
+    "mem": ([("inuse_space", "bytes"), ("inuse_objects", "count")], "bytes"),
+    "io": ([("io", "bytes"), ("calls", "count")], "bytes"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(UNITS))
+def test_pprof_and_speedscope_say_the_unit_of_each_mode(mode):
+    from bpfscope.exporters.stack import MODES
+
+    values = {"count": 10, "ns": 5_000_000, "bytes": 40_960, "outstanding_bytes": 40_960, "outstanding_count": 10}
+    out = StackOutputs(unit=MODES[mode].unit, mode=mode, freq=100 if mode in ("cpu", "load") else None)
+    out.add("app", 10, 11, None, ["main", "f"], values[MODES[mode].weight], values)
+    prof = read_profile(pprof_bytes(out))
+    types, unit = UNITS[mode]
+    assert prof["sample_types"] == types
+    assert prof["default_sample_type"] == types[0][0]
+    # every value of the sample, in the order of the types
+    expect = {("samples", "count"): 10, ("cpu", "nanoseconds"): 10 * 10_000_000, ("blocks", "count"): 10,
+              ("requests", "count"): 10, ("calls", "count"): 10, ("inuse_objects", "count"): 10}
+    expect.update({t: 5_000_000 for t in types if t[1] == "nanoseconds" and t[0] != "cpu"})
+    expect.update({t: 40_960 for t in types if t[1] == "bytes"})
+    assert prof["samples"] == [(["f", "main", "app"], [expect[t] for t in types])]
+    if mode in ("cpu", "load"):
+        assert (prof["period_type"], prof["period"]) == (("cpu", "nanoseconds"), 10_000_000)
+    assert {p["unit"] for p in speedscope_doc(out)["profiles"]} == {unit}
+
+
+def test_cpu_pprof_without_a_known_frequency_has_no_cpu_time():
+    out = StackOutputs(unit="samples", mode="cpu")
+    out.add("app", 10, 11, None, ["main"], 3, {"count": 3})
+    prof = read_profile(pprof_bytes(out))
+    assert prof["sample_types"] == [("samples", "count")] and prof["samples"][0][1] == [3]
 
 
 def test_speedscope_profiles_per_process_index_shared_frames():

@@ -189,7 +189,7 @@ def _run_stack(mode: str, pid, comm, cgroup, user_only, kernel_only, top, folded
     if folded or flamegraph or speedscope or pprof:
         title = f"bpfscope stack {mode}" + (f" pid {pid}" if pid else "") + (f" comm {comm}" if comm else "")
         outputs = StackOutputs(unit=MODES[mode].unit, title=title, folded=folded, flamegraph=flamegraph,
-                               speedscope=speedscope, pprof=pprof)
+                               speedscope=speedscope, pprof=pprof, mode=mode, freq=kw.get("freq"))
     exporter = StackExporter(mode, pid=pid, comm=comm, cgroup=cgroup, user_stacks=not kernel_only,
                              kernel_stacks=not user_only, top=top, outputs=outputs, **kw)
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)

@@ -384,7 +384,7 @@ class StackExporter(Exporter):
         ts = None
         records = []
         if mem and self.outputs is not None:
-            self.outputs.weights.clear()  # a snapshot: the files show what is outstanding at the end
+            self.outputs.clear()  # a snapshot: the files show what is outstanding at the end
         for (pid, tid, comm, cg, state, frames), (count, ns, nbytes) in agg.items():
             labels = {"cgroup": self.cgroups.name(cg)}
             if mem:
@@ -419,8 +419,7 @@ class StackExporter(Exporter):
                 self.totals[comm] += weight
             if self.outputs is not None:
                 self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction") or labels.get("op"),
-                                 list(frames),
-                                 weight)
+                                 list(frames), weight, values)
         records.sort(key=lambda r: r["values"][self.mode.weight], reverse=True)
         return records
 

@@ -18,21 +18,74 @@ import html
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 
-class StackTotals:
-    """(comm, pid, tid, state, frames) -> weight, summed over a run."""
+@dataclass(frozen=True)
+class ValueType:
+    """One value of every sample: what pprof calls it (type, unit) and the record value
+    (`values` of a stack record) it is summed from."""
+    type: str
+    unit: str
+    field: str
 
-    def __init__(self, unit: str = "samples", title: str = "bpfscope stack"):
-        self.unit = unit
+
+# mode -> the values of a sample, the flame graph's weight first (pprof's default sample
+# type). Names follow Go's profiles where one exists (inuse_space/inuse_objects: heap).
+MODE_VALUES: dict[str, tuple[ValueType, ...]] = {
+    "cpu": (ValueType("samples", "count", "count"), ValueType("cpu", "nanoseconds", "cpu_ns")),
+    "load": (ValueType("samples", "count", "count"), ValueType("cpu", "nanoseconds", "cpu_ns")),
+    "offcpu": (ValueType("offcpu", "nanoseconds", "ns"), ValueType("blocks", "count", "count")),
+    "block": (ValueType("device_time", "nanoseconds", "ns"), ValueType("requests", "count", "count"),
+              ValueType("io", "bytes", "bytes")),
+    "mem": (ValueType("inuse_space", "bytes", "outstanding_bytes"),
+            ValueType("inuse_objects", "count", "outstanding_count")),
+    "io": (ValueType("io", "bytes", "bytes"), ValueType("calls", "count", "count")),
+}
+# without a mode: the weight alone, named after its display unit
+_UNIT_VALUE = {"samples": ValueType("samples", "count", "weight"),
+               "nanoseconds": ValueType("time", "nanoseconds", "weight"),
+               "bytes": ValueType("space", "bytes", "weight")}
+
+
+class StackTotals:
+    """(comm, pid, tid, state, frames) -> weight (and the other values of the mode),
+    summed over a run."""
+
+    def __init__(self, unit: str = "samples", title: str = "bpfscope stack", mode: str | None = None,
+                 freq: int | None = None):
+        self.unit = unit  # of the weight, as the SVG shows it
         self.title = title
+        types = MODE_VALUES.get(mode) or (_UNIT_VALUE.get(unit, ValueType("weight", unit, "weight")),)
+        # cpu time per sample is 1/freq s: only when the sampling frequency is known
+        self.period_ns = 10**9 // freq if freq else 0
+        self.value_types = tuple(t for t in types if t.field != "cpu_ns" or self.period_ns)
         self.weights: dict[tuple, int] = defaultdict(int)
+        self.others: dict[tuple, list[int]] = {}  # the values after the weight, per key
         self.start_ns = time.time_ns()
 
-    def add(self, comm: str, pid: int, tid: int, state: str | None, frames: list[str], weight: int) -> None:
-        if weight > 0:
-            self.weights[(comm, pid, tid, state, tuple(frames))] += int(weight)
+    def add(self, comm: str, pid: int, tid: int, state: str | None, frames: list[str], weight: int,
+            values: dict | None = None) -> None:
+        if weight <= 0:
+            return
+        key = (comm, pid, tid, state, tuple(frames))
+        self.weights[key] += int(weight)
+        others = self.others.setdefault(key, [0] * (len(self.value_types) - 1))
+        values = values or {}
+        for i, vt in enumerate(self.value_types[1:]):
+            if vt.field == "cpu_ns":
+                others[i] += int(values.get("count", weight)) * self.period_ns
+            else:
+                others[i] += int(values.get(vt.field, 0))
+
+    def clear(self) -> None:
+        self.weights.clear()
+        self.others.clear()
+
+    def values(self, key: tuple) -> list[int]:
+        """Every value of a key, the weight first (the order of value_types)."""
+        return [self.weights[key]] + self.others.get(key, [0] * (len(self.value_types) - 1))
 
     @property
     def total(self) -> int:
@@ -52,8 +105,9 @@ class StackOutputs(StackTotals):
     """The totals plus the files to write when the run ends."""
 
     def __init__(self, unit: str = "samples", title: str = "bpfscope stack", folded: str | None = None,
-                 flamegraph: str | None = None, speedscope: str | None = None, pprof: str | None = None):
-        super().__init__(unit, title)
+                 flamegraph: str | None = None, speedscope: str | None = None, pprof: str | None = None,
+                 mode: str | None = None, freq: int | None = None):
+        super().__init__(unit, title, mode, freq)
         self.paths = {"folded": folded, "flamegraph": flamegraph, "speedscope": speedscope, "pprof": pprof}
 
     def write(self) -> None:
@@ -236,10 +290,12 @@ def speedscope_doc(totals: StackTotals) -> dict:
             ids.append(index[name])
         by_proc[(comm, pid)].append((ids, w))
     profiles = []
+    # speedscope's units: none, nanoseconds, microseconds, milliseconds, seconds, bytes
+    unit = totals.value_types[0].unit
+    unit = unit if unit in ("nanoseconds", "bytes") else "none"
     for (comm, pid), samples in by_proc.items():
         total = sum(w for _, w in samples)
-        profiles.append({"type": "sampled", "name": f"{comm} ({pid})", "unit": "nanoseconds"
-                         if totals.unit == "nanoseconds" else "none", "startValue": 0, "endValue": total,
+        profiles.append({"type": "sampled", "name": f"{comm} ({pid})", "unit": unit, "startValue": 0, "endValue": total,
                          "samples": [ids for ids, _ in samples], "weights": [w for _, w in samples]})
     return {"$schema": "https://www.speedscope.app/file-format-schema.json", "exporter": "bpfscope",
             "name": totals.title, "activeProfileIndex": 0, "shared": {"frames": frames}, "profiles": profiles}
@@ -278,7 +334,8 @@ def _packed(num: int, values: list[int]) -> bytes:
 
 def pprof_bytes(totals: StackTotals) -> bytes:
     """profile.proto (uncompressed): one sample per (comm, pid, tid, state, stack), leaf
-    first locations, labels pid/tid/comm(/state); one location and function per name."""
+    first locations, one value per value type, labels pid/tid/comm(/state); one location
+    and function per name."""
     strings: dict[str, int] = {"": 0}
 
     def s(text: str) -> int:
@@ -286,9 +343,12 @@ def pprof_bytes(totals: StackTotals) -> bytes:
             strings[text] = len(strings)
         return strings[text]
 
-    sample_type = ("samples", "count") if totals.unit != "nanoseconds" else ("offcpu", "nanoseconds")
+    def value_type(vt: ValueType) -> bytes:
+        return _field_varint(1, s(vt.type)) + _field_varint(2, s(vt.unit))
+
     body = bytearray()
-    body += _field_bytes(1, _field_varint(1, s(sample_type[0])) + _field_varint(2, s(sample_type[1])))
+    for vt in totals.value_types:
+        body += _field_bytes(1, value_type(vt))
     funcs: dict[str, int] = {}
     for (comm, pid, tid, state, stack), w in totals.weights.items():
         locs = []
@@ -296,7 +356,7 @@ def pprof_bytes(totals: StackTotals) -> bytes:
             if name not in funcs:
                 funcs[name] = len(funcs) + 1
             locs.append(funcs[name])
-        sample = _packed(1, locs) + _packed(2, [w])
+        sample = _packed(1, locs) + _packed(2, totals.values((comm, pid, tid, state, stack)))
         labels = [("pid", None, pid), ("tid", None, tid), ("comm", comm, None)] + ([("state", state, None)] if state else [])
         for key, sval, nval in labels:
             lab = _field_varint(1, s(key)) + (_field_varint(2, s(sval)) if sval is not None else _field_varint(3, nval))
@@ -305,11 +365,15 @@ def pprof_bytes(totals: StackTotals) -> bytes:
     for name, fid in funcs.items():  # location id == function id
         body += _field_bytes(4, _field_varint(1, fid) + _field_bytes(4, _field_varint(1, fid)))
         body += _field_bytes(5, _field_varint(1, fid) + _field_varint(2, s(name)) + _field_varint(3, s(name)))
-    for text in strings:  # insertion order == index
-        body += _field_bytes(6, text.encode())
     body += _field_varint(9, totals.start_ns)
     body += _field_varint(10, max(time.time_ns() - totals.start_ns, 0))
-    body += _field_bytes(11, _field_varint(1, s(sample_type[0])) + _field_varint(2, s(sample_type[1])))
+    # period: what one sample stands for (1/freq s of CPU when sampled; else one unit)
+    cpu = next((vt for vt in totals.value_types if vt.field == "cpu_ns"), None)
+    body += _field_bytes(11, value_type(cpu or totals.value_types[0]))
+    body += _field_varint(12, totals.period_ns if cpu else 1)
+    body += _field_varint(14, s(totals.value_types[0].type))  # default_sample_type
+    for text in strings:  # last: every string is interned by now; insertion order == index
+        body += _field_bytes(6, text.encode())
     return bytes(body)
 
 
