@@ -99,12 +99,41 @@ def test_direction_pid_and_state_filters(peers):  # noqa: F811
     assert recs["addr"] == []
 
 
+def test_live_view_shows_events_drops_and_layer_latency(peers):  # noqa: F811
+    """Without --json the table is what a user reads: --events, --drops and --latency each
+    add a section of their own (rows, not only a count in the caption)."""
+    import socket
+
+    srv = peers("server", "--expect", MIB, "--name", "nt-live-s")
+    port, closed = srv.port(), free_port()
+    proc = subprocess.Popen(BPFSCOPE + ["net", "--events", "--drops", "--latency", "--sample", "1", "--interval", "1",
+                                        "--duration", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "240"})
+    assert wait_for_links(proc, at_least=6), proc.stderr.read() if proc.poll() is not None else "not attached"
+    cli = peers("client", "--port", port, "--send", MIB, "--name", "nt-live-c")
+    assert cli.line() == "done" and srv.line() == "done"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed), timeout=5)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = out[out.rindex("Events ("):]  # every interval prints its tables; one of the last ones saw it all
+    rows = [line.split() for line in out.splitlines()]
+    assert any("connect" in r and "nt-live-c" in r and f"127.0.0.1:{port}" in r for r in rows), events
+    assert any("accept" in r and "nt-live-s" in r for r in rows), events
+    assert any(r[1:3] == ["reset", "sent"] and f"127.0.0.1:{closed}" in " ".join(r) for r in rows if len(r) > 3), out
+    assert any(r[1:3] == ["reset", "received"] for r in rows if len(r) > 3), out
+    assert "Drops by reason" in out and any(r and r[0] == "NO_SOCKET" and int(r[-1]) >= 1 for r in rows), out
+    assert "Time between layers, 1 packet in 1 (us)" in out
+    assert any(r[:2] == ["rx", "l2_to_tcp"] and int(r[2]) > 0 for r in rows), out
+
+
 @pytest.mark.parametrize("args,message", [
     (["--direction", "sideways"], "bad --direction"),
     (["--sort", "colour"], "bad --sort"),
     (["--state", "napping"], "bad --state"),
     (["--addr", "not-an-ip"], "bad --addr"),
     (["--latency", "--sample", "0"], "Invalid value for '--sample'"),
+    (["--sample", "10"], "--sample only applies with --latency"),
 ])
 def test_bad_options_end_in_one_line(args, message):
     p = run_cli("net", *args, "--duration", "1")

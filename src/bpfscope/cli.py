@@ -108,7 +108,8 @@ def net(
     drops: Annotated[bool, typer.Option("--drops", help="Also packets dropped, per kernel drop reason.")] = False,
     latency: Annotated[bool, typer.Option("--latency", help="Also time per packet between layers (log2 "
                                                             "histograms of sampled packets).")] = False,
-    sample: Annotated[int, typer.Option(help="With --latency: follow 1 packet in N.", min=1)] = 100,
+    sample: Annotated[Optional[int], typer.Option(help="With --latency: follow 1 packet in N (default 100).",
+                                                  min=1)] = None,
     all_netns: Annotated[bool, typer.Option("--all-netns", help="Connections of every network namespace (containers, "
                                                                 "ip netns), not only bpfscope's own.")] = False,
     interval: Interval = 5.0,
@@ -139,8 +140,11 @@ def net(
             ipaddress.ip_network(addr, strict=False)
         except ValueError:
             raise UserError(f"bad --addr {addr!r}", 2) from None
+    if sample is not None and not latency:
+        raise UserError("--sample only applies with --latency", 2)
     filt = ConnFilter(pid=pid, comm=comm, port=port, addr=addr, state=state_nr, direction=direction)
-    exporter = NetExporter(filt, sort=sort, top=top, events=events, drops=drops, latency_sample=sample if latency else 0,
+    exporter = NetExporter(filt, sort=sort, top=top, events=events, drops=drops,
+                           latency_sample=(sample or 100) if latency else 0,
                            all_netns=all_netns)
     _run_exporter(exporter, interval, duration, as_json, collector, metrics_port, quiet, metrics_host)
 

@@ -27,6 +27,7 @@ from operator import itemgetter
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from rich import box
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -393,7 +394,8 @@ class NetExporter(Exporter):
         return out
 
     # --- live view ---
-    def table(self, records: list[dict]) -> Table:
+    def table(self, records: list[dict]) -> Table | Group:
+        """The connections; below them, with --events, --drops or --latency, what those saw."""
         conns = sorted((r for r in records if r["kind"] == "tcp_conn"), key=SORT_KEYS[self.sort],
                        reverse=self.sort not in ("pid",))
         shown = conns[: self.top] if self.top else conns
@@ -422,6 +424,49 @@ class NetExporter(Exporter):
         others = Counter(r["kind"] for r in records if r["kind"] != "tcp_conn") + self.uncounted
         if others:
             t.caption = "  ".join(f"{k}: {n}" for k, n in sorted(others.items()))
+        parts = [t]
+        if self.events:
+            parts.append(self._events_table(records))
+        if self.drops:
+            parts.append(self._drops_table(records))
+        if self.latency_sample:
+            parts.append(self._latency_table(records))
+        return Group(*parts) if len(parts) > 1 else t
+
+    def _events_table(self, records: list[dict]) -> Table:
+        """The interval's last events, newest first (every one is in --json)."""
+        evs = sorted((r for r in records if r["kind"] in _EVENT_ROWS), key=lambda r: r["ts"], reverse=True)
+        shown = evs[: self.top or None]
+        t = _small_table(f"Events ({len(shown)} of {len(evs)} this interval, newest first)",
+                         "TIME", "EVENT", "PID", "COMM", "LOCAL", "REMOTE", "DETAIL")
+        for r in shown:
+            lab = r["labels"]
+            t.add_row(time.strftime("%H:%M:%S", time.localtime(r["ts"] / 1e9)), _EVENT_ROWS[r["kind"]],
+                      str(r["pid"] or "-"), Text(r["comm"] or "-"), f"{lab.get('laddr')}:{lab.get('lport')}",
+                      f"{lab.get('raddr')}:{lab.get('rport')}", _event_detail(r))
+        return t
+
+    def _drops_table(self, records: list[dict]) -> Table:
+        """Packets dropped per kernel drop reason: this interval and since the start."""
+        now = {r["labels"]["reason"]: r["values"]["count"] for r in records if r["kind"] == "pkt_drops"}
+        t = _small_table("Drops by reason", "REASON", "PACKETS", "TOTAL")
+        for reason, total in sorted(self.drop_counts.items(), key=lambda kv: (-now.get(kv[0], 0), -kv[1])):
+            t.add_row(reason, str(now.get(reason, 0)), str(total))
+        return t
+
+    def _latency_table(self, records: list[dict]) -> Table:
+        """Time per sampled packet between layers this interval (log2 bucket upper bounds)."""
+        by_stage = {(r["labels"]["path"], r["labels"]["stage"]): r["values"] for r in records
+                    if r["kind"] == "net_latency"}
+        t = _small_table(f"Time between layers, 1 packet in {self.latency_sample} (us)",
+                         "PATH", "STAGE", "PACKETS", "MEAN", "P50", "P90", "P99")
+        for path, stage in LATENCY_STAGES:
+            v = by_stage.get((path, stage))
+            if v:
+                t.add_row(path, stage, str(v["count"]), *(f"{v[k] / 1000:.1f}" for k in
+                                                          ("mean_ns", "p50_ns", "p90_ns", "p99_ns")))
+            else:
+                t.add_row(path, stage, "0", "-", "-", "-", "-")
         return t
 
     def metrics(self):
@@ -500,6 +545,36 @@ def _histogram(name: str, help_: str, samples: list, bounds: tuple) -> Histogram
 
 
 # ss's short state names, for the table only (records carry the kernel's names)
+_EVENT_ROWS = {"tcp_close": "close", "tcp_connect": "connect", "tcp_accept": "accept", "tcp_retrans": "retransmit",
+               "tcp_reset_sent": "reset sent", "tcp_reset_recv": "reset received", "tcp_cong_state": "congestion",
+               "tcp_rcvq_full": "receive queue full", "pkt_drop": "drop"}
+
+
+def _event_detail(r: dict) -> str:
+    lab, v = r["labels"], r["values"]
+    if r["kind"] == "tcp_cong_state":
+        return f"{lab['old_ca_state']} -> {lab['ca_state']}"
+    if r["kind"] == "pkt_drop":
+        return f"{lab['reason']} ({lab['protocol']})"
+    if r["kind"] == "tcp_close":
+        life = v.get("lifetime_ns")
+        return f"after {life / 1e9:.3f} s" if life is not None else ""
+    if r["kind"] in ("tcp_connect", "tcp_accept") and "handshake_us" in v:
+        return f"handshake {v['handshake_us']} us"
+    return lab.get("state", "")
+
+
+_NUMBER_COLUMNS = ("PID", "PACKETS", "TOTAL", "MEAN", "P50", "P90", "P99")
+
+
+def _small_table(title: str, *columns: str) -> Table:
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+              collapse_padding=True)
+    for col in columns:
+        t.add_column(col, no_wrap=True, justify="right" if col in _NUMBER_COLUMNS else "left")
+    return t
+
+
 _SHORT_STATES = {"ESTABLISHED": "ESTAB", "SYN_SENT": "SYN-SENT", "SYN_RECV": "SYN-RECV", "FIN_WAIT1": "FIN-WAIT-1",
                  "FIN_WAIT2": "FIN-WAIT-2", "CLOSE_WAIT": "CLOSE-WAIT", "LAST_ACK": "LAST-ACK"}
 
