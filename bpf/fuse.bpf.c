@@ -28,6 +28,15 @@ struct {
 	__type(value, struct fuse_op_val);
 } ops SEC(".maps");
 
+/* Requests that ended but found no room in a full `ops` (user space removes the pairs of
+ * connections that no longer exist when it reads; this counts what it could not save). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked SEC(".maps");
+
 SEC("tracepoint/fuse/fuse_request_send")
 int fuse_send(struct trace_event_raw_fuse_request_send *ctx)
 {
@@ -75,8 +84,14 @@ int fuse_end(struct trace_event_raw_fuse_request_end *ctx)
 
 		bpf_map_update_elem(&ops, &okey, &zero, BPF_NOEXIST);
 		val = bpf_map_lookup_elem(&ops, &okey);
-		if (!val)
+		if (!val) {
+			__u32 zero_key = 0;
+			__u64 *n = bpf_map_lookup_elem(&untracked, &zero_key);
+
+			if (n)
+				(*n)++;
 			goto out;
+		}
 	}
 	__sync_fetch_and_add(&val->count, 1);
 	if (ctx->error < 0)

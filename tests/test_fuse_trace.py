@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -132,3 +133,70 @@ def test_plain_small_file_read_is_lookup_open_read_flush_release(stats, tmp_path
         assert counts[P.READ]["reply_bytes"] == 100 * (16 + 4096)  # the page cache was dropped at each open
         # the directory's attributes, at most once per kernel tick (4 ms at HZ=250)
         assert counts.get(P.GETATTR, {"count": 0})["count"] < 100
+
+
+def test_pairs_of_dead_connections_leave_the_map_and_a_new_mount_is_still_counted_exactly(tmp_path):
+    """A map of 48 (connection, opcode) pairs outlives 12 mounts of ~7 opcodes each because every
+    read removes the pairs of unmounted connections; the 13th mount's requests are all counted.
+    A connection id is the lowest free anonymous device number, which a tmpfs mounted after each
+    unmount takes (as other mounts of a busy machine do), so each FUSE mount gets a new id."""
+    from bpfscope.fuse import protocol as P
+    from bpfscope.fuse.trace import FuseStats
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    for i in range(100):
+        (src / f"f{i}").write_text("x")
+    s = FuseStats(max_ops=48)
+    pins = []
+    try:
+        conns = set()
+        for n in range(12):
+            with mounted(str(src), str(mnt), "plain"):
+                conns.add(connection_of(str(mnt)))
+                for i in range(5):
+                    (mnt / f"f{i}").read_text()
+            pin = tmp_path / f"pin{n}"
+            pin.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "pin", str(pin)], check=True)
+            pins.append(pin)
+            s.snapshot()  # one read per exporter interval
+        assert len(conns) == 12
+        with mounted(str(src), str(mnt), "plain"):
+            got = _workload_counts(s, connection_of(str(mnt)), lambda: [os.stat(mnt / f"f{i}") for i in range(100)])
+        assert got.get(P.LOOKUP, {}).get("count") == 100
+        assert s.untracked() == 0
+        assert s.removed >= 12 * 5
+        assert not {c for c, _ in s.snapshot()} & conns  # no pair of a dead connection left
+    finally:
+        s.close()
+        for pin in pins:
+            subprocess.run(["umount", "-l", str(pin)])
+
+
+def test_a_full_map_is_reported_not_silent(tmp_path):
+    """With room for 2 pairs a mount's other opcodes are not counted: the trace says so on stderr
+    and in bpfscope_fuse_untracked_requests_total."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_text("x")
+    with mounted(str(src), str(mnt), "plain"):
+        proc = subprocess.Popen(BPFSCOPE + ["fuse", "trace", "--mount", str(mnt), "--interval", "2", "--duration",
+                                            "2", "--json", "--max-pairs", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            from bpfscope.bpf import wait_for_links
+            assert wait_for_links(proc, at_least=2)
+            for i in range(20):
+                (mnt / f"f{i}").read_text()  # LOOKUP OPEN READ FLUSH RELEASE: 5 opcodes
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert len({r["labels"]["opcode"] for r in recs}) == 2, out
+    counted = sum(r["values"]["count"] for r in recs)
+    m = re.search(r"bpfscope fuse: (\d+) requests not counted: the map of \(mount, opcode\) pairs is full "
+                  r"\(2 live pairs\)", err)
+    assert m, err
+    assert counted + int(m.group(1)) >= 100  # every request of the workload is counted or reported

@@ -76,6 +76,9 @@ def trace(
                                                         max=65535)] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for /metrics.")] = "127.0.0.1",
     quiet: Annotated[bool, typer.Option("--quiet", help="No table (used under `bpfscope up`).")] = False,
+    max_pairs: Annotated[int, typer.Option(help="(mount, opcode) pairs the kernel map holds; pairs of "
+                                           "unmounted connections are removed at each read.", min=1,
+                                           max=1 << 20)] = 4096,
 ) -> None:
     """Every FUSE request per mount and opcode: count, errors, bytes, latency histogram (send to end)."""
     from ..exporters.base import ExporterLoop
@@ -85,7 +88,7 @@ def trace(
 
     prepare_bpf()
     try:
-        exporter = FuseTraceExporter(mount)
+        exporter = FuseTraceExporter(mount, max_pairs)
     except ValueError as e:
         raise FuseError(str(e)) from None
     ExporterLoop(exporter, interval_s=interval, duration_s=duration, json_out=as_json, collector_url=collector,

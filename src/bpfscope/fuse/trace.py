@@ -5,6 +5,7 @@ aggregated in the kernel per (connection, opcode) with a log2 latency histogram
 from __future__ import annotations
 
 import os
+import sys
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from rich.table import Table
@@ -13,7 +14,7 @@ from ..bpf import BpfObject
 from ..exporters.base import Exporter
 from ..schema import make_record
 from .protocol import OPCODE_NAMES
-from .umount import connection_of, fuse_mounts
+from .umount import FUSECTL, connection_of, ensure_fusectl, fuse_mounts
 
 FIELDS = ("count", "errors", "request_bytes", "reply_bytes", "total_ns")
 
@@ -35,21 +36,49 @@ def quantile_ns(hist: list[int], q: float) -> float:
     return float(2 ** len(hist))
 
 
+def live_connections() -> set[int] | None:
+    """Ids of the FUSE connections that exist (fusectl lists every one, in any mount namespace);
+    None when fusectl cannot be read."""
+    try:
+        ensure_fusectl()
+        if not os.path.ismount(FUSECTL):  # an empty directory would make every connection look dead
+            return None
+        return {int(n) for n in os.listdir(FUSECTL) if n.isdigit()}
+    except OSError:
+        return None
+
+
 class FuseStats:
     """The kernel side: load, attach, and read cumulative per-(connection, opcode) stats."""
 
-    def __init__(self, conn: int = 0):
-        self.obj = BpfObject.open("fuse", rodata={"target_conn": conn})
+    def __init__(self, conn: int = 0, max_ops: int | None = None):
+        self.obj = BpfObject.open("fuse", rodata={"target_conn": conn},
+                                  max_entries={"ops": max_ops} if max_ops else None)
         self.obj.attach_all()
         self.ops = self.obj.maps["ops"]
+        self.max_ops = self.ops.max_entries
+        self.removed = 0  # (connection, opcode) pairs of dead connections taken out of `ops`
 
     def snapshot(self) -> dict[tuple[int, int], dict]:
+        """Cumulative stats of the connections that exist; the pairs of dead ones are removed
+        from the map, which would otherwise fill up (a bench run mounts ~40 times)."""
+        rows = self.ops.batch()
+        live = live_connections()  # listed after the map is read: a pair read is of a listed or dead conn
         out = {}
-        for key, val in self.ops.batch():
+        for key, val in rows:
+            if live is not None and key.conn not in live:
+                if self.ops.delete(key):
+                    self.removed += 1
+                continue
             d = {f: getattr(val, f) for f in FIELDS}
             d["hist"] = list(val.hist)
             out[(key.conn, key.opcode)] = d
         return out
+
+    def untracked(self) -> int:
+        """Requests not counted since load because `ops` was full."""
+        m = self.obj.maps["untracked"]
+        return sum(m.cpu_values(m.lookup(0)))
 
     def close(self) -> None:
         if self.obj:
@@ -61,7 +90,7 @@ def delta(now: dict, before: dict) -> dict[tuple[int, int], dict]:
     out = {}
     for k, v in now.items():
         b = before.get(k)
-        if b is None:
+        if b is None or v["count"] < b["count"]:  # new, or a reused connection id counting afresh
             d = dict(v)
         else:
             d = {f: v[f] - b[f] for f in FIELDS}
@@ -84,8 +113,9 @@ class FuseTraceExporter(Exporter):
     name = "fuse"
     domain = "fuse"
 
-    def __init__(self, mount: str | None = None):
+    def __init__(self, mount: str | None = None, max_ops: int | None = None):
         self.mount = mount
+        self.max_ops = max_ops
         self.conn = 0
         if mount:
             conn = connection_of(mount)
@@ -95,15 +125,21 @@ class FuseTraceExporter(Exporter):
         self.stats: FuseStats | None = None
         self.prev: dict = {}
         self.totals: dict = {}
+        self.untracked = 0
 
     def open(self) -> None:
-        self.stats = FuseStats(self.conn)
+        self.stats = FuseStats(self.conn, self.max_ops)
 
     def _mount_names(self) -> dict[int, str]:
         return {conn: mp for mp, (conn, _t) in fuse_mounts().items()}
 
     def collect(self, elapsed_s: float) -> list[dict]:
         now = self.stats.snapshot()
+        untracked = self.stats.untracked()
+        if untracked > self.untracked:
+            print(f"bpfscope fuse: {untracked - self.untracked} requests not counted: the map of "
+                  f"(mount, opcode) pairs is full ({self.stats.max_ops} live pairs)", file=sys.stderr)
+        self.untracked = untracked
         d = delta(now, self.prev)
         self.prev = self.totals = now
         names = self._mount_names()
@@ -151,7 +187,10 @@ class FuseTraceExporter(Exporter):
                 buckets.append((repr(2 ** (i + 1) / 1e9), acc))
             buckets[-1] = ("+Inf", acc)
             lat.add_metric(lv, buckets, v["total_ns"] / 1e9)
-        yield from (req, err, byt, lat)
+        lost = CounterMetricFamily("bpfscope_fuse_untracked_requests", "FUSE requests not counted: the map of "
+                                   "(mount, opcode) pairs was full")
+        lost.add_metric([], self.untracked)
+        yield from (req, err, byt, lat, lost)
 
     def close(self) -> None:
         if self.stats:
