@@ -15,11 +15,14 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import BPFSCOPE, REPO, REQUIRE_BPF, _bpf_unavailable, free_port, skip_or_fail
+from proc_workloads.build import build as build_workloads
 
 from bpfscope.dashboards import DASHBOARDS, generate
 from bpfscope.dashboards.common import INFINITY_UID, TAG, infinity_queries, panels
@@ -101,6 +104,9 @@ def _records_from_the_sys_exporter(url: str) -> None:
 def _run_exporters(url: str) -> None:
     import socket
 
+    # built before the exporters start: their 4 s must hold the traffic below
+    bins = build_workloads(Path(tempfile.mkdtemp(prefix="bpfscope-dash-")))
+    assert bins, "no C compiler for the proc workloads"
     procs = [subprocess.Popen(BPFSCOPE + [*domain, "--collector", url, "--interval", "1", "--duration", "4",
                                           "--quiet"], stderr=subprocess.PIPE, text=True)
              for domain in (["sys"], ["net"], ["proc"], ["stack", "cpu", "--freq", "199"], ["fuse", "trace"])]
@@ -108,6 +114,12 @@ def _run_exporters(url: str) -> None:
     portrait = subprocess.Popen(BPFSCOPE + ["proc", "--collector", url, "--interval", "0.5", "--quiet", "--",
                                             "sh", "-c", "sleep 0.3; exit 5"], stderr=subprocess.PIPE, text=True)
     procs.append(portrait)
+    # a portrait with locks (--pthread): futex waits and pthread holds of two threads on one
+    # mutex, kernel lock (mmap_lock) waits of 8 threads mapping memory
+    procs.append(subprocess.Popen(BPFSCOPE + ["proc", "--pthread", "--collector", url, "--interval", "0.5", "--quiet",
+                                              "--", "sh", "-c", 'echo go | "$0" >/dev/null & echo go | "$1" 1.5; wait',
+                                              str(bins["mutex"]), str(bins["mmap_storm"])],
+                                  stderr=subprocess.PIPE, text=True))
     time.sleep(1.5)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -139,6 +151,13 @@ def _records_posted(url: str) -> None:
                             values={"count": 100 + i, "errors": i % 3, "request_bytes": 4000, "reply_bytes": 9000,
                                     "rate_per_s": 100.0 + i, "avg_us": 25.0, "p50_us": 16.384, "p99_us": 65.536})
                 for i in range(20)]
+    records += [make_record("proc", kind, ts=now, pid=4100, tid=4101, comm="locker",
+                            labels={"addr": "0x7f0000001000", **extra},
+                            values={"count": 100, f"{what}_ns": 10**9, f"max_{what}_ns": 2 * 10**7,
+                                    f"avg_{what}_ns": 10**7})
+                for kind, what, extra in (("futex_wait_summary", "wait", {}),
+                                          ("lock_wait_summary", "wait", {"lock_type": "rwsem-write", "symbol": ""}),
+                                          ("pthread_hold_summary", "hold", {"lock_type": "mutex"}))]
     assert httpx.post(url + "/api/v1/records", json=records, timeout=30).status_code == 200
 
 

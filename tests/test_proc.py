@@ -10,35 +10,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BPFSCOPE, REPO, run_cli
+from conftest import BPFSCOPE, run_cli
+from proc_workloads.build import build as build_workloads
 
 from bpfscope.bpf import wait_for_links
 from bpfscope.exporters.proc import FOLLOW_PROGRAMS
 
 pytestmark = pytest.mark.bpf
-WORKLOADS = REPO / "tests/proc_workloads"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")
 def bins(tmp_path_factory) -> dict[str, Path]:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
+    built = build_workloads(tmp_path_factory.mktemp("procbin"))
+    if built is None:
         pytest.skip("no C compiler")
-    out = tmp_path_factory.mktemp("procbin")
-    built = {}
-    for src in WORKLOADS.glob("*.c"):
-        exe = out / src.stem
-        # frame pointers and no tail calls: the recursion stays visible in user stacks
-        subprocess.run([cc, "-O0", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread",
-                        "-o", str(exe), str(src)], check=True)
-        built[src.stem] = exe
     return built
 
 

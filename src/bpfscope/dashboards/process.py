@@ -27,6 +27,11 @@ UID = "bpfscope-process"
 PROCESS_RECORDS = (("domain", "proc"), ("kind", "process"))
 SUMMARY_RECORDS = (("domain", "proc"), ("kind", "process_summary"))
 PID, COMM = Column("pid", "pid", "number"), Column("comm", "comm")
+TID, ADDR = Column("tid", "tid", "number"), Column("labels.addr", "address")
+# whole-life lock records of a portrait (ProcPortrait.final), one per thread and lock
+FUTEX_RECORDS = (("domain", "proc"), ("kind", "futex_wait_summary"))
+KLOCK_RECORDS = (("domain", "proc"), ("kind", "lock_wait_summary"))
+PTHREAD_RECORDS = (("domain", "proc"), ("kind", "pthread_hold_summary"))
 
 
 def _value(name: str, text: str | None = None) -> Column:
@@ -92,4 +97,32 @@ def build():
                                                       _value("futex_wait_ns", "futex wait ns"),
                                                       _value("lock_wait_ns", "kernel lock wait ns")), limit=500),
              width=24)))
+
+    d = (d.with_row(row("Portraits: locks (per thread and lock, whole life)"))
+         .with_panel(infinity_table(
+             "Futex waits per user address", "Time each followed thread slept in futex waits, per user address "
+             "(a pthread mutex, condition variable, ...): count, total, longest and mean wait.",
+             records_query(*FUTEX_RECORDS, columns=(TIME, PID, TID, COMM, ADDR, _value("count", "waits"),
+                                                    _value("wait_ns", "total wait ns"),
+                                                    _value("max_wait_ns", "max wait ns"),
+                                                    _value("avg_wait_ns", "avg wait ns")), limit=500),
+             width=12, sort_by="total wait ns"))
+         .with_panel(infinity_table(
+             "Kernel lock waits per lock", "lock:contention_begin/end of the followed threads, per lock: its "
+             "type (spinlock, mutex, rwsem read/write, rtmutex, percpu rwsem), symbol when static, count and "
+             "wait times.",
+             records_query(*KLOCK_RECORDS, columns=(TIME, PID, TID, COMM, ADDR, Column("labels.symbol", "symbol"),
+                                                    Column("labels.lock_type", "type"), _value("count", "waits"),
+                                                    _value("wait_ns", "total wait ns"),
+                                                    _value("max_wait_ns", "max wait ns"),
+                                                    _value("avg_wait_ns", "avg wait ns")), limit=500),
+             width=12, sort_by="total wait ns"))
+         .with_panel(infinity_table(
+             "pthread lock hold times (--pthread)", "From lock to unlock of pthread mutexes, rwlocks and spin "
+             "locks (uprobes on libc, opt-in): holds, total, longest and mean hold.",
+             records_query(*PTHREAD_RECORDS, columns=(TIME, PID, TID, COMM, ADDR, Column("labels.lock_type", "type"),
+                                                      _value("count", "holds"), _value("hold_ns", "total hold ns"),
+                                                      _value("max_hold_ns", "max hold ns"),
+                                                      _value("avg_hold_ns", "avg hold ns")), limit=500),
+             width=24, sort_by="total hold ns")))
     return d

@@ -234,9 +234,9 @@ class ProcTop(Exporter):
             values.update(cpu_pct=round(100.0 * p.ns[0] / (per_s * 1e9), 2),
                           vcsw_per_s=round(p.vcsw / per_s, 2), ivcsw_per_s=round(p.ivcsw / per_s, 2),
                           threads=p.threads, lock_wait_ns=p.lock_wait_ns, futex_wait_ns=p.futex_wait_ns)
-            rss = rss_bytes(p.pid)
-            if rss is not None:
-                values["rss_bytes"] = rss
+            # a process gone since the iterator read holds no memory (a zombie's statm reads 0
+            # too); every row keeps the field, so a table of them has no holes
+            values["rss_bytes"] = rss_bytes(p.pid) or 0
             rec = make_record("proc", "process", ts=ts, pid=p.pid, comm=p.comm,
                               labels={"state": p.state}, values=values)
             ts = rec["ts"]
