@@ -7,7 +7,9 @@ The server listens on 127.0.0.1 (or --host), prints `port P`, accepts N connecti
 from each it reads --expect bytes, then writes --reply bytes. The client opens N
 connections, writes --send bytes on each and reads --expect back. Each prints `done`
 when its side is complete and then holds every socket open until its stdin closes
-(so the test decides when connections end), or exits at once with --exit. --name sets
+(so the test decides when connections end), or exits at once with --exit. While it holds
+them, a line `tcp_info` on stdin makes it print `tcp_info HEX`: getsockopt(TCP_INFO) of
+its first connection, the kernel's own struct tcp_info as the application sees it. --name sets
 the process's comm (prctl PR_SET_NAME), so a test can find it by name.
 """
 
@@ -47,10 +49,13 @@ def write_n(s: socket.socket, n: int) -> None:
         n -= min(n, len(block))
 
 
-def hold_or_exit(args) -> None:
+def hold_or_exit(args, conns: list[socket.socket]) -> None:
     print("done", flush=True)
-    if not args.exit:
-        sys.stdin.read()
+    if args.exit:
+        return
+    for line in sys.stdin:
+        if line.strip() == "tcp_info" and conns:
+            print("tcp_info " + conns[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1024).hex(), flush=True)
 
 
 def server(args) -> None:
@@ -68,7 +73,7 @@ def server(args) -> None:
             read_exactly(c, args.expect)
         if args.reply:
             write_n(c, args.reply)
-    hold_or_exit(args)
+    hold_or_exit(args, conns)
 
 
 def client(args) -> None:
@@ -84,7 +89,7 @@ def client(args) -> None:
             read_exactly(c, args.expect)
     if args.print_ports:
         print("ports " + " ".join(str(c.getsockname()[1]) for c in conns), flush=True)
-    hold_or_exit(args)
+    hold_or_exit(args, conns)
 
 
 def main() -> None:

@@ -44,6 +44,27 @@ class Peer:
         assert word == "port"
         return int(port)
 
+    def tcp_info(self) -> dict[str, int]:
+        """getsockopt(TCP_INFO) of the peer's first connection, decoded with the running
+        kernel's struct tcp_info (from BTF: fields newer than ss, such as tcpi_rcv_wnd)."""
+        import ctypes
+
+        from bpfscope.bpf.btf import KIND_STRUCT, Btf
+
+        self.proc.stdin.write("tcp_info\n")
+        self.proc.stdin.flush()
+        word, raw = self.line().split()
+        assert word == "tcp_info"
+        btf = Btf.vmlinux()
+        try:
+            ctype = btf.ctype(btf.find("tcp_info", KIND_STRUCT))
+        finally:
+            btf.close()
+        data = bytes.fromhex(raw)
+        info = ctype.from_buffer_copy(data.ljust(ctypes.sizeof(ctype), b"\0"))
+        return {name: getattr(info, name) for name, *_ in ctype._fields_
+                if ctype.__dict__[name].offset + ctype.__dict__[name].size <= len(data)}
+
     def close(self, timeout: float = 30) -> None:
         """Closing stdin ends the process, which closes its sockets."""
         if self.proc.poll() is None:
@@ -124,6 +145,7 @@ def test_bytes_and_internals_match_ss_after_10mib_out_and_1mib_back(net, peers):
     time.sleep(0.5)  # idle: delayed ACKs sent, nothing in flight, so both tools read a still socket
     before = ss_tin(port)
     records = net.collect(1.0)
+    infos = {"out": cli.tcp_info(), "in": srv.tcp_info()}  # what each application's getsockopt says
     after = ss_tin(port)
 
     (out,) = conns(records, rport=port)
@@ -160,8 +182,10 @@ def test_bytes_and_internals_match_ss_after_10mib_out_and_1mib_back(net, peers):
         assert v["bytes_sent"] == int(ss.get("bytes_sent", 0))
         assert v["segs_out"] == int(ss["segs_out"]) and v["segs_in"] == int(ss["segs_in"])
         assert v["snd_wnd"] == int(ss["snd_wnd"])
-        if "rcv_wnd" in ss:
-            assert v["rcv_wnd"] == int(ss["rcv_wnd"])
+        # ss 6.1 does not print the receive window: the application's own TCP_INFO does
+        info = infos[rec["labels"]["direction"]]
+        assert v["rcv_wnd"] == info["tcpi_rcv_wnd"] and v["snd_wnd"] == info["tcpi_snd_wnd"]
+        assert v["snd_cwnd"] == info["tcpi_snd_cwnd"] and v["rcv_wnd"] > 0
         assert v["mss"] == int(ss["mss"])
         mem = _skmem(ss["skmem"])
         assert (v["sndbuf_bytes"], v["rcvbuf_bytes"], v["wmem_queued_bytes"]) == (mem["tb"], mem["rb"], mem["w"])
