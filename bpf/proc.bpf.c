@@ -552,8 +552,9 @@ int BPF_PROG(proc_lock_end, void *lock, int ret)
 	s->lock_begin = 0;
 	s->lock_ns += ns;
 	s->lock_count++;
-	if (follow)
-		add_wait(&klocks, t, (__u64)lock, s->lock_flags, ns);
+	/* system-wide: per thread and lock type only (the table's lock_type label), not per
+	 * lock: a host has far more locks than a map should hold */
+	add_wait(&klocks, t, follow ? (__u64)lock : 0, s->lock_flags, ns);
 	return 0;
 }
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import BPFSCOPE, run_cli
+from conftest import BPFSCOPE, free_port, run_cli
 from proc_workloads.build import build as build_workloads
 
 from bpfscope.bpf import wait_for_links
-from bpfscope.exporters.proc import FOLLOW_PROGRAMS
+from bpfscope.exporters.proc import FOLLOW_PROGRAMS, TOP_PROGRAMS
 
 pytestmark = pytest.mark.bpf
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -265,6 +267,39 @@ def test_system_wide_table_sees_a_busy_process(bins):
     assert mine, "the spinner is not in the table"
     assert max(x["values"]["cpu_pct"] for x in mine) > 30
     assert all(x["values"]["threads"] == 1 and x["comm"] == "spin" for x in mine)
+
+
+def test_system_wide_lock_wait_metric_names_the_kernel_lock_type(bins):
+    """8 threads of mmap_storm fight over their mmap_lock (an rwsem): the table's Prometheus
+    series carry the rwsem's type, not just "kernel"."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    w = start(bins["mmap_storm"], "1.5")
+    p = subprocess.Popen(BPFSCOPE + ["proc", "--quiet", "--interval", "0.5", "--metrics-port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_links(p, len(TOP_PROGRAMS)), p.stderr.read() if p.poll() is not None else "no links"
+        w.stdin.write(b"go\n")
+        w.stdin.close()
+        w.wait(30)
+        time.sleep(1.2)  # two intervals: the last waits are read
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    [family] = [f for f in text_string_to_metric_families(text) if f.name == "bpfscope_proc_lock_wait_seconds"]
+    mine = {s.labels["lock_type"]: s.value for s in family.samples
+            if s.name.endswith("_total") and s.labels["comm"] == "mmap_storm"}
+    assert mine.get("rwsem-read", 0) + mine.get("rwsem-write", 0) > 0.001, mine  # mmap_lock: > 1 ms
+    assert "kernel" not in {s.labels["lock_type"] for s in family.samples}, family.samples
 
 
 def test_bad_input_is_one_line():

@@ -1,7 +1,7 @@
 """The proc domain's small decoders, each alone (no BPF)."""
 
-from bpfscope.exporters.proc import fmt_ns, in_cgroup, task_state
-from bpfscope.exporters.proc_portrait import blocked_on, exit_status, lock_type
+from bpfscope.exporters.proc import fmt_ns, in_cgroup, lock_type, task_state
+from bpfscope.exporters.proc_portrait import blocked_on, exit_status
 
 
 def test_exit_status_decodes_codes_signals_and_core_dumps():

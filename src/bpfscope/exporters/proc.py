@@ -76,6 +76,25 @@ def follow_tgid(obj: BpfObject, tgid: int) -> None:
     bits.update(tgid // 64, (word.value if word is not None else 0) | (1 << (tgid % 64)))
 
 
+LCB_SPIN, LCB_READ, LCB_WRITE, LCB_RT, LCB_PERCPU, LCB_MUTEX = 1, 2, 4, 8, 16, 32  # PROC_LCB_* of proc.h
+
+
+def lock_type(flags: int) -> str:
+    """LCB_F_* of lock:contention_begin -> a lock type name."""
+    rw = "write" if flags & LCB_WRITE else "read"
+    if flags & LCB_PERCPU:
+        return f"percpu-rwsem-{rw}"
+    if flags & LCB_MUTEX:
+        return "mutex"
+    if flags & LCB_RT:
+        return "rtmutex"
+    if flags & LCB_SPIN:
+        return f"rwlock-{rw}" if flags & (LCB_READ | LCB_WRITE) else "spinlock"
+    if flags & (LCB_READ | LCB_WRITE):
+        return f"rwsem-{rw}"
+    return "other"
+
+
 def task_state(kstate: int) -> str:
     """task->__state as a word (what ps shows as R, S, D, T, I)."""
     if kstate == 0:
@@ -157,13 +176,24 @@ class ProcTop(Exporter):
         self.prev: dict[tuple[int, int], tuple] = {}  # (tid, start_time) -> cumulative counters
         self.totals: Counter[tuple[str, str]] = Counter()  # (comm, state) -> ns, for Prometheus
         self.switches: Counter[tuple[str, str]] = Counter()  # (comm, voluntary|involuntary)
-        self.lock_wait: Counter[tuple[str, str]] = Counter()  # (comm, futex|kernel)
+        self.lock_wait: Counter[tuple[str, str]] = Counter()  # (comm, futex | kernel lock type)
+        self.comms: dict[int, str] = {}  # tgid -> comm at the last read
         self.elapsed_s = 1.0
 
     def open(self) -> None:
         self.obj = open_object(follow=False, futex=self.futex)
         self.first_read = True
-        self._deltas(read_rows(self.obj))  # threads alive now: the baseline of the first interval
+        procs = self._deltas(read_rows(self.obj))  # threads alive now: the baseline of the first interval
+        self.comms = {p.pid: p.comm for p in procs.values()}
+        self._kernel_lock_waits()  # the same baseline for the waits per lock type
+
+    def _kernel_lock_waits(self) -> Counter[tuple[int, str]]:
+        """(tgid, lock type) -> ns of kernel lock waits since the last read (`klocks`: per
+        thread and LCB_F_* flags, system-wide)."""
+        out: Counter[tuple[int, str]] = Counter()
+        for key, val in self.obj.maps["klocks"].batch(delete=True):
+            out[(key.tgid, lock_type(key.flags))] += val.ns
+        return out
 
     def _deltas(self, rows) -> dict[int, ProcRow]:
         procs: dict[int, ProcRow] = {}
@@ -197,14 +227,18 @@ class ProcTop(Exporter):
     def collect(self, elapsed_s: float) -> list[dict]:
         self.elapsed_s = max(elapsed_s, 1e-9)
         procs = self._deltas(read_rows(self.obj))
+        before, self.comms = self.comms, {p.pid: p.comm for p in procs.values()}
+        for (tgid, ltype), ns in self._kernel_lock_waits().items():
+            # a process gone before this read is named by the one before
+            self.lock_wait[(self.comms.get(tgid) or before.get(tgid, "?"), ltype)] += ns
         for p in procs.values():
             for i, st in enumerate(STATES[:2]):
                 if p.ns[i]:
                     self.totals[(p.comm, st)] += p.ns[i]
             self.switches[(p.comm, "voluntary")] += p.vcsw
             self.switches[(p.comm, "involuntary")] += p.ivcsw
-            self.lock_wait[(p.comm, "futex")] += p.futex_wait_ns
-            self.lock_wait[(p.comm, "kernel")] += p.lock_wait_ns
+            if p.futex_wait_ns:
+                self.lock_wait[(p.comm, "futex")] += p.futex_wait_ns
         chosen = [p for p in procs.values()
                   if (self.include_kthreads or not p.kthread) and (not self.comm or p.comm == self.comm)]
         if self.cgroup:
@@ -267,7 +301,8 @@ class ProcTop(Exporter):
         for (comm, kind), n in self.switches.most_common(1000):
             s.add_metric([comm, kind], n)
         yield s
-        w = CounterMetricFamily("bpfscope_proc_lock_wait_seconds", "Time waiting for locks, by command and lock type",
+        w = CounterMetricFamily("bpfscope_proc_lock_wait_seconds", "Time waiting for locks, by command and lock type (futex, or "
+                                "the kernel lock's: spinlock, rwlock-*, mutex, rtmutex, rwsem-*, percpu-rwsem-*)",
                                 labels=["comm", "lock_type"])
         for (comm, kind), ns in self.lock_wait.most_common(1000):
             w.add_metric([comm, kind], ns / 1e9)

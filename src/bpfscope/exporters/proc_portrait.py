@@ -40,13 +40,12 @@ from ..schema import make_record
 from ..symbolize import KERNEL_SUFFIX, Symbolizer
 from ..symbolize.kallsyms import DATA, Kallsyms
 from .base import Exporter
-from .proc import STATES, fmt_bytes, fmt_ns, open_object, read_rows
+from .proc import STATES, fmt_bytes, fmt_ns, lock_type, open_object, read_rows
 
 LOST_EVENTS, LOST_STORAGE = 0, 1  # keys of proc.bpf.c `lost`
 
 EV_SPAN, EV_FORK, EV_EXEC, EV_EXIT = 1, 2, 3, 4
 EEXIST, ENOMEM = 17, 12
-LCB_SPIN, LCB_READ, LCB_WRITE, LCB_RT, LCB_PERCPU, LCB_MUTEX = 1, 2, 4, 8, 16, 32
 # the scheduler's own frames at switch-out: what a thread blocked on is below them
 SCHED_FRAMES = ("__schedule", "schedule", "io_schedule", "preempt_schedule", "__cond_resched", "_cond_resched",
                 "bit_wait", "out_of_line_wait_on_bit", "__wait_on_bit", "rwsem_down", "__traceiter", "__bpf_trace",
@@ -70,22 +69,6 @@ def exit_status(code: int) -> tuple[int | None, str | None, bool]:
     if sig:
         return None, SIGNALS.get(sig, f"SIG{sig}"), bool(code & 0x80)
     return (code >> 8) & 0xFF, None, False
-
-
-def lock_type(flags: int) -> str:
-    """LCB_F_* of lock:contention_begin -> a lock type name."""
-    rw = "write" if flags & LCB_WRITE else "read"
-    if flags & LCB_PERCPU:
-        return f"percpu-rwsem-{rw}"
-    if flags & LCB_MUTEX:
-        return "mutex"
-    if flags & LCB_RT:
-        return "rtmutex"
-    if flags & LCB_SPIN:
-        return f"rwlock-{rw}" if flags & (LCB_READ | LCB_WRITE) else "spinlock"
-    if flags & (LCB_READ | LCB_WRITE):
-        return f"rwsem-{rw}"
-    return "other"
 
 
 def blocked_on(kframes_leaf_first: list[str]) -> str:
