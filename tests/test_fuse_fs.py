@@ -400,3 +400,46 @@ def test_mount_errors_are_one_line(tmp_path):
     assert r.returncode != 0 and r.stderr.strip() == f"bpfscope: source {tmp_path / 'nope'} is not a directory"
     r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "is not a fuse mount" in r.stderr and "Traceback" not in r.stderr
+
+
+LISTER = r"""
+import os, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+want = {f"stable-{i:05d}-{'x' * 40}" for i in range(int(sys.argv[3]))}
+bad = 0
+for _ in range(rounds):
+    names = [n for n in os.listdir(d) if n.startswith("stable-")]
+    if len(names) != len(want) or set(names) != want:
+        bad += 1
+print(bad)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_concurrent_listings_of_one_directory_each_see_every_name_once(mode, tmp_path):
+    """Two processes list one large directory over and over while a third creates and removes
+    other names in it: each listing holds every stable name exactly once. (Zero-message
+    opendir gives every reader the same handle, 0: a listing at offset 0 must not move the
+    offsets another reader is halfway through.)"""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    n = 3000  # ~60 B per dirent: about 45 READDIR requests of 4 KiB per listing
+    for i in range(n):
+        (src / f"stable-{i:05d}-{'x' * 40}").touch()
+    churn = ("import os, sys, time\nd = sys.argv[1]\nend = time.monotonic() + 60\ni = 0\n"
+             "while time.monotonic() < end:\n    p = f'{d}/churn-{i % 50}'\n"
+             "    if os.path.exists(p):\n        os.unlink(p)\n    else:\n        open(p, 'w').close()\n"
+             "    i += 1\n")
+    with mounted(str(src), str(mnt), mode):
+        churner = subprocess.Popen([sys.executable, "-c", churn, str(mnt)])
+        try:
+            listers = [subprocess.Popen([sys.executable, "-c", LISTER, str(mnt), "60", str(n)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                       for _ in range(2)]
+            results = [p.communicate(timeout=120) for p in listers]
+        finally:
+            churner.kill()
+            churner.wait()
+    for (out, err), p in zip(results, listers):
+        assert p.returncode == 0, err
+        assert int(out) == 0, f"{out.strip()} of 60 listings were wrong"

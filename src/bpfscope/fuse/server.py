@@ -4,6 +4,7 @@ preallocated buffer per thread, os.readv into it, precompiled structs, a dict di
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import fcntl
@@ -26,6 +27,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
+
+# Listings kept for zero-message readdir: enough for many readers at once, bounded in memory.
+LISTINGS_KEPT = 64
+ENTRIES_KEPT = 1 << 20
 
 _READ_HEAD = struct.Struct("<QQI")  # fuse_read_in: fh, offset, size
 
@@ -93,6 +98,10 @@ class Server:
         self.next_id = 2
         self.lock = threading.Lock()
         self.dirs: dict[int, list] = {}     # open directory handle -> listing
+        # zero-message opendir: generation -> (node id, listing), least recently used first
+        self.listings: collections.OrderedDict[int, tuple[int, list]] = collections.OrderedDict()
+        self.next_gen = 1
+        self.listed = 0                     # entries in self.listings
         self.next_dh = 1
         self.backing: dict[int, list] = {}  # node id -> [backing id, open files]: one backing file per inode
         self.fh_node: dict[int, int] = {}   # file handle (fd) in passthrough -> node id
@@ -576,20 +585,38 @@ class Server:
                 out.append((os.fsencode(e.name), e.inode(), t))
         return out
 
-    def _listing(self, nodeid: int, fh: int, off: int) -> list:
+    def _listing(self, nodeid: int, fh: int, off: int) -> tuple[list, int, int]:
+        """(listing, index to start at, base of the entries' offsets: entry i has base | i + 1).
+
+        With an OPENDIR handle the listing is the handle's. With zero-message opendir every
+        reader of a directory sends fh 0, so a listing is made at each offset 0 and kept under
+        a generation that the offsets it hands out carry in their upper 32 bits: a reader
+        halfway through one listing goes on in it while another starts a new one."""
         if fh:
-            return self.dirs[fh]
-        if off == 0 or -nodeid not in self.dirs:  # zero-message opendir: list at offset 0, reuse after
-            self.dirs[-nodeid] = self._list(nodeid)
-        return self.dirs[-nodeid]
+            return self.dirs[fh], off, 0
+        gen, idx = off >> 32, off & 0xFFFFFFFF
+        with self.lock:
+            kept = self.listings.get(gen) if off else None
+            if kept is not None and kept[0] == nodeid:
+                self.listings.move_to_end(gen)
+                return kept[1], idx, gen << 32
+        listing = self._list(nodeid)  # offset 0, or a listing evicted since: its index in a new one
+        with self.lock:
+            gen = self.next_gen
+            self.next_gen += 1
+            self.listings[gen] = (nodeid, listing)
+            self.listed += len(listing)
+            while len(self.listings) > 1 and (len(self.listings) > LISTINGS_KEPT or self.listed > ENTRIES_KEPT):
+                self.listed -= len(self.listings.popitem(last=False)[1][1])
+        return listing, idx, gen << 32
 
     def op_readdir(self, nodeid, arg, uid, gid):
         fh, off, size = P.READ_IN.unpack_from(arg, 0)[:3]
-        listing = self._listing(nodeid, fh, off)
+        listing, start, base = self._listing(nodeid, fh, off)
         out = bytearray()
-        for i in range(off, len(listing)):
+        for i in range(start, len(listing)):
             name, ino, dtype = listing[i]
-            rec = P.DIRENT.pack(ino, i + 1, len(name), dtype) + name
+            rec = P.DIRENT.pack(ino, base | (i + 1), len(name), dtype) + name
             rec += b"\0" * (-len(rec) % 8)
             if len(out) + len(rec) > size:
                 break
@@ -598,10 +625,10 @@ class Server:
 
     def op_readdirplus(self, nodeid, arg, uid, gid):
         fh, off, size = P.READ_IN.unpack_from(arg, 0)[:3]
-        listing = self._listing(nodeid, fh, off)
+        listing, start, dbase = self._listing(nodeid, fh, off)
         base = self._path(nodeid)
         out = bytearray()
-        for i in range(off, len(listing)):
+        for i in range(start, len(listing)):
             name, ino, dtype = listing[i]
             reclen = P.ENTRY_OUT.size + P.DIRENT.size + len(name)
             reclen += -reclen % 8
@@ -614,7 +641,7 @@ class Server:
                     entry = self._entry(base + "/" + os.fsdecode(name))
                 except OSError:
                     continue  # gone since the listing
-            rec = entry + P.DIRENT.pack(ino, i + 1, len(name), dtype) + name
+            rec = entry + P.DIRENT.pack(ino, dbase | (i + 1), len(name), dtype) + name
             out += rec + b"\0" * (reclen - len(rec))
         return bytes(out)
 
