@@ -15,7 +15,9 @@
  *   socket; an array lookup by socket cookie (a socket-storage lookup when the socket's
  *   slot is another's), and the owner is written the first time only.
  * - With --events: tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
- *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each.
+ *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each; tcp_probe (every
+ *   segment a connection receives): a socket-storage lookup, a record when the connection
+ *   leaves slow start or goes back to it.
  * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
  *   ring-buffer record per dropped IP packet.
  * - With --latency: netif_rx, napi_gro_receive_entry, netif_receive_skb[_list]_entry,
@@ -123,6 +125,14 @@ struct {
 	__type(key, int);
 	__type(value, struct net_conn_lat);
 } conn_lat SEC(".maps");
+
+/* --events: 1 while a connection is out of slow start (created when it first leaves it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} past_slow_start SEC(".maps");
 
 static const struct net_conn_lat no_lat = {};
 
@@ -561,6 +571,27 @@ int BPF_PROG(net_cong_state, struct sock *sk, const u8 ca_state)
 	return emit(NET_EV_CONG, sk, ca_state, 0, false);
 }
 
+/* Slow start is cwnd < ssthresh. A connection leaves it when HyStart or its first loss sets
+ * ssthresh, and goes back to it when a retransmission timeout restarts cwnd at one; neither
+ * is a congestion-state change (tcp_cong_state_set), so it is watched on the segments the
+ * connection receives, where cwnd moves. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(net_slow_start, struct sock *sk, const struct sk_buff *skb)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	__u8 *past;
+	bool slow;
+
+	if (!tp)
+		return 0;
+	slow = tp->snd_cwnd < tp->snd_ssthresh;
+	past = bpf_sk_storage_get(&past_slow_start, tp, 0, slow ? 0 : BPF_SK_STORAGE_GET_F_CREATE);
+	if (!past || *past == !slow)	/* never left it, or no change */
+		return 0;
+	*past = !slow;
+	return emit(NET_EV_SLOW_START, sk, tp->snd_cwnd, !slow, false);
+}
+
 SEC("tp_btf/sock_rcvqueue_full")
 int BPF_PROG(net_rcvq_full, struct sock *sk, struct sk_buff *skb)
 {
@@ -581,7 +612,9 @@ int BPF_PROG(net_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_r
 	struct sock *sk;
 	__u16 family;
 
-	if (reason <= SKB_CONSUMED)
+	/* not a drop (the enum shifts between kernels: its value comes from the kernel's BTF) */
+	if (reason <= (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) ?
+		       bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED) : SKB_NOT_DROPPED_YET))
 		return 0;
 	n = bpf_map_lookup_elem(&drops, &key);
 	if (n)

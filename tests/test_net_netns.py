@@ -72,6 +72,14 @@ def test_packet_loss_shows_retransmits_with_the_senders_pid(netns_pair, peers): 
     assert retrans, "dropping every 20th packet of 4 MiB caused no retransmit event"
     assert {(r["pid"], r["comm"], r["labels"]["direction"]) for r in retrans} == {(cli.pid, "nt-loss-c", "out")}
     assert {r["labels"]["raddr"] for r in retrans} == {B_ADDR}
+    assert {r["labels"]["state"] for r in retrans} <= {"ESTABLISHED", "FIN_WAIT1"}  # the state when it was sent
+    # the losses end slow start (ssthresh is set) and put the sender in recovery
+    cong = [r for r in records if r["kind"] == "tcp_cong_state" and r["pid"] == cli.pid]
+    assert {"Recovery", "Loss"} & {r["labels"]["ca_state"] for r in cong}, cong
+    left = [r for r in records if r["kind"] == "tcp_slow_start" and r["pid"] == cli.pid
+            and r["labels"]["slow_start"] == "left"]
+    assert left and all(r["values"]["snd_cwnd"] >= r["values"]["snd_ssthresh"] for r in left), left
+    assert left[0]["values"]["snd_ssthresh"] < 0x7FFFFFFF
     (close,) = [r for r in records if r["kind"] == "tcp_close" and r["pid"] == cli.pid]
     assert close["values"]["total_retrans"] >= 1 and close["values"]["bytes_retrans"] > 0
     assert abs(close["values"]["bytes_acked"] - 4 * MIB) <= 300

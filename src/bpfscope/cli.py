@@ -104,7 +104,8 @@ def net(
     sort: Annotated[str, typer.Option(help="Order of the table: rate, tx, rx, bytes, rtt, cwnd, retrans, age, pid.")] = "rate",
     top: Annotated[int, typer.Option(help="Rows in the table (0: all).", min=0)] = 30,
     events: Annotated[bool, typer.Option("--events", help="Also connects, accepts, retransmits, resets, congestion "
-                                                          "state changes, receive queue full.")] = False,
+                                                          "state changes, leaving and re-entering slow start, "
+                                                          "receive queue full.")] = False,
     drops: Annotated[bool, typer.Option("--drops", help="Also packets dropped, per kernel drop reason.")] = False,
     latency: Annotated[bool, typer.Option("--latency", help="Also time per packet between layers (log2 "
                                                             "histograms of sampled packets).")] = False,

@@ -5,7 +5,8 @@ Kernel side: bpf/net.bpf.c, read through net_kernel.NetKernel. Each interval:
   with per-interval send/receive rates from the previous snapshot;
 - the ring buffer's records since the last interval -> `tcp_close` (always: lifetime and
   totals), and with --events `tcp_connect`, `tcp_accept`, `tcp_retrans`,
-  `tcp_reset_sent`, `tcp_reset_recv`, `tcp_cong_state`, `tcp_rcvq_full`;
+  `tcp_reset_sent`, `tcp_reset_recv`, `tcp_cong_state`, `tcp_slow_start` (left it or
+  back in it), `tcp_rcvq_full`;
 - with --drops, packets freed per drop reason and interval (`pkt_drops`, the reason
   named from kernel BTF) and one `pkt_drop` per dropped IP packet with its addresses
   and ports (from its socket when it has one, else from its headers);
@@ -46,6 +47,7 @@ from .net_kernel import (
     NET_EV_RETRANS,
     NET_EV_RST_RECV,
     NET_EV_RST_SENT,
+    NET_EV_SLOW_START,
     OWNER_SOURCES,
     TCP_LISTEN,
     NetKernel,
@@ -53,7 +55,8 @@ from .net_kernel import (
 
 EVENT_KINDS = {NET_EV_CLOSE: "tcp_close", NET_EV_CONNECT: "tcp_connect", NET_EV_ACCEPT: "tcp_accept",
                NET_EV_RETRANS: "tcp_retrans", NET_EV_RST_SENT: "tcp_reset_sent", NET_EV_RST_RECV: "tcp_reset_recv",
-               NET_EV_CONG: "tcp_cong_state", NET_EV_RCVQ_FULL: "tcp_rcvq_full", NET_EV_DROP: "pkt_drop"}
+               NET_EV_CONG: "tcp_cong_state", NET_EV_RCVQ_FULL: "tcp_rcvq_full", NET_EV_DROP: "pkt_drop",
+               NET_EV_SLOW_START: "tcp_slow_start"}
 IPPROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp"}
 
 # --sort keys: the value a row is ordered by (largest first, except pid and age)
@@ -340,6 +343,8 @@ class NetExporter(Exporter):
             elif etype in (NET_EV_RETRANS, NET_EV_RST_SENT, NET_EV_RST_RECV):
                 if ev["arg"]:
                     labels["state"] = tcp_state_name(ev["arg"])
+            elif etype == NET_EV_SLOW_START:  # values: cwnd and ssthresh when it happened
+                labels["slow_start"] = "left" if ev["arg2"] else "entered"
             elif etype == NET_EV_RCVQ_FULL:
                 values["skb_truesize_bytes"] = ev["arg"]
         return self._record(kind, ev["ts_ns"], pid, tid, comm, labels, values)
@@ -547,7 +552,7 @@ def _histogram(name: str, help_: str, samples: list, bounds: tuple) -> Histogram
 # ss's short state names, for the table only (records carry the kernel's names)
 _EVENT_ROWS = {"tcp_close": "close", "tcp_connect": "connect", "tcp_accept": "accept", "tcp_retrans": "retransmit",
                "tcp_reset_sent": "reset sent", "tcp_reset_recv": "reset received", "tcp_cong_state": "congestion",
-               "tcp_rcvq_full": "receive queue full", "pkt_drop": "drop"}
+               "tcp_rcvq_full": "receive queue full", "pkt_drop": "drop", "tcp_slow_start": "slow start"}
 
 
 def _event_detail(r: dict) -> str:
@@ -556,6 +561,8 @@ def _event_detail(r: dict) -> str:
         return f"{lab['old_ca_state']} -> {lab['ca_state']}"
     if r["kind"] == "pkt_drop":
         return f"{lab['reason']} ({lab['protocol']})"
+    if r["kind"] == "tcp_slow_start":
+        return f"{lab['slow_start']}: cwnd {v.get('snd_cwnd')} ssthresh {v.get('snd_ssthresh')}"
     if r["kind"] == "tcp_close":
         life = v.get("lifetime_ns")
         return f"after {life / 1e9:.3f} s" if life is not None else ""

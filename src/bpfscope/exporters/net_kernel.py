@@ -31,14 +31,15 @@ from ..netns import call_in, network_namespaces, own_namespace
 from .net_ringbuf import FixedRingReader
 
 NET_EV_CLOSE, NET_EV_CONNECT, NET_EV_ACCEPT, NET_EV_RETRANS = 1, 2, 3, 4
-NET_EV_RST_SENT, NET_EV_RST_RECV, NET_EV_CONG, NET_EV_RCVQ_FULL, NET_EV_DROP = 5, 6, 7, 8, 9
+NET_EV_RST_SENT, NET_EV_RST_RECV, NET_EV_CONG, NET_EV_RCVQ_FULL, NET_EV_DROP, NET_EV_SLOW_START = 5, 6, 7, 8, 9, 10
 DIRECTIONS = {0: "unknown", 1: "out", 2: "in"}
 OWNER_SOURCES = {0: "none", 1: "syscall", 2: "io", 3: "fd_table"}
 TCP_LISTEN = 10
 
 CORE_PROGRAMS = ["net_state", "net_send", "net_recv", "net_iter_tcp", "net_iter_owner"]
 ESSENTIAL_PROGRAMS = ("net_state", "net_iter_tcp")  # the rest degrade: owners come later, or an option is off
-EVENT_PROGRAMS = ["net_retransmit", "net_send_reset", "net_receive_reset", "net_cong_state", "net_rcvq_full"]
+EVENT_PROGRAMS = ["net_retransmit", "net_send_reset", "net_receive_reset", "net_cong_state", "net_rcvq_full",
+                  "net_slow_start"]
 DROP_PROGRAMS = ["net_kfree_skb"]
 LATENCY_PROGRAMS = ["net_lat_rx_dev", "net_lat_rx_gro", "net_lat_rx_entry", "net_lat_rx_list", "net_lat_rx_l2",
                     "net_lat_rx_tcp", "net_lat_rx_app", "net_lat_tx_send", "net_lat_tx_queue", "net_lat_tx_xmit"]
