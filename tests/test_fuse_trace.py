@@ -200,3 +200,27 @@ def test_a_full_map_is_reported_not_silent(tmp_path):
                   r"\(2 live pairs\)", err)
     assert m, err
     assert counted + int(m.group(1)) >= 100  # every request of the workload is counted or reported
+
+
+@pytest.mark.parametrize("mode,reads", [("passthrough", 0), ("plain", 4)])
+def test_passthrough_reads_never_reach_the_server(stats, tmp_path, mode, reads):
+    """A 4 MiB file read through a passthrough mount: OPEN and RELEASE reach the server, no READ
+    (plain beside it: at least 4 READs of at most 1 MiB); a kernel without passthrough
+    fails the mount instead of quietly serving plain."""
+    from bpfscope.fuse import protocol as P
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    data = os.urandom(4 << 20)
+    (src / "big").write_bytes(data)
+
+    def read():
+        assert (mnt / "big").read_bytes() == data
+
+    with mounted(str(src), str(mnt), mode):
+        subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
+        got = _workload_counts(stats, connection_of(str(mnt)), read)
+    assert got[P.OPEN]["count"] == 1 and got[P.RELEASE]["count"] == 1
+    if reads:
+        assert got[P.READ]["count"] >= reads
+    else:
+        assert P.READ not in got, got[P.READ]

@@ -37,6 +37,12 @@ def mount(
         m = dataclasses.replace(m, timeout=timeout)
     fd = do_mount(source, mountpoint)
     server = Server(fd, source, m, threads=threads)
+    try:
+        server.handshake()
+    except FuseError:
+        from .umount import umount as do_umount
+        do_umount(mountpoint)
+        raise
     if foreground:
         server.serve()
         return

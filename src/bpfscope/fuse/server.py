@@ -129,6 +129,28 @@ class Server:
             h[op] = fn
 
     # ---- the loop -------------------------------------------------------------------------
+    def handshake(self) -> None:
+        """Answer FUSE_INIT, which the kernel queued at mount(2), before serving (and before the
+        CLI forks): a mode the kernel cannot give fails here, in the command that asked for it."""
+        buf = bytearray(BUF_SIZE)
+        while True:
+            try:
+                n = os.readv(self.fd, [buf])
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise FuseError(f"FUSE_INIT not received: {e.strerror}") from None
+        _len, opcode, unique = P.IN_HEADER.unpack_from(buf, 0)[:3]
+        if opcode != P.INIT:
+            raise FuseError(f"the kernel sent opcode {opcode} before FUSE_INIT")
+        out = self.op_init(P.ROOT_ID, memoryview(buf)[40:n], 0, 0)
+        if self.mode.passthrough and not self.passthrough:
+            self._send(unique, -errno.EPROTO, b"")  # the connection fails: nothing half-working stays
+            raise FuseError(f"mode {self.mode.name}: the kernel does not offer FUSE passthrough at FUSE_INIT "
+                            "(CONFIG_FUSE_PASSTHROUGH, kernel 6.9+); use --mode plain or fast")
+        self._send(unique, 0, out)
+
     def serve(self) -> None:
         """Serve until the file system is unmounted (read returns ENODEV)."""
         os.umask(0)  # the kernel already applied the caller's umask to every mode it sends
