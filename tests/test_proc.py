@@ -202,6 +202,80 @@ def test_kernel_lock_contention_of_mmap_storm(bins):
     assert sum(r["values"]["wait_ns"] for r in locks) > 1_000_000  # 8 threads on one rwsem: > 1 ms
 
 
+def test_thread_summaries_one_per_thread_with_its_own_cpu_time(bins):
+    w = start(bins["threads"], stdout=subprocess.PIPE)
+    records, [(stat, _status)] = portrait([w])
+    # each thread's CPU time by its own clock (CLOCK_THREAD_CPUTIME_ID), printed as it ends
+    truth = {int(tid): int(ns) for _, tid, ns in (line.split() for line in w.stdout.read().decode().splitlines())}
+    assert len(truth) == 4 and w.pid in truth, truth
+    summaries = [r for r in kinds(records, "thread_summary") if r["pid"] == w.pid]
+    assert sorted(r["tid"] for r in summaries) == sorted(truth), summaries  # one per thread, no other
+    for r in summaries:
+        v, cpu = r["values"], truth[r["tid"]]
+        assert r["labels"]["status"] == "exited" and v["lifetime_ns"] > 0, r
+        # 1 ms of slack: the thread runs on briefly after reading its clock (printf, exit)
+        assert abs(v["running_ns"] - cpu) <= 0.05 * cpu + 1_000_000, (r["tid"], v["running_ns"], cpu)
+        if r["tid"] != w.pid:  # each worker slept 100 ms after spinning
+            assert 0.095e9 <= v["sleeping_ns"] <= 0.2e9, v
+    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+    pv = proc["values"]
+    assert pv["threads"] == 4
+    for name in ("running_ns", "runnable_ns", "sleeping_ns", "vcsw", "ivcsw", "futex_wait_ns"):
+        assert pv[name] == sum(r["values"][name] for r in summaries), name
+    # the process total against the kernel's own (utime+stime of the zombie: all its threads)
+    cpu_s = (int(stat[11]) + int(stat[12])) / CLK_TCK
+    assert abs(pv["running_ns"] / 1e9 - cpu_s) <= 0.05 * cpu_s, (pv["running_ns"], cpu_s)
+
+
+def test_resources_rss_and_written_bytes_match_proc(bins):
+    """resources records of a process holding 64 MiB of touched heap after writing 16 MiB
+    (fsync'ed, on a real disk) against /proc/PID/status VmRSS and /proc/PID/io, read while
+    it holds still; tolerance: 1 MiB + 1% for RSS (the kernel's per-CPU RSS counters are
+    read approximately), 64 KiB for bytes (none move in the steady state)."""
+    data = Path("/var/tmp") / f"bpfscope-res-{os.getpid()}.dat"
+    w = start(bins["resources"], str(data), "64", "16", stdout=subprocess.PIPE)
+    p = subprocess.Popen(BPFSCOPE + ["proc", "--pid", str(w.pid), "--json", "--interval", "0.5"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_links(p, len(FOLLOW_PROGRAMS)), p.stderr.read() if p.poll() is not None else "no links"
+        time.sleep(0.7)  # a sample of it before it allocates
+        w.stdin.write(b"go\n")
+        w.stdin.flush()
+        assert w.stdout.readline() == b"ready\n"
+        time.sleep(1.1)
+        t0 = time.time_ns()
+        status = Path(f"/proc/{w.pid}/status").read_text()
+        vmrss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+        io = dict(line.split(": ") for line in Path(f"/proc/{w.pid}/io").read_text().splitlines())
+        time.sleep(1.1)
+        t1 = time.time_ns()
+        w.stdin.write(b"done\n")
+        w.stdin.close()
+        assert w.wait(30) == 0
+        out, err = p.communicate(timeout=60)
+    finally:
+        data.unlink(missing_ok=True)
+        for x in (w, p):
+            if x.poll() is None:
+                x.kill()
+                x.wait()
+    assert p.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # the samples of the steady state (it began ~1.1 s before t0)
+    steady = [r for r in kinds(records, "resources") if r["pid"] == w.pid and t0 - 500_000_000 <= r["ts"] <= t1]
+    assert len(steady) >= 2, [r["ts"] for r in kinds(records, "resources")]
+    assert vmrss >= 64 << 20 and int(io["write_bytes"]) >= 16 << 20, (vmrss, io)  # /proc saw it too
+    for r in steady:
+        v = r["values"]
+        assert abs(v["rss_bytes"] - vmrss) <= (1 << 20) + 0.01 * vmrss, (v["rss_bytes"], vmrss)
+        for name in ("write_bytes", "wchar", "read_bytes", "rchar"):
+            assert abs(v[name] - int(io[name])) <= 64 << 10, (name, v[name], io[name])
+        assert v["cpu_pct"] < 5, v  # holding still: asleep on stdin
+    # over time: the first sample before the heap was touched had far less
+    first = min(kinds(records, "resources"), key=lambda r: r["ts"])
+    assert first["values"]["rss_bytes"] < 32 << 20 and first["values"]["write_bytes"] < 8 << 20, first
+
+
 def test_command_is_followed_from_its_first_instruction(tmp_path):
     r = run_cli("proc", "--json", "--interval", "0.5", "--", "sh", "-c", "sleep 0.2; exit 7", timeout=60)
     assert r.returncode == 7, r.stderr  # the command's own exit code, as `time` and `strace` give it
@@ -267,6 +341,69 @@ def test_system_wide_table_sees_a_busy_process(bins):
     assert mine, "the spinner is not in the table"
     assert max(x["values"]["cpu_pct"] for x in mine) > 30
     assert all(x["values"]["threads"] == 1 and x["comm"] == "spin" for x in mine)
+
+
+def _table(*args: str) -> list[dict]:
+    r = run_cli("proc", "--json", "--interval", "1", "--duration", "1.5", *args, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def _intervals(rows: list[dict]) -> list[list[dict]]:
+    """The table's rows per interval (the rows of one interval share their ts), in order."""
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["ts"], []).append(r)
+    assert out, "no interval"
+    return list(out.values())
+
+
+# the record value each --sort key orders by (descending; pid ascending)
+SORTED_BY = {"cpu": lambda v: v["running_ns"], "runq": lambda v: v["runnable_ns"], "vcsw": lambda v: v["vcsw_per_s"],
+             "ivcsw": lambda v: v["ivcsw_per_s"], "rss": lambda v: v["rss_bytes"], "threads": lambda v: v["threads"],
+             "lock": lambda v: v["lock_wait_ns"] + v["futex_wait_ns"]}
+
+
+@pytest.mark.parametrize("key", ["cpu", "runq", "vcsw", "ivcsw", "rss", "lock", "threads", "pid"])
+def test_system_wide_table_sort_orders_each_interval(key):
+    for rows in _intervals(_table("--top", "0", "--sort", key)):
+        assert len(rows) > 10, rows  # every process of the host
+        if key == "pid":
+            assert [r["pid"] for r in rows] == sorted(r["pid"] for r in rows)
+        else:
+            got = [SORTED_BY[key](r["values"]) for r in rows]
+            assert got == sorted(got, reverse=True), got
+
+
+def test_system_wide_table_top_n_keeps_the_busiest(bins):
+    # among three "spin" processes (other tests may load the host: --comm keeps to ours),
+    # two spin and one waits on stdin: the top 2 by CPU are the spinning two
+    ws = [start(bins["spin"], "3") for _ in range(3)]
+    try:
+        for w in ws[:2]:
+            w.stdin.write(b"go\n")
+            w.stdin.close()
+        rows = _table("--top", "2", "--sort", "cpu", "--comm", "spin")
+    finally:
+        for w in ws:
+            w.kill()
+            w.wait()
+    for interval in _intervals(rows):
+        assert {r["pid"] for r in interval} == {ws[0].pid, ws[1].pid}, interval
+
+
+def test_system_wide_table_comm_filter(bins):
+    w = start(bins["spin"], "3")
+    try:
+        w.stdin.write(b"go\n")
+        w.stdin.close()
+        rows = _table("--top", "0", "--comm", "spin")
+        others = _table("--top", "0", "--comm", "no-such-comm-x")
+    finally:
+        w.kill()
+        w.wait()
+    assert w.pid in {r["pid"] for r in rows} and {r["comm"] for r in rows} == {"spin"}, rows
+    assert others == []
 
 
 def test_system_wide_lock_wait_metric_names_the_kernel_lock_type(bins):

@@ -244,12 +244,19 @@ class ProcTop(Exporter):
         if self.cgroup:
             chosen = [p for p in chosen if in_cgroup(cgroup_of(p.pid), self.cgroup)]
         key = SORT_KEYS[self.sort]
+        rss: dict[int, int] = {}
+
+        def rss_of(pid: int) -> int:
+            # read once: the row shows the value it was sorted by (a process gone holds none)
+            if pid not in rss:
+                rss[pid] = rss_bytes(pid) or 0
+            return rss[pid]
 
         def sort_value(p: ProcRow):
             if key == "pid":
                 return -p.pid
             if key == "rss_bytes":
-                return rss_bytes(p.pid) or 0
+                return rss_of(p.pid)
             if key == "threads":
                 return p.threads
             if key == "lock_wait_ns":
@@ -268,9 +275,8 @@ class ProcTop(Exporter):
             values.update(cpu_pct=round(100.0 * p.ns[0] / (per_s * 1e9), 2),
                           vcsw_per_s=round(p.vcsw / per_s, 2), ivcsw_per_s=round(p.ivcsw / per_s, 2),
                           threads=p.threads, lock_wait_ns=p.lock_wait_ns, futex_wait_ns=p.futex_wait_ns)
-            # a process gone since the iterator read holds no memory (a zombie's statm reads 0
-            # too); every row keeps the field, so a table of them has no holes
-            values["rss_bytes"] = rss_bytes(p.pid) or 0
+            # every row keeps the field (a table of them has no holes)
+            values["rss_bytes"] = rss_of(p.pid)
             rec = make_record("proc", "process", ts=ts, pid=p.pid, comm=p.comm,
                               labels={"state": p.state}, values=values)
             ts = rec["ts"]
