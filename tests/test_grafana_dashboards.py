@@ -24,6 +24,7 @@ import pytest
 from conftest import BPFSCOPE, REPO, REQUIRE_BPF, _bpf_unavailable, free_port, skip_or_fail
 from proc_workloads.build import build as build_workloads
 
+from bpfscope.bpf import wait_for_links
 from bpfscope.dashboards import DASHBOARDS, generate
 from bpfscope.dashboards.common import INFINITY_UID, TAG, infinity_queries, panels
 
@@ -120,7 +121,9 @@ def _run_exporters(url: str) -> None:
                                               "--", "sh", "-c", 'echo go | "$0" >/dev/null & echo go | "$1" 1.5; wait',
                                               str(bins["mutex"]), str(bins["mmap_storm"])],
                                   stderr=subprocess.PIPE, text=True))
-    time.sleep(1.5)
+    # the connections below need the net exporter attached (its start-up is slow on a busy machine)
+    assert wait_for_links(procs[1], at_least=3), procs[1].stderr.read() if procs[1].poll() is not None else "net"
+    time.sleep(0.5)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)

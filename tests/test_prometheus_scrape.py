@@ -26,7 +26,7 @@ from bpfscope.dashboards import generate
 from bpfscope.dashboards.common import promql_expressions
 
 PROMETHEUS = "/usr/bin/prometheus"
-MACROS = {"host": os.uname().nodename, "__rate_interval": "10s"}
+MACROS = {"host": os.uname().nodename, "__rate_interval": "10s", "stage": "l2_to_tcp"}
 MACRO = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 
 pytestmark = [
@@ -74,20 +74,30 @@ def _churn(seconds: float) -> None:
     srv.bind(("127.0.0.1", 0))
     srv.listen(64)
     end = time.monotonic() + seconds
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: a connect gets a reset (a NO_SOCKET drop)
     while time.monotonic() < end:
         c = socket.create_connection(srv.getsockname())
         a, _ = srv.accept()
+        c.sendall(b"x" * 10_000)
+        a.recv(1 << 16)
         c.close()
         a.close()
+        try:
+            socket.create_connection(closed.getsockname(), timeout=1).close()
+        except ConnectionRefusedError:
+            pass
         time.sleep(0.05)
     srv.close()
+    closed.close()
 
 
-def _scrape_config(collector_port: int, exporter_port: int) -> dict:
+def _scrape_config(collector_port: int, exporter_port: int, latency_port: int) -> dict:
     config = yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     targets = {"bpfscope-collector": [f"127.0.0.1:{collector_port}"],
-               "bpfscope-exporters": [f"127.0.0.1:{exporter_port + i}" for i in range(len(DOMAINS))]}
+               "bpfscope-exporters": [f"127.0.0.1:{exporter_port + i}" for i in range(len(DOMAINS))]
+               + [f"127.0.0.1:{latency_port}"]}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": targets.pop(job["job_name"])}]
     assert not targets, f"jobs missing from prometheus/prometheus.yml: {sorted(targets)}"
@@ -108,15 +118,18 @@ def prometheus_url(tmp_path):
 
 
 def _up_and_prometheus(tmp_path):
-    collector_port, exporter_port, prom_port = free_port(), _metrics_port(), free_port()
+    collector_port, exporter_port, prom_port, latency_port = free_port(), _metrics_port(), free_port(), free_port()
     procs = []
     try:
         procs.append(_start(BPFSCOPE + ["up", "--domains", ",".join(DOMAINS),
                                         "--db", f"sqlite:///{tmp_path / 'records.db'}",
                                         "--listen", f"127.0.0.1:{collector_port}", "--interval", "1",
                                         "--metrics-port", str(exporter_port)], tmp_path / "up.log"))
+        # the Network dashboard's layer latency panels: an exporter with --latency (up runs net without)
+        procs.append(_start(BPFSCOPE + ["net", "--latency", "--sample", "1", "--quiet", "--interval", "1",
+                                        "--metrics-port", str(latency_port)], tmp_path / "net-latency.log"))
         config = tmp_path / "prometheus.yml"
-        config.write_text(yaml.safe_dump(_scrape_config(collector_port, exporter_port)))
+        config.write_text(yaml.safe_dump(_scrape_config(collector_port, exporter_port, latency_port)))
         procs.append(_start([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prometheus.log"))
         url = f"http://127.0.0.1:{prom_port}"
@@ -138,7 +151,7 @@ def _wait_targets_up(url: str, procs: list[subprocess.Popen], tmp_path: Path, ti
         try:
             active = httpx.get(url + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
             health = {t["scrapeUrl"]: t["health"] for t in active}
-            if len(health) == 1 + len(DOMAINS) and set(health.values()) == {"up"}:
+            if len(health) == 2 + len(DOMAINS) and set(health.values()) == {"up"}:
                 return
         except (httpx.TransportError, ValueError, KeyError):
             pass

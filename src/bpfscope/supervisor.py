@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 EXPORTER_DOMAINS = ("sys", "net", "stack", "proc", "fuse")  # grows as domains land
 # the command line of a domain whose exporter is a sub-command (stack has modes)
-DOMAIN_ARGV = {"stack": ["stack", "cpu"], "fuse": ["fuse", "trace"]}
+# net with retransmits, resets, congestion changes and drops: what the Network dashboard
+# shows besides the connections (each a hook on a rare path, or one lookup per segment)
+DOMAIN_ARGV = {"stack": ["stack", "cpu"], "fuse": ["fuse", "trace"], "net": ["net", "--events", "--drops"]}
 HEALTHY_AFTER_S = 60.0
 USAGE_ERROR = 2  # a child that exits 2 was misconfigured (bad port, bad URL): restarting cannot help
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders.dashboard import CustomVariable, Dashboard, DashboardLink, QueryVariable, Row
+from grafana_foundation_sdk.builders.heatmap import HeatmapColorOptions as HeatmapColor
+from grafana_foundation_sdk.builders.heatmap import Panel as HeatmapPanel
+from grafana_foundation_sdk.builders.heatmap import YAxisConfig as HeatmapYAxis
 from grafana_foundation_sdk.builders.prometheus import Dataquery as PrometheusQuery
 from grafana_foundation_sdk.builders.stat import Panel as StatPanel
 from grafana_foundation_sdk.builders.table import Panel as TablePanel
@@ -28,6 +31,7 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import BigValueGraphMode
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 from grafana_foundation_sdk.models.dashboard import (
     DashboardLinkType,
     DataSourceRef,
@@ -199,6 +203,14 @@ def infinity_table(title: str, description: str, query: Infinity, width: int = 1
     if sort_by:
         panel = panel.sort_by([common_builders.TableSortByFieldState().display_name(sort_by).desc(True)])
     return panel
+
+
+def prometheus_heatmap(title: str, description: str, query: PrometheusQuery, unit: str = "s",
+                       width: int = 12) -> HeatmapPanel:
+    """A Prometheus histogram (its _bucket series, summed by le) as a heatmap over time."""
+    return (HeatmapPanel().title(title).description(description).datasource(PROMETHEUS)
+            .targets(_ref_ids([query.format(PromQueryFormat.HEATMAP)])).span(width).calculate(False)
+            .y_axis(HeatmapYAxis().unit(unit)).color(HeatmapColor().scheme("Oranges").exponent(0.5)))
 
 
 def infinity_timeseries(title: str, description: str, query: Infinity, legend_label: str, unit: str = "short",

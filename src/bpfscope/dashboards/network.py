@@ -1,6 +1,12 @@
-"""bpfscope net: TCP connections, from Prometheus (bounded labels) and stored records (per connection)."""
+"""bpfscope net: TCP connections, from Prometheus (bounded labels) and stored records (per connection).
+
+Retransmits and other events need `bpfscope net --events`, drops `--drops` (both on under
+`bpfscope up`); the layer latency panels need `--latency`."""
 
 from __future__ import annotations
+
+from grafana_foundation_sdk.builders.dashboard import CustomVariable
+from grafana_foundation_sdk.models.dashboard import VariableOption
 
 from .common import (
     HOST_MATCH,
@@ -12,6 +18,7 @@ from .common import (
     infinity_table,
     infinity_timeseries,
     prometheus,
+    prometheus_heatmap,
     prometheus_timeseries,
     records_query,
     row,
@@ -26,6 +33,15 @@ PID, COMM = Column("pid", "pid", "number"), Column("comm", "comm")
 LOCAL = (Column("labels.laddr", "local"), Column("labels.lport", "lport"))
 REMOTE = (Column("labels.raddr", "remote"), Column("labels.rport", "rport"))
 DIRECTION, STATE = Column("labels.direction", "direction"), Column("labels.state", "state")
+MATCH = f"{{{HOST_MATCH}}}"
+LATENCY = "bpfscope_net_layer_latency_seconds_bucket"
+STAGES = ("device_to_l2", "l2_to_tcp", "tcp_to_app", "app_to_tcp", "tcp_to_device", "device_to_driver")
+
+
+def _stage_variable() -> CustomVariable:
+    """The layer stage the latency heatmap shows (net_kernel.LATENCY_STAGES)."""
+    return (CustomVariable("stage").label("latency stage").values(",".join(STAGES))
+            .current(VariableOption(text="tcp_to_app", value="tcp_to_app", selected=True)))
 
 
 def _value(name: str, text: str | None = None) -> Column:
@@ -34,7 +50,7 @@ def _value(name: str, text: str | None = None) -> Column:
 
 def build():
     d = dashboard(UID, "bpfscope / Network", "Every TCP connection with its owner, direction and TCP internals.",
-                  tags=("net",), scope=CONN_RECORDS).with_variable(bucket_variable())
+                  tags=("net",), scope=CONN_RECORDS).with_variable(bucket_variable()).with_variable(_stage_variable())
 
     d = (d.with_row(row("Every connection (Prometheus)"))
          .with_panel(prometheus_timeseries(
@@ -62,6 +78,27 @@ def build():
              prometheus(f"histogram_quantile(0.99, sum by (le) (bpfscope_net_cwnd_segments_bucket{{{HOST_MATCH}}}))",
                         "p99"))))
 
+    d = (d.with_row(row("Retransmits, drops and time between layers (Prometheus)"))
+         .with_panel(prometheus_timeseries(
+             "TCP events per second", "Retransmitted segments, resets sent and received, congestion state "
+             "changes, slow start left or entered, connects, accepts, closes (bpfscope net --events).",
+             prometheus(f"sum by (kind) (rate(bpfscope_net_events_total{MATCH}[{RATE}]))", "{{kind}}"),
+             unit="ops"))
+         .with_panel(prometheus_timeseries(
+             "Packets dropped per second, by reason", "skb:kfree_skb with the kernel's drop reason, named from "
+             "its BTF (bpfscope net --drops).",
+             prometheus(f"sum by (reason) (rate(bpfscope_net_drops_total{MATCH}[{RATE}]))", "{{reason}}"),
+             unit="pps"))
+         .with_panel(prometheus_timeseries(
+             "Time between layers, p99 by stage", "Sampled packets (bpfscope net --latency): receive path "
+             "device -> L2 -> TCP -> application, send path application -> TCP -> device queue -> driver.",
+             prometheus(f"histogram_quantile(0.99, sum by (le, path, stage) (rate({LATENCY}{MATCH}[{RATE}])))",
+                        "{{path}} {{stage}}"), unit="s"))
+         .with_panel(prometheus_heatmap(
+             "Time between layers: ${stage}", "Sampled packets per log2 bucket of the chosen stage over time "
+             "(bpfscope net --latency).",
+             prometheus(f'sum by (le) (rate({LATENCY}{{{HOST_MATCH}, stage="${{stage}}"}}[{RATE}]))', "{{le}}"))))
+
     d = (d.with_row(row("Connections (stored records)"))
          .with_panel(infinity_table(
              "Top talkers", "Snapshot rows of every connection, most bytes received first (sort by any column).",
@@ -78,7 +115,9 @@ def build():
          .with_panel(infinity_table(
              "Closed connections", "One final record per connection: lifetime and totals (what tcplife gives).",
              records_query(*CLOSE_RECORDS, columns=(TIME, PID, COMM, DIRECTION, *LOCAL, *REMOTE,
-                                                    _value("bytes_acked"), _value("bytes_received")), limit=200))))
+                                                    _value("lifetime_ns", "lifetime ns"), _value("bytes_acked"),
+                                                    _value("bytes_received"), _value("total_retrans", "retrans")),
+                           limit=200))))
 
     d = (d.with_row(row("Connections of ${comm} (pid ${pid})"))
          .with_panel(infinity_table(
