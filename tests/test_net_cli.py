@@ -142,12 +142,14 @@ def test_bad_options_end_in_one_line(args, message):
 
 
 def test_exporter_serves_bounded_net_metrics(peers):  # noqa: F811
+    import socket
+
     import httpx
 
     srv = peers("server", "--name", "nt-met-s")
     port = srv.port()
     peers("client", "--port", port, "--name", "nt-met-c")
-    mport = free_port()
+    mport, closed = free_port(), free_port()
     proc = subprocess.Popen(BPFSCOPE + ["net", "--quiet", "--interval", "0.5", "--duration", "8", "--drops",
                                         "--metrics-port", str(mport)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -155,15 +157,22 @@ def test_exporter_serves_bounded_net_metrics(peers):  # noqa: F811
         text, deadline = "", time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
+                socket.create_connection(("127.0.0.1", closed), timeout=2)
+            except ConnectionRefusedError:
+                pass
+            try:
                 text = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=2).text
-                if "bpfscope_net_connections{" in text:
+                if "bpfscope_net_connections{" in text and "bpfscope_net_drops_total{" in text:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         assert 'bpfscope_up{exporter="net"} 1.0' in text
-        assert 'bpfscope_net_connections{direction="in",port="registered",state="ESTABLISHED"}' in text \
-            or 'bpfscope_net_connections{direction="in",port="ephemeral",state="ESTABLISHED"}' in text
+        conns = {(m["comm"], m["direction"], m["state"]) for m in (dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                 for labels in re.findall(r"^bpfscope_net_connections\{([^}]*)\}", text, re.M))}
+        assert {("nt-met-s", "in", "ESTABLISHED"), ("nt-met-c", "out", "ESTABLISHED")} <= conns, conns
+        # a connect to a closed port: the reset's packet had no socket to go to
+        assert re.search(r'^bpfscope_net_drops_total\{reason="NO_SOCKET"\} [1-9]', text, re.M), text
         assert "bpfscope_net_srtt_seconds_bucket" in text
         label_values = set(re.findall(r'\w+="([^"]*)"', text))
         assert str(port) not in label_values and "127.0.0.1" not in label_values  # no per-connection labels

@@ -191,7 +191,7 @@ class NetExporter(Exporter):
         self.owners = Owners()
         self._prev: dict[int, tuple[int, int]] = {}
         # Prometheus: bounded labels only
-        self.conn_counts: Counter[tuple[str, str, str]] = Counter()
+        self.conn_counts: Counter[tuple[str, str, str, str]] = Counter()  # state, direction, port class, comm
         self.closed: Counter[str] = Counter()
         self.event_counts: Counter[str] = Counter()
         self.drop_counts: Counter[str] = Counter()
@@ -240,7 +240,7 @@ class NetExporter(Exporter):
         """One tcp_conn per socket of the snapshot, built from its tuple: only the identity
         fields become a dict (10,000 connections: time and memory are per field)."""
         out, prev, now = [], {}, time.time_ns()
-        counts: Counter[tuple[str, str, str]] = Counter()
+        counts: Counter[tuple[str, str, str, str]] = Counter()
         srtts, cwnds = [], []
         identity, boot = self.kernel.info.identity, self.kernel.boot_offset_ns
         state_i, srtt_i, cwnd_i = self._state_i, self._srtt_i, self._cwnd_i
@@ -251,7 +251,7 @@ class NetExporter(Exporter):
             info = identity(tup)
             pid, tid, comm, direction, src = self.owners.resolve(info)
             service_port = info["dport"] if direction == "out" else info["sport"]
-            counts[(tcp_state_name(info["state"]), direction, port_class(service_port))] += 1
+            counts[(tcp_state_name(info["state"]), direction, port_class(service_port), comm or "unknown")] += 1
             srtts.append(tup[srtt_i])
             cwnds.append(tup[cwnd_i])
             acked, received = tup[acked_i], tup[received_i]
@@ -476,9 +476,9 @@ class NetExporter(Exporter):
 
     def metrics(self):
         g = GaugeMetricFamily("bpfscope_net_connections", "TCP connections in the last snapshot",
-                              labels=["state", "direction", "port"])
-        for (state, direction, port), n in self.conn_counts.items():
-            g.add_metric([state, direction, port], n)
+                              labels=["state", "direction", "port", "comm"])
+        for key, n in self.conn_counts.items():
+            g.add_metric(list(key), n)
         yield g
         c = CounterMetricFamily("bpfscope_net_closed_connections", "TCP connections closed", labels=["direction"])
         for direction, n in self.closed.items():
