@@ -168,24 +168,30 @@ def test_tree_of_children_and_threads_with_signal_and_deep_stack(bins):
 def test_futex_waits_of_two_threads_on_one_mutex(bins):
     w = start(bins["mutex"], stdout=subprocess.PIPE)
     records, _ = portrait([w])
-    in_lock_s = float(w.stdout.read())  # the program's own clock around pthread_mutex_lock
+    # each worker's own clock around pthread_mutex_lock: "thread TID SECONDS"
+    in_lock = {int(tid): float(s) for _, tid, s in (line.split() for line in w.stdout.read().decode().splitlines())}
+    in_lock_s = sum(in_lock.values())
     futex = [r for r in kinds(records, "futex_wait_summary") if r["pid"] == w.pid]
     # 200 holds of 10 ms taken in turns (the workload pauses after each unlock): each
     # worker waits for nearly every hold of the other, ~2 s in all
-    assert 1.5 <= in_lock_s <= 3.0, in_lock_s
+    assert len(in_lock) == 2 and 1.5 <= in_lock_s <= 3.0, in_lock
     # the mutex is the user address both workers waited on, many times (main's
     # pthread_join waits on each worker's tid word, once)
     by_addr: dict[str, list[dict]] = {}
     for r in futex:
         by_addr.setdefault(r["labels"]["addr"], []).append(r)
     mutex = max(by_addr.values(), key=lambda rs: sum(r["values"]["count"] for r in rs))
-    assert len({r["tid"] for r in mutex}) == 2 and w.pid not in {r["tid"] for r in mutex}
-    waited_s = sum(r["values"]["wait_ns"] for r in mutex) / 1e9
-    assert abs(waited_s - in_lock_s) <= 0.15 * in_lock_s, (waited_s, in_lock_s)
-    assert all(r["values"]["max_wait_ns"] >= 9_000_000 for r in mutex)  # a wait lasts a 10 ms hold
-    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
-    total_ns = sum(r["values"]["wait_ns"] for r in futex)
-    assert abs(proc["values"]["futex_wait_ns"] - total_ns) <= 0.01 * total_ns
+    assert {r["tid"] for r in mutex} == set(in_lock), mutex
+    # per worker: its futex waits on the mutex against its own time inside the lock call
+    # (which also spins a little in user space before it waits: 15% + 10 ms)
+    for r in mutex:
+        waited_s, own_s = r["values"]["wait_ns"] / 1e9, in_lock[r["tid"]]
+        assert abs(waited_s - own_s) <= 0.15 * own_s + 0.01, (r["tid"], waited_s, own_s)
+        assert r["values"]["max_wait_ns"] >= 9_000_000, r  # a wait lasts a 10 ms hold
+    # the per-thread totals (task storage, not the per-address map) tell the same
+    threads = {r["tid"]: r["values"] for r in kinds(records, "thread_summary") if r["pid"] == w.pid}
+    for tid, own_s in in_lock.items():
+        assert abs(threads[tid]["futex_wait_ns"] / 1e9 - own_s) <= 0.15 * own_s + 0.01, (tid, threads[tid], own_s)
 
 
 def test_kernel_lock_contention_of_mmap_storm(bins):
@@ -198,7 +204,6 @@ def test_kernel_lock_contention_of_mmap_storm(bins):
     for r in locks:
         v = r["values"]
         assert v["count"] >= 1 and 0 < v["max_wait_ns"] <= v["wait_ns"]
-        assert v["avg_wait_ns"] == v["wait_ns"] // v["count"]
     assert sum(r["values"]["wait_ns"] for r in locks) > 1_000_000  # 8 threads on one rwsem: > 1 ms
 
 
