@@ -65,7 +65,8 @@ def build():
              prometheus(f"sum by (kind) (rate(bpfscope_proc_context_switches_total{{{HOST_MATCH}}}[{RATE}]))",
                         "{{kind}}"), unit="ops"))
          .with_panel(prometheus_timeseries(
-             "Lock wait by type", "Seconds waiting for kernel locks (lock:contention_begin/end) and, with "
+             "Lock wait by type", "Seconds waiting for kernel locks (lock:contention_begin/end), by the "
+             "lock's type (spinlock, rwlock, mutex, rtmutex, rwsem, percpu rwsem; read or write), and, with "
              "--futex, futexes, per second.",
              prometheus(f"sum by (lock_type) (rate(bpfscope_proc_lock_wait_seconds_total{{{HOST_MATCH}}}[{RATE}]))",
                         "{{lock_type}}"), unit="short")))
