@@ -130,7 +130,11 @@ def tree(root: str) -> dict:
             if stat.S_ISREG(st.st_mode):
                 with open(path, "rb") as f:
                     digest = hashlib.sha1(f.read()).hexdigest()
-            out[os.path.relpath(path, root)] = (oct(st.st_mode), st.st_size, st.st_nlink, st.st_uid, digest,
+            elif stat.S_ISLNK(st.st_mode):
+                digest = os.readlink(path)
+            # st_blocks: a hole stays a hole through the mount
+            out[os.path.relpath(path, root)] = (oct(st.st_mode), st.st_size, st.st_nlink, st.st_uid, st.st_gid,
+                                                st.st_blocks, digest,
                                                 st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None)
     return out
 
@@ -147,7 +151,8 @@ def test_fsx_random_sequence_matches_native(mode, tmp_path):
     assert len(want) > 2000
     assert got == want
     native_tree = tree(str(native))
-    strip = lambda t: {k: v[:5] for k, v in t.items()}  # noqa: E731  (mtimes differ between runs)
+    assert any(v[5] * 512 < v[1] for v in native_tree.values()), "no file with a hole to compare"
+    strip = lambda t: {k: v[:-1] for k, v in t.items()}  # noqa: E731  (mtimes differ between runs)
     assert strip(through_mount) == strip(native_tree)
     assert strip(tree(str(src))) == strip(native_tree)
     # what the mount reports is what the source has, mtimes included
@@ -197,6 +202,138 @@ def test_errors_are_the_native_ones(mode, tmp_path):
     assert want["open_missing"] == "ENOENT" and want["mkdir_exists"] == "EEXIST"
     assert want["rmdir_notempty"] == "ENOTEMPTY"
     assert got == want
+
+
+def _getdents(path: str) -> list[tuple[str, int, int]]:
+    """(name, d_type, d_ino) of every entry, from getdents64 itself (os.scandir hides d_type)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(1 << 16)
+    out = []
+    try:
+        while True:
+            n = libc.syscall(217, fd, buf, len(buf))  # SYS_getdents64 on x86_64
+            if n < 0:
+                raise OSError(ctypes.get_errno(), "getdents64")
+            if n == 0:
+                return sorted(out)
+            raw, pos = buf.raw[:n], 0
+            while pos < n:
+                ino, _off, reclen, dtype = struct.unpack_from("<QqHB", raw, pos)
+                out.append((raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode(), dtype, ino))
+                pos += reclen
+    finally:
+        os.close(fd)
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def _operations(root: str) -> dict:
+    """symlink, readlink, chown, utimens, renameat2 flags, directory rename, rmdir, readdir,
+    fsync: every result and what each left behind."""
+    out = {}
+
+    def rec(name, fn):
+        try:
+            out[name] = fn()
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno]
+
+    def read(p):
+        with open(f"{root}/{p}") as f:
+            return f.read()
+
+    def lst(p):
+        st = os.lstat(f"{root}/{p}")
+        return [oct(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_nlink]
+
+    os.makedirs(f"{root}/dir/sub")
+    for name, text in (("a", "alpha"), ("b", "bravo!"), ("dir/sub/f", "deep"), ("dir/g", "gee")):
+        with open(f"{root}/{name}", "w") as f:
+            f.write(text)
+    rec("symlink", lambda: os.symlink("a", f"{root}/ln"))
+    rec("symlink_dangling", lambda: os.symlink("../nowhere/x", f"{root}/dangling"))
+    rec("symlink_exists", lambda: os.symlink("b", f"{root}/ln"))
+    rec("readlink", lambda: [os.readlink(f"{root}/ln"), os.readlink(f"{root}/dangling")])
+    rec("readlink_file", lambda: os.readlink(f"{root}/a"))
+    rec("through_symlink", lambda: read("ln"))
+    rec("through_dangling", lambda: read("dangling"))
+    rec("symlink_lstat", lambda: [lst("ln"), lst("dangling")])
+    rec("chown", lambda: os.chown(f"{root}/a", 65534, 100))
+    rec("chown_gid_only", lambda: os.chown(f"{root}/b", -1, 65534))
+    rec("lchown_symlink", lambda: os.lchown(f"{root}/ln", 1, 2))
+    rec("after_chown", lambda: [lst("a"), lst("b"), lst("ln")])
+    rec("utime_ns", lambda: os.utime(f"{root}/a", ns=(1_000_000_123, 2_000_000_456)))
+    rec("utime_symlink", lambda: os.utime(f"{root}/ln", ns=(3_000_000_007, 4_000_000_009), follow_symlinks=False))
+    rec("utime_dir", lambda: os.utime(f"{root}/dir", ns=(5_000_000_001, 6_000_000_002)))
+    rec("after_utime", lambda: [(st.st_atime_ns, st.st_mtime_ns) for st in
+                                (os.stat(f"{root}/a"), os.lstat(f"{root}/ln"), os.stat(f"{root}/dir"))])
+    rec("utime_now", lambda: os.utime(f"{root}/b"))
+    rec("utime_now_recent", lambda: abs(os.stat(f"{root}/b").st_mtime - time.time()) < 5)
+    rec("exchange", lambda: _renameat2(f"{root}/a", f"{root}/b", RENAME_EXCHANGE))
+    rec("after_exchange", lambda: [read("a"), read("b"), read("ln"), lst("a"), lst("b")])
+    rec("exchange_missing", lambda: _renameat2(f"{root}/a", f"{root}/none", RENAME_EXCHANGE))
+    rec("noreplace", lambda: _renameat2(f"{root}/a", f"{root}/c", RENAME_NOREPLACE))
+    rec("after_noreplace", lambda: [os.path.exists(f"{root}/a"), read("c"), lst("c")])
+    rec("rename_dir", lambda: os.rename(f"{root}/dir", f"{root}/moved"))
+    rec("after_rename_dir", lambda: [os.path.exists(f"{root}/dir"), read("moved/sub/f"), read("moved/g"),
+                                     sorted(os.listdir(f"{root}/moved"))])
+    rec("exchange_dir_and_file", lambda: _renameat2(f"{root}/moved", f"{root}/c", RENAME_EXCHANGE))
+    rec("after_exchange_dir", lambda: [read("moved"), read("c/g"), stat.S_ISDIR(os.stat(f"{root}/c").st_mode)])
+    rec("rmdir_nonempty", lambda: os.rmdir(f"{root}/c"))
+    rec("unlink_in_sub", lambda: os.unlink(f"{root}/c/sub/f"))
+    rec("rmdir", lambda: os.rmdir(f"{root}/c/sub"))
+    rec("after_rmdir", lambda: [os.path.exists(f"{root}/c/sub"), os.listdir(f"{root}/c")])
+    rec("mkfifo", lambda: os.mkfifo(f"{root}/fifo", 0o640))
+    rec("readdir", lambda: [(n, t) for n, t, _ in _getdents(root)])
+    rec("readdir_ino", lambda: all(ino == os.lstat(f"{root}/{n}").st_ino
+                                   for n, _, ino in _getdents(root) if n not in (".", "..")))
+    rec("readdir_sub", lambda: [(n, t) for n, t, _ in _getdents(f"{root}/c")])
+
+    def fsyncs():
+        fd = os.open(f"{root}/synced", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"x" * 10000)
+            os.fsync(fd)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return read("synced") == "x" * 10000
+    rec("fsync", fsyncs)
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_operations_without_an_fsx_counterpart_match_native(mode, tmp_path):
+    native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
+    for d in (native, src, mnt):
+        d.mkdir()
+    want = _operations(str(native))
+    with mounted(str(src), str(mnt), mode):
+        got = _operations(str(mnt))
+        through_mount = tree(str(mnt))
+        fs_mnt, fs_src = os.statvfs(mnt), os.statvfs(src)
+    assert want["readlink"] == ["a", "../nowhere/x"] and want["after_exchange"][:3] == ["bravo!", "alpha", "bravo!"]
+    assert want["after_chown"][0][1:3] == [65534, 100] and want["after_utime"][0] == (1_000_000_123, 2_000_000_456)
+    assert ("fifo", 1) in want["readdir"] and ("ln", 10) in want["readdir"] and ("c", 4) in want["readdir"]
+    assert want["rmdir"] is None and want["fsync"] is True
+    assert got == want
+    strip = lambda t: {k: v[:-1] for k, v in t.items()}  # noqa: E731  (file mtimes differ between runs)
+    assert strip(through_mount) == strip(tree(str(native)))
+    assert through_mount == tree(str(src))
+    for f in ("f_bsize", "f_frsize", "f_blocks", "f_files", "f_namemax"):
+        assert getattr(fs_mnt, f) == getattr(fs_src, f), f
+    # free space moves with whatever else writes to the disk meanwhile
+    assert abs(fs_mnt.f_bavail - fs_src.f_bavail) < fs_src.f_blocks // 100
+    assert abs(fs_mnt.f_ffree - fs_src.f_ffree) < fs_src.f_files // 100
 
 
 NOBODY_SCRIPT = r"""
