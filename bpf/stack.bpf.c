@@ -21,7 +21,8 @@
  * id, once given, keeps naming the same stack until user space clears the map, so a
  * count read later can never be attributed to a different stack). A collision or a
  * full map is counted in `stats` and the key gets a negative id ("[lost stack]").
- * mem:    uprobes/uretprobes on libc's allocators and free (see below); with --kernel,
+ * mem:    uprobes/uretprobes on libc's allocators and free, and on mmap/munmap (the
+ *         program's own mappings: one user read of the return address per mmap); with --kernel,
  *         tp_btf kmalloc/kmem_cache_alloc/mm_page_alloc and their frees instead: a hash
  *         lookup per free and a stack walk per tracked allocation (filter with --pid).
  * load:   the cpu program behind a gate (an array user space arms every 100 ms while
@@ -57,6 +58,11 @@ const volatile __u64 min_block_ns = 10000;	/* offcpu: shorter blocks are not cou
 const volatile __u64 max_block_ns = ~0ULL;
 const volatile __u32 sample_every = 1;		/* mem: track one allocation in N */
 const volatile bool gated = false;		/* load: sample only while `gate` is armed */
+/* mem: libc's mmap, to tell libc's own calls (malloc's large blocks) from the program's */
+const volatile __u64 libc_mmap_vaddr = 0;	/* mmap's link-time address in libc */
+const volatile __u64 libc_text_lo = 0;		/* libc's executable segment, link-time */
+const volatile __u64 libc_text_hi = 0;		/* 0: unknown, every mmap is the program's */
+const volatile __u64 page_size = 4096;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -129,6 +135,30 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } alloc_sizes SEC(".maps");
+
+/* mem: the program's mappings by start address (alloc_info.size: whole pages), the
+ * start of each by its end (to follow a munmap of a mapping's tail), and mmap's length
+ * between entry and return */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct alloc_info);
+} mmaps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} mmap_ends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} mmap_lens SEC(".maps");
 
 /* mem: posix_memalign's out-pointer, between entry and return */
 struct {
@@ -512,24 +542,33 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 
 /* ---- mem: libc allocations through uprobes ------------------------------------------ */
 
-static __always_inline void mem_enter(__u64 size)
+/* one call in sample_every is tracked */
+static __always_inline bool mem_sampled(void)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id, zero = 0;
+	__u32 zero = 0;
 	__u64 *tick;
 
-	if (!wanted(id >> 32))
-		return;
 	if (sample_every > 1) {
 		tick = bpf_map_lookup_elem(&sample_tick, &zero);
 		if (!tick || (*tick)++ % sample_every)
-			return;
+			return false;
 	}
+	return true;
+}
+
+static __always_inline void mem_enter(__u64 size)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+
+	if (!wanted(id >> 32) || !mem_sampled())
+		return;
 	bpf_map_update_elem(&alloc_sizes, &tid, &size, BPF_ANY);
 }
 
-/* count one live allocation at ptr under the current task and stacks */
-static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
+/* count one live allocation at ptr (in `live`: allocs or mmaps) under the current task
+ * and stacks; false if it could not be */
+static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 size)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
@@ -543,9 +582,9 @@ static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
 	info.key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
 	info.key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, NULL) : -1;
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
-	if (bpf_map_update_elem(&allocs, &ptr, &info, BPF_ANY)) {
+	if (bpf_map_update_elem(live, &ptr, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);
-		return;
+		return false;
 	}
 	val = bpf_map_lookup_elem(&counts, &info.key);
 	if (!val) {
@@ -555,13 +594,25 @@ static __always_inline void mem_track(void *ctx, __u64 ptr, __u64 size)
 		val = bpf_map_lookup_elem(&counts, &info.key);
 		if (!val) {
 			stat_inc(STAT_MAP_FULL);
-			bpf_map_delete_elem(&allocs, &ptr);
-			return;
+			bpf_map_delete_elem(live, &ptr);
+			return false;
 		}
 	}
 	__sync_fetch_and_add(&val->count, 1);
 	__sync_fetch_and_add(&val->bytes, info.size);
 	stat_inc(STAT_SAMPLES);
+	return true;
+}
+
+/* take blocks and bytes back from the key an allocation was counted under */
+static __always_inline void mem_uncount(struct stack_key *key, __s64 blocks, __s64 bytes)
+{
+	struct stack_val *val = bpf_map_lookup_elem(&counts, key);
+
+	if (val) {
+		__sync_fetch_and_add(&val->count, -blocks);
+		__sync_fetch_and_add(&val->bytes, -bytes);
+	}
 }
 
 static __always_inline void mem_return(void *ctx, __u64 ptr)
@@ -575,24 +626,19 @@ static __always_inline void mem_return(void *ctx, __u64 ptr)
 	n = *size;
 	bpf_map_delete_elem(&alloc_sizes, &tid);
 	if (ptr)
-		mem_track(ctx, ptr, n);
+		mem_track(ctx, &allocs, ptr, n);
 }
 
 static __always_inline void mem_free(__u64 ptr)
 {
 	struct alloc_info *info;
-	struct stack_val *val;
 
 	if (!ptr)
 		return;
 	info = bpf_map_lookup_elem(&allocs, &ptr);
 	if (!info)
 		return;
-	val = bpf_map_lookup_elem(&counts, &info->key);
-	if (val) {
-		__sync_fetch_and_add(&val->count, -1);
-		__sync_fetch_and_add(&val->bytes, -(__s64)info->size);
-	}
+	mem_uncount(&info->key, 1, info->size);
 	bpf_map_delete_elem(&allocs, &ptr);
 }
 
@@ -655,6 +701,138 @@ int BPF_KRETPROBE(posix_memalign_return, int ret)
 SEC("uprobe")
 int BPF_KPROBE(free_enter, void *ptr) { mem_free((__u64)ptr); return 0; }
 
+/* ---- mem: the program's own mappings (libc mmap/munmap) ------------------------------
+ * A mapping counts its whole pages on the stack that mapped it until they are unmapped.
+ * munmap(addr, len) over [addr, addr + len rounded up to pages) follows:
+ * - whole mappings starting at addr and laid end to end in the range (up to MUNMAP_SPAN):
+ *   freed;
+ * - a range that ends inside the mapping starting at addr (its head): the mapping is
+ *   counted smaller, from the range's end on;
+ * - a range ending where a mapping that starts below addr ends (its tail): smaller too.
+ * A hole punched in the middle of a mapping, mremap and a MAP_FIXED mapping over part of
+ * another are not followed: those bytes stay counted until the process exits. */
+#define MUNMAP_SPAN 16
+
+/* libc's own mmap calls (malloc's large blocks, counted by malloc) return into libc:
+ * the return address, less the load bias (the probe sits at mmap's first instruction),
+ * lies in libc's executable segment */
+static __always_inline bool called_from_libc(struct pt_regs *ctx)
+{
+	__u64 ret = 0, bias;
+
+	if (!libc_text_hi)
+		return false;
+#if defined(__TARGET_ARCH_x86)
+	if (bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx)))
+		return false;
+#else
+	ret = PT_REGS_RET(ctx);	/* the link register */
+#endif
+	bias = PT_REGS_IP(ctx) - libc_mmap_vaddr;
+	return ret - bias >= libc_text_lo && ret - bias < libc_text_hi;
+}
+
+static __always_inline __u64 page_up(__u64 n)
+{
+	return (n + page_size - 1) & ~(page_size - 1);
+}
+
+/* forget the whole mapping at start */
+static __always_inline void mmap_forget(__u64 start, struct alloc_info *info)
+{
+	__u64 end = start + info->size;
+
+	mem_uncount(&info->key, 1, info->size);
+	bpf_map_delete_elem(&mmap_ends, &end);
+	bpf_map_delete_elem(&mmaps, &start);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(mmap_enter, void *addr, __u64 len)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+
+	if (!wanted(id >> 32) || called_from_libc(ctx) || !mem_sampled())
+		return 0;
+	bpf_map_update_elem(&mmap_lens, &tid, &len, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(mmap_return, void *ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *lenp = bpf_map_lookup_elem(&mmap_lens, &tid);
+	__u64 ptr = (__u64)ret, size, end;
+	struct alloc_info *old;
+
+	if (!lenp)
+		return 0;
+	size = page_up(*lenp);
+	bpf_map_delete_elem(&mmap_lens, &tid);
+	if (ptr == ~0ULL || !ptr || !size)	/* MAP_FAILED */
+		return 0;
+	old = bpf_map_lookup_elem(&mmaps, &ptr);
+	if (old)	/* MAP_FIXED over a mapping of ours at the same start: it is gone */
+		mmap_forget(ptr, old);
+	if (mem_track(ctx, &mmaps, ptr, size)) {
+		end = ptr + size;
+		bpf_map_update_elem(&mmap_ends, &end, &ptr, BPF_ANY);
+	}
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(munmap_enter, __u64 addr, __u64 len)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u64 end, start, old_end, *startp, cut;
+	struct alloc_info *info, moved;
+	int i;
+
+	if (!len || (addr & (page_size - 1)))	/* EINVAL: nothing is unmapped */
+		return 0;
+	end = addr + page_up(len);
+	/* the tail of a mapping that starts below addr */
+	startp = bpf_map_lookup_elem(&mmap_ends, &end);
+	if (startp && *startp < addr) {
+		start = *startp;
+		info = bpf_map_lookup_elem(&mmaps, &start);
+		if (!info || info->key.pid != pid)
+			return 0;
+		cut = end - addr;
+		mem_uncount(&info->key, 0, cut);
+		info->size -= cut;
+		bpf_map_delete_elem(&mmap_ends, &end);
+		bpf_map_update_elem(&mmap_ends, &addr, &start, BPF_ANY);
+		return 0;
+	}
+	for (i = 0; i < MUNMAP_SPAN && addr < end; i++) {
+		info = bpf_map_lookup_elem(&mmaps, &addr);
+		if (!info || info->key.pid != pid)	/* addresses are per process */
+			break;
+		if (addr + info->size <= end) {
+			__u64 next = addr + info->size;
+
+			mmap_forget(addr, info);
+			addr = next;
+			continue;
+		}
+		/* its head: the rest, from end on, is still mapped */
+		cut = end - addr;
+		moved = *info;
+		moved.size -= cut;
+		mem_uncount(&info->key, 0, cut);
+		old_end = addr + info->size;
+		if (!bpf_map_update_elem(&mmaps, &end, &moved, BPF_ANY))
+			bpf_map_update_elem(&mmap_ends, &old_end, &end, BPF_ANY);	/* now starts at end */
+		bpf_map_delete_elem(&mmaps, &addr);
+		break;
+	}
+	return 0;
+}
+
 /* ---- mem --kernel: kernel allocations (kmem tracepoints), outstanding per stack ------- */
 
 static __always_inline bool kmem_sampled(void)
@@ -676,7 +854,7 @@ SEC("tp_btf/kmalloc")
 int BPF_PROG(kmem_kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc)
 {
 	if (ptr && kmem_sampled())
-		mem_track(ctx, (__u64)ptr, bytes_alloc);
+		mem_track(ctx, &allocs, (__u64)ptr, bytes_alloc);
 	return 0;
 }
 
@@ -684,7 +862,7 @@ SEC("tp_btf/kmem_cache_alloc")
 int BPF_PROG(kmem_cache_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *cache)
 {
 	if (ptr && kmem_sampled())
-		mem_track(ctx, (__u64)ptr, BPF_CORE_READ(cache, size));
+		mem_track(ctx, &allocs, (__u64)ptr, BPF_CORE_READ(cache, size));
 	return 0;
 }
 
@@ -706,7 +884,7 @@ SEC("tp_btf/mm_page_alloc")
 int BPF_PROG(kmem_page_alloc, struct page *page, unsigned int order)
 {
 	if (page && kmem_sampled())
-		mem_track(ctx, (__u64)page, 4096ULL << order);
+		mem_track(ctx, &allocs, (__u64)page, 4096ULL << order);
 	return 0;
 }
 

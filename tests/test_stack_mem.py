@@ -1,6 +1,6 @@
-"""bpfscope stack mem against a program whose allocations are known
+"""bpfscope stack mem against programs whose allocations are known
 (bench/workloads/leak.c: 1,000 blocks of 4 KiB kept by leak_here(), 10,000 blocks of
-every libc allocator allocated and freed by churn())."""
+every libc allocator allocated and freed by churn(); MAPPER below: mmap/munmap)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from conftest import BPFSCOPE
 from test_stack_cpu import build
 from test_stack_outputs import read_profile
 from bpfscope.bpf import wait_for_links
+from bpfscope.exporters.stack import MEM_PROBES
 
 pytestmark = pytest.mark.bpf
+# every uprobe and uretprobe of `stack mem`: the workload starts once all are attached
+# (with the first one only, the first calls of a function probed later were missed)
+MEM_LINKS = sum(1 + (ret is not None) for _enter, ret in MEM_PROBES.values())
 
 
 def run_mem(leak, extra: list[str] = ()) -> tuple[list[dict], int]:
@@ -23,7 +27,7 @@ def run_mem(leak, extra: list[str] = ()) -> tuple[list[dict], int]:
     exporter = subprocess.Popen(BPFSCOPE + ["stack", "mem", "--pid", str(work.pid), "--json", "--interval", "0.5",
                                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for_links(exporter), exporter.stderr.read()
+        assert wait_for_links(exporter, at_least=MEM_LINKS), exporter.stderr.read()
         work.stdin.write("go\n")
         work.stdin.flush()
         assert work.stdout.readline().strip() == "done"
@@ -58,6 +62,133 @@ def test_leaked_4096000_bytes_are_outstanding_on_the_leaking_stack_and_nothing_e
     assert [sum(v[0] for v in in_leak), sum(v[1] for v in in_leak)] == [4_096_000, 1000]
     doc = json.loads(files["speedscope"].read_text())
     assert {p["unit"] for p in doc["profiles"]} == {"bytes"}
+
+
+def build_source(tmp, name: str, source: str):
+    """A C program of this file, built like the workloads (frame pointers kept)."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    src = tmp / f"{name}.c"
+    src.write_text(source)
+    subprocess.run([cc, "-O1", "-fno-omit-frame-pointer", "-o", str(tmp / name), str(src)], check=True)
+    return tmp / name
+
+
+# Mappings of known sizes, each kind from its own function; write(2), not stdio (whose
+# buffer would be one more allocation). map_big() mallocs 1 MiB blocks: libc serves them
+# with its own mmap, which must not be counted a second time.
+MAPPER = r"""
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PAGE 4096
+#define REGION (16 * PAGE)
+static void *kept[512];
+static int nkept;
+
+static inline __attribute__((always_inline)) void *map(void *at, size_t len, int flags)
+{
+	void *p = mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
+
+	if (p == MAP_FAILED)
+		_exit(3);
+	return p;
+}
+
+__attribute__((noinline)) void map_kept(void)		/* 100 x 64 KiB, kept */
+{
+	for (int i = 0; i < 100; i++)
+		kept[nkept++] = map(NULL, REGION, 0);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void map_unmapped(void)	/* 200 x 64 KiB, unmapped whole */
+{
+	for (int i = 0; i < 200; i++)
+		munmap(map(NULL, REGION, 0), REGION);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void map_trimmed(void)	/* 50 x 16 pages, head and tail 4 unmapped: 8 left */
+{
+	for (int i = 0; i < 50; i++) {
+		char *p = map(NULL, REGION, 0);
+
+		munmap(p, 4 * PAGE);
+		munmap(p + 12 * PAGE, 4 * PAGE);
+		kept[nkept++] = p + 4 * PAGE;
+	}
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void map_span(void)		/* 20 x two adjacent mappings, one munmap over both */
+{
+	for (int i = 0; i < 20; i++) {
+		char *p = map(NULL, 2 * REGION, 0);
+
+		munmap(p, 2 * REGION);
+		map(p, REGION, MAP_FIXED_NOREPLACE);
+		map(p + REGION, REGION, MAP_FIXED_NOREPLACE);
+		munmap(p, 2 * REGION);
+	}
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void map_odd(void)		/* 10 x 5000 bytes: 2 pages each */
+{
+	for (int i = 0; i < 10; i++)
+		kept[nkept++] = map(NULL, 5000, 0);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void map_big(void)		/* 5 x malloc(1 MiB), kept */
+{
+	for (int i = 0; i < 5; i++)
+		kept[nkept++] = malloc(1 << 20);
+	__asm__ volatile("");
+}
+
+int main(void)
+{
+	char buf[64];
+
+	if (read(0, buf, sizeof(buf)) < 0)
+		return 1;
+	map_kept();
+	map_unmapped();
+	map_trimmed();
+	map_span();
+	map_odd();
+	map_big();
+	if (write(1, "done\n", 5) != 5)
+		return 1;
+	while (read(0, buf, sizeof(buf)) > 0)
+		;
+	return kept[0] == NULL;
+}
+"""
+
+
+def test_mmap_regions_are_outstanding_on_their_stack_until_munmapped(tmp_path):
+    snapshot, _ = run_mem(build_source(tmp_path, "mapper", MAPPER))
+
+    def on(func: str) -> tuple[int, int]:
+        rows = [r for r in snapshot if r["stack"][-2:] == ["main", func]]
+        return (sum(r["values"]["outstanding_bytes"] for r in rows), sum(r["values"]["outstanding_count"] for r in rows))
+
+    assert on("map_kept") == (100 * 65536, 100)
+    assert on("map_unmapped") == (0, 0)
+    assert on("map_trimmed") == (50 * 8 * 4096, 50)  # head and tail unmapped: the middle 8 pages
+    assert on("map_span") == (0, 0)  # one munmap over two mappings laid end to end
+    assert on("map_odd") == (10 * 8192, 10)  # a mapping holds whole pages
+    assert on("map_big") == (5 << 20, 5)  # malloc's own mmap is not counted again
+    total = sum(r["values"]["outstanding_bytes"] for r in snapshot)
+    assert total == 100 * 65536 + 50 * 8 * 4096 + 10 * 8192 + (5 << 20), snapshot
 
 
 PIPES_HOLDER = """

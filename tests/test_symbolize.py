@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bpfscope.symbolize import KERNEL_SUFFIX, Kallsyms, Symbolizer
-from bpfscope.symbolize.elf import read_build_id, read_elf
+from bpfscope.symbolize.elf import code_layout, read_build_id, read_elf
 from bpfscope.symbolize.procmaps import PerfMap, parse_maps
 
 CC = shutil.which("cc") or shutil.which("gcc")
@@ -101,6 +101,22 @@ def test_libc_symbols_match_nm_dynamic():
     for name, addr in want.items():
         found, off = elf.lookup(addr + 1)
         assert off == 1 and elf.addrs[elf.names.index(found)] == addr
+
+
+def test_code_layout_matches_nm_and_readelf(built):
+    """The address of a function and the executable segments' range, as `nm` and
+    `readelf -l` give them (stack mem tells libc's own mmap calls apart with them)."""
+    path = built / "libsymtest.so"
+    lo, hi = 1 << 64, 0
+    out = subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "LOAD" and "E" in parts[6:-1]:
+            vaddr, memsz = int(parts[2], 16), int(parts[5], 16)
+            lo, hi = min(lo, vaddr), max(hi, vaddr + memsz)
+    assert hi > lo
+    assert code_layout(str(path), "lib_function") == (_nm(path)["lib_function"], lo, hi)
+    assert code_layout(str(path), "lib_func") is None  # a prefix is not the name
 
 
 def test_build_id_matches_readelf(built):

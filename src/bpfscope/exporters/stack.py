@@ -4,8 +4,8 @@ Kernel side: bpf/stack.bpf.c, one object, one program set per mode:
 - cpu: samples with the software cpu-clock (perf_event) on every online CPU;
 - offcpu: adds the time each task spends switched out to the stack it switched out
   with (tp_btf/sched_switch alone), per task state;
-- mem: libc allocations minus frees per user stack (uprobes), a snapshot of what is
-  outstanding; with --kernel, kernel allocations (kmem tracepoints) per kernel stack;
+- mem: libc allocations minus frees, and the program's mmap minus munmap, per user
+  stack (uprobes), a snapshot of what is outstanding; with --kernel, kernel allocations (kmem tracepoints) per kernel stack;
 - io: bytes of read/write-family system calls per user stack (raw_tp sys_exit);
 - load: cpu sampling behind a gate that a thread here arms while the load is high;
 - block: block-device requests, device time and bytes per submitting stack.
@@ -73,7 +73,8 @@ IO_DIRECTIONS = {0: "read", 1: "write"}  # stack_key.state in io mode
 MEM_PROBES = {"malloc": ("malloc_enter", "malloc_return"), "free": ("free_enter", None),
               "calloc": ("calloc_enter", "calloc_return"), "realloc": ("realloc_enter", "realloc_return"),
               "posix_memalign": ("posix_memalign_enter", "posix_memalign_return"),
-              "aligned_alloc": ("aligned_alloc_enter", "aligned_alloc_return")}
+              "aligned_alloc": ("aligned_alloc_enter", "aligned_alloc_return"),
+              "mmap": ("mmap_enter", "mmap_return"), "munmap": ("munmap_enter", None)}
 
 
 def runqueue_length(path: str = "/proc/loadavg") -> int:
@@ -237,6 +238,8 @@ class StackExporter(Exporter):
                   "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
                   "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
+        if self.mode.name == "mem" and not self.kernel_mem:
+            rodata.update(self._libc_mmap_layout())
         # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
         # under kmalloc): sized only where kernel stacks are interned by content
         sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if self.kstacks_interned else 1,
@@ -265,6 +268,20 @@ class StackExporter(Exporter):
                 self.obj.programs[name].attach()
         else:
             prog.attach()
+
+    def _libc_mmap_layout(self) -> dict:
+        """Where libc's mmap and code are, so that the kernel side can skip libc's own
+        mmap calls (malloc's large blocks are counted by malloc already)."""
+        from ..symbolize.elf import ElfError, code_layout
+
+        rodata = {"page_size": os.sysconf("SC_PAGE_SIZE")}
+        try:
+            layout = code_layout(libc_path(self.pid), "mmap")
+        except (OSError, ElfError):
+            layout = None  # _attach_mem reports a missing libc
+        if layout:
+            rodata.update(libc_mmap_vaddr=layout[0], libc_text_lo=layout[1], libc_text_hi=layout[2])
+        return rodata
 
     def _attach_mem(self) -> None:
         from ..bpf import BpfError
@@ -344,13 +361,17 @@ class StackExporter(Exporter):
                 self.obj.maps["counts"].delete(key)
         self._mem_reads = getattr(self, "_mem_reads", 0) + 1
         if self._mem_reads % 10 == 0:
-            allocs = self.obj.maps["allocs"]
-            for addr, info in allocs.batch():
-                pid = info.key.pid
-                if pid not in alive:
-                    alive[pid] = os.path.exists(f"/proc/{pid}")
-                if not alive[pid]:
-                    allocs.delete(addr)
+            ends = self.obj.maps["mmap_ends"]
+            for name in ("allocs", "mmaps"):
+                live = self.obj.maps[name]
+                for addr, info in live.batch():
+                    pid = info.key.pid
+                    if pid not in alive:
+                        alive[pid] = os.path.exists(f"/proc/{pid}")
+                    if not alive[pid]:
+                        live.delete(addr)
+                        if name == "mmaps":
+                            ends.delete(getattr(addr, "value", addr) + info.size)
         return kept
 
     def _read_stats(self) -> list[int]:

@@ -194,3 +194,39 @@ def read_build_id(path: str) -> str | None:
         return None
     finally:
         m.close()
+
+
+PF_X = 1
+
+
+def code_layout(path: str, symbol: str) -> tuple[int, int, int] | None:
+    """(link-time address of the function `symbol` in .dynsym or .symtab, low and high
+    link-time address of the executable PT_LOAD segments) of an ELF file, or None when the
+    symbol is not there. The probes use it to tell a call from inside the file itself."""
+    m = _map(path)
+    try:
+        if len(m) < 64 or m[:4] != b"\x7fELF" or m[4] != 2 or m[5] != 1:
+            raise ElfError("not a 64-bit little-endian ELF file")
+        (_type, _machine, _version, _entry, e_phoff, e_shoff, _flags, _ehsize, e_phentsize, e_phnum,
+         e_shentsize, e_shnum, _shstrndx) = struct.unpack_from("<HHIQQQIHHHHHH", m, 16)
+        lo, hi = 1 << 64, 0
+        for i in range(e_phnum):
+            p_type, p_flags, _off, p_vaddr, _paddr, _filesz, p_memsz, _align = struct.unpack_from(
+                "<IIQQQQQQ", m, e_phoff + i * e_phentsize)
+            if p_type == PT_LOAD and p_flags & PF_X:
+                lo, hi = min(lo, p_vaddr), max(hi, p_vaddr + p_memsz)
+        want = symbol.encode()
+        secs = list(_sections(m, e_shoff, e_shnum, e_shentsize)) if e_shoff else []
+        for sec in secs:
+            if sec[1] not in (SHT_DYNSYM, SHT_SYMTAB) or sec[6] >= len(secs):
+                continue
+            _, _, _, _, off, size, link, _, _, entsize = sec
+            stroff = secs[link][4]
+            for st_name, st_info, _other, st_shndx, st_value, _size in struct.iter_unpack(
+                    "<IBBHQQ", m[off:off + size - size % (entsize or 24)]):
+                if st_shndx and st_value and (st_info & 0xF) in (STT_FUNC, STT_GNU_IFUNC) and \
+                        m[stroff + st_name:stroff + st_name + len(want) + 1] == want + b"\0":
+                    return (st_value, lo, hi) if hi else None
+        return None
+    finally:
+        m.close()
