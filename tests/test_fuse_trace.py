@@ -224,3 +224,43 @@ def test_passthrough_reads_never_reach_the_server(stats, tmp_path, mode, reads):
         assert got[P.READ]["count"] >= reads
     else:
         assert P.READ not in got, got[P.READ]
+
+
+def test_bench_smoke_json_has_every_phase_and_the_requests_per_small_read(tmp_path):
+    """`fuse bench` with tiny sizes: every phase for native and each mode, ratios to native, and
+    FUSE requests per operation from the tracepoints: ~5 per cold small-file read in plain
+    (LOOKUP OPEN READ FLUSH RELEASE), at most 2 in fast."""
+    from bpfscope.fuse.bench import PHASES
+    r = subprocess.run(BPFSCOPE + ["fuse", "bench", str(tmp_path), "--modes", "plain,fast", "--files", "200",
+                                   "--big-mib", "4", "--rand-reads", "100", "--creates", "50", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["params"] == {"files": 200, "file_bytes": 4096, "big_mib": 4, "rand_reads": 100, "creates": 50}
+    assert list(out["variants"]) == ["native", "plain", "fast"]
+    for name, res in out["variants"].items():
+        assert set(res) == {key for key, _, _ in PHASES}, name
+        for key, ph in res.items():
+            assert ph["seconds"] > 0 and ph["throughput"] > 0, (name, key)
+            if name == "native":
+                assert ph["ratio_to_native"] == 1.0 and "requests" not in ph
+            else:
+                assert ph["ratio_to_native"] > 0 and ph["requests_per_op"] >= 0, (name, key)
+    plain, fast = out["variants"]["plain"]["cold_small"], out["variants"]["fast"]["cold_small"]
+    assert 4.8 <= plain["requests_per_op"] <= 5.5, plain
+    for op in ("LOOKUP", "OPEN", "READ", "FLUSH", "RELEASE"):
+        assert 0.99 <= plain["requests"][op] / 200 <= 1.05, (op, plain["requests"])
+    assert fast["requests_per_op"] <= 2, fast
+    assert out["variants"]["fast"]["warm_small"]["requests_per_op"] < 0.1
+    assert len(os.listdir(tmp_path / "fsr-data" / "small")) == 200  # the data stays for the next run
+
+
+def test_bench_bad_input_is_one_line(tmp_path):
+    for args, msg in ((["--modes", "plain,bogus"], "bpfscope: unknown mode 'bogus'"),
+                      (["--files", "0"], "--files")):
+        r = subprocess.run(BPFSCOPE + ["fuse", "bench", str(tmp_path), *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and msg in r.stderr, r.stderr
+    r = subprocess.run(BPFSCOPE + ["fuse", "bench", str(tmp_path / "nope")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and r.stderr.strip() == f"bpfscope: {tmp_path / 'nope'} is not a directory", r.stderr
