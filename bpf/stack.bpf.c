@@ -160,6 +160,13 @@ struct {
 	__type(value, __u64);
 } mmap_lens SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct realloc_call);
+} realloc_calls SEC(".maps");
+
 /* mem: posix_memalign's out-pointer, between entry and return */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -657,13 +664,34 @@ int BPF_KRETPROBE(calloc_return, void *ret) { mem_return(ctx, (__u64)ret); retur
 SEC("uprobe")
 int BPF_KPROBE(realloc_enter, void *ptr, __u64 size)
 {
-	mem_free((__u64)ptr);	/* the old block is gone (or moved): it is the new one now */
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct realloc_call call = { .ptr = (__u64)ptr, .size = size };
+
+	/* every call, sampled or not: the old block may have been */
+	if (ptr && wanted(id >> 32))
+		bpf_map_update_elem(&realloc_calls, &tid, &call, BPF_ANY);
 	mem_enter(size);
 	return 0;
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(realloc_return, void *ret) { mem_return(ctx, (__u64)ret); return 0; }
+int BPF_KRETPROBE(realloc_return, void *ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct realloc_call *call = bpf_map_lookup_elem(&realloc_calls, &tid);
+
+	if (call) {
+		/* the old block is gone (moved, or kept as the new one) once realloc returned
+		 * one; NULL is a failure that leaves it allocated, except for realloc(p, 0),
+		 * which frees p (glibc) */
+		if (ret || !call->size)
+			mem_free(call->ptr);
+		bpf_map_delete_elem(&realloc_calls, &tid);
+	}
+	mem_return(ctx, (__u64)ret);	/* after the free: the new block may be the old one */
+	return 0;
+}
 
 SEC("uprobe")
 int BPF_KPROBE(aligned_alloc_enter, __u64 align, __u64 size) { mem_enter(size); return 0; }

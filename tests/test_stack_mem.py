@@ -252,3 +252,69 @@ def test_kernel_memory_of_500_open_pipes_is_outstanding_on_alloc_pipe_info_until
     else:
         assert "pipe2" in user_frames, user_frames  # libc's wrapper, the caller of the system call
     assert pipe_objects(marks[0], marks[1]) == []
+
+
+# realloc's three outcomes, each from its own function: a failure (NULL, the block stays),
+# a move or growth (the new block replaces the old), realloc(p, 0) (glibc frees p)
+REALLOCER = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void *kept[20];
+static volatile size_t huge = PTRDIFF_MAX;	/* more than any allocator gives */
+
+__attribute__((noinline)) void keep_failed(void)	/* 10 x 4096, each realloc'ed to huge: fails */
+{
+	for (int i = 0; i < 10; i++) {
+		kept[i] = malloc(4096);
+		if (realloc(kept[i], huge))
+			_exit(4);
+	}
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void grow(void)		/* 10 x 100 bytes grown to 8192 */
+{
+	for (int i = 0; i < 10; i++)
+		kept[10 + i] = realloc(malloc(100), 8192);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void to_zero(void)		/* 10 x 300 bytes, realloc(p, 0) */
+{
+	for (int i = 0; i < 10; i++)
+		if (realloc(malloc(300), 0))
+			_exit(5);
+	__asm__ volatile("");
+}
+
+int main(void)
+{
+	char buf[64];
+
+	if (read(0, buf, sizeof(buf)) < 0)
+		return 1;
+	keep_failed();
+	grow();
+	to_zero();
+	if (write(1, "done\n", 5) != 5)
+		return 1;
+	while (read(0, buf, sizeof(buf)) > 0)
+		;
+	return kept[0] == NULL;
+}
+"""
+
+
+def test_a_failed_realloc_leaves_the_old_block_outstanding(tmp_path):
+    snapshot, _ = run_mem(build_source(tmp_path, "reallocer", REALLOCER))
+
+    def on(func: str) -> tuple[int, int]:
+        rows = [r for r in snapshot if r["stack"][-2:] == ["main", func]]
+        return (sum(r["values"]["outstanding_bytes"] for r in rows), sum(r["values"]["outstanding_count"] for r in rows))
+
+    assert on("keep_failed") == (10 * 4096, 10)  # was forgotten at realloc's entry: (0, 0)
+    assert on("grow") == (10 * 8192, 10)
+    assert on("to_zero") == (0, 0)
+    assert sum(r["values"]["outstanding_bytes"] for r in snapshot) == 10 * 4096 + 10 * 8192, snapshot

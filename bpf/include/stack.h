@@ -40,6 +40,13 @@ struct alloc_info {
 	struct stack_key key;
 };
 
+/* mem: realloc's arguments, between its entry and its return (the old block is forgotten
+ * only once the call succeeded: a failed realloc leaves it allocated) */
+struct realloc_call {
+	__u64 ptr;
+	__u64 size;
+};
+
 /* offcpu: per task, what is known between its switch-out and its switch-in. At every
  * switch-out: the time, the state and the user stack id. The id comes from one of the
  * task's last two walks (a task often switches out at two sites in turn: preempted by the
