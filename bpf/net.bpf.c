@@ -15,9 +15,9 @@
  *   socket; an array lookup by socket cookie (a socket-storage lookup when the socket's
  *   slot is another's), and the owner is written the first time only.
  * - With --events: tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
- *   tcp_cong_state_set, sock_rcvqueue_full: one ring-buffer record each; tcp_probe (every
- *   segment a connection receives): a socket-storage lookup, a record when the connection
- *   leaves slow start or goes back to it.
+ *   tcp_cong_state_set: one ring-buffer record each; tcp_probe (every segment a
+ *   connection receives): a socket-storage lookup, a record when the connection leaves
+ *   slow start or goes back to it, or its receive window closes.
  * - With --drops: skb:kfree_skb, counted per drop reason in a per-CPU hash; one
  *   ring-buffer record per dropped IP packet.
  * - With --latency: netif_rx, napi_gro_receive_entry, netif_receive_skb[_list]_entry,
@@ -126,13 +126,17 @@ struct {
 	__type(value, struct net_conn_lat);
 } conn_lat SEC(".maps");
 
-/* --events: 1 while a connection is out of slow start (created when it first leaves it). */
+/* --events: what the last segment a connection received showed (TCP_SEEN_*), kept only
+ * once something differs from a new connection's (in slow start, window open). */
+#define TCP_SEEN_PAST_SLOW_START 1
+#define TCP_SEEN_WINDOW_CLOSED 2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, __u8);
-} past_slow_start SEC(".maps");
+} tcp_seen SEC(".maps");
 
 static const struct net_conn_lat no_lat = {};
 
@@ -571,33 +575,37 @@ int BPF_PROG(net_cong_state, struct sock *sk, const u8 ca_state)
 	return emit(NET_EV_CONG, sk, ca_state, 0, false);
 }
 
-/* Slow start is cwnd < ssthresh. A connection leaves it when HyStart or its first loss sets
- * ssthresh, and goes back to it when a retransmission timeout restarts cwnd at one; neither
- * is a congestion-state change (tcp_cong_state_set), so it is watched on the segments the
- * connection receives, where cwnd moves. */
+/* Two changes no other tracepoint shows, watched on every segment a connection receives:
+ * - slow start is cwnd < ssthresh: a connection leaves it when HyStart or its first loss
+ *   sets ssthresh, and goes back to it when a retransmission timeout restarts cwnd at one
+ *   (neither is a congestion-state change, tcp_cong_state_set);
+ * - the receive queue is full when the window this host offers has closed (rcv_wup +
+ *   rcv_wnd - rcv_nxt <= 0: the application does not read). TCP never queues past its
+ *   window, so sock_rcvqueue_full (other protocols' overflow) never fires for it; a
+ *   segment arriving on a closed window (a zero-window probe, data in flight) does. */
 SEC("tp_btf/tcp_probe")
-int BPF_PROG(net_slow_start, struct sock *sk, const struct sk_buff *skb)
+int BPF_PROG(net_tcp_seen, struct sock *sk, const struct sk_buff *skb)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	__u8 *past;
-	bool slow;
+	__u8 now = 0, *seen;
+	__u32 cwnd;
 
 	if (!tp)
 		return 0;
-	slow = tp->snd_cwnd < tp->snd_ssthresh;
-	past = bpf_sk_storage_get(&past_slow_start, tp, 0, slow ? 0 : BPF_SK_STORAGE_GET_F_CREATE);
-	if (!past || *past == !slow)	/* never left it, or no change */
+	cwnd = tp->snd_cwnd;
+	if (cwnd >= tp->snd_ssthresh)
+		now |= TCP_SEEN_PAST_SLOW_START;
+	if ((__s32)(tp->rcv_wup + tp->rcv_wnd - tp->rcv_nxt) <= 0)
+		now |= TCP_SEEN_WINDOW_CLOSED;
+	seen = bpf_sk_storage_get(&tcp_seen, tp, 0, now ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!seen || *seen == now)	/* as a new connection, or no change */
 		return 0;
-	*past = !slow;
-	return emit(NET_EV_SLOW_START, sk, tp->snd_cwnd, !slow, false);
-}
-
-SEC("tp_btf/sock_rcvqueue_full")
-int BPF_PROG(net_rcvq_full, struct sock *sk, struct sk_buff *skb)
-{
-	if (!is_inet_tcp(sk))
-		return 0;
-	return emit(NET_EV_RCVQ_FULL, sk, skb->truesize, 0, false);
+	if ((*seen ^ now) & TCP_SEEN_PAST_SLOW_START)
+		emit(NET_EV_SLOW_START, sk, cwnd, !!(now & TCP_SEEN_PAST_SLOW_START), false);
+	if (now & ~*seen & TCP_SEEN_WINDOW_CLOSED)	/* arg: bytes waiting for the application */
+		emit(NET_EV_RCVQ_FULL, sk, tp->rcv_nxt - tp->copied_seq, tp->rcv_wnd, false);
+	*seen = now;
+	return 0;
 }
 
 /* ---- --drops ------------------------------------------------------------------------ */

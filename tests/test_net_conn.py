@@ -193,6 +193,37 @@ def test_bytes_and_internals_match_ss_after_10mib_out_and_1mib_back(net, peers):
         assert v["bytes_retrans"] == int(ss.get("bytes_retrans", 0))
 
 
+def test_a_receiver_that_does_not_read_shows_its_receive_queue_full(net):
+    """The application stops reading: its receive queue fills, the window it offers closes
+    (the tcp_rcvq_full event, on its socket and process), and the unread bytes are what
+    `ss` shows in Recv-Q."""
+    import os
+    import socket
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the accepted socket
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    with srv, socket.create_connection(("127.0.0.1", port)) as c:
+        a, _ = srv.accept()
+        with a:
+            c.setblocking(False)
+            end = time.monotonic() + 1.5  # past the first zero-window probes (~0.2 s and doubling)
+            while time.monotonic() < end:
+                try:
+                    c.send(b"x" * 65536)
+                except BlockingIOError:
+                    time.sleep(0.01)
+            records = net.collect(1.0)
+            recv_q = int(subprocess.run(["ss", "-tnH", "state", "established", "sport", f"= :{port}"],
+                                        capture_output=True, text=True, check=True).stdout.split()[0])
+    full = [r for r in records if r["kind"] == "tcp_rcvq_full" and r["labels"]["lport"] == str(port)]
+    assert full, [r["kind"] for r in records if r["kind"] != "tcp_conn"]
+    assert (full[0]["pid"], full[0]["labels"]["direction"]) == (os.getpid(), "in")
+    assert recv_q > 0 and full[0]["values"]["unread_bytes"] == recv_q
+
+
 def test_short_lived_client_and_accepting_server_are_attributed_and_closed(net, peers):
     srv = peers("server", "--expect", 1, "--name", "nt-acc")
     port = srv.port()

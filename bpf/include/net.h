@@ -89,7 +89,7 @@ enum net_event_type {
 	NET_EV_RST_SENT = 5,
 	NET_EV_RST_RECV = 6,
 	NET_EV_CONG = 7,	/* congestion state change: arg = new ca_state */
-	NET_EV_RCVQ_FULL = 8,
+	NET_EV_RCVQ_FULL = 8,	/* the receive window closed: arg = bytes unread, arg2 = rcv_wnd */
 	NET_EV_DROP = 9,	/* arg = skb_drop_reason */
 	NET_EV_SLOW_START = 10,	/* arg = snd_cwnd, arg2 = 1: left slow start, 0: back in it */
 };

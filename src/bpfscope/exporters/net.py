@@ -6,7 +6,7 @@ Kernel side: bpf/net.bpf.c, read through net_kernel.NetKernel. Each interval:
 - the ring buffer's records since the last interval -> `tcp_close` (always: lifetime and
   totals), and with --events `tcp_connect`, `tcp_accept`, `tcp_retrans`,
   `tcp_reset_sent`, `tcp_reset_recv`, `tcp_cong_state`, `tcp_slow_start` (left it or
-  back in it), `tcp_rcvq_full`;
+  back in it), `tcp_rcvq_full` (the receive window closed: the application does not read);
 - with --drops, packets freed per drop reason and interval (`pkt_drops`, the reason
   named from kernel BTF) and one `pkt_drop` per dropped IP packet with its addresses
   and ports (from its socket when it has one, else from its headers);
@@ -345,8 +345,8 @@ class NetExporter(Exporter):
                     labels["state"] = tcp_state_name(ev["arg"])
             elif etype == NET_EV_SLOW_START:  # values: cwnd and ssthresh when it happened
                 labels["slow_start"] = "left" if ev["arg2"] else "entered"
-            elif etype == NET_EV_RCVQ_FULL:
-                values["skb_truesize_bytes"] = ev["arg"]
+            elif etype == NET_EV_RCVQ_FULL:  # the window this host offers closed
+                values["unread_bytes"] = ev["arg"]
         return self._record(kind, ev["ts_ns"], pid, tid, comm, labels, values)
 
     def _drop_records(self, ts: int) -> list[dict]:
@@ -566,6 +566,8 @@ def _event_detail(r: dict) -> str:
     if r["kind"] == "tcp_close":
         life = v.get("lifetime_ns")
         return f"after {life / 1e9:.3f} s" if life is not None else ""
+    if r["kind"] == "tcp_rcvq_full":
+        return f"window closed, {v.get('unread_bytes')} bytes unread"
     if r["kind"] in ("tcp_connect", "tcp_accept") and "handshake_us" in v:
         return f"handshake {v['handshake_us']} us"
     return lab.get("state", "")

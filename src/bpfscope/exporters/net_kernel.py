@@ -38,8 +38,7 @@ TCP_LISTEN = 10
 
 CORE_PROGRAMS = ["net_state", "net_send", "net_recv", "net_iter_tcp", "net_iter_owner"]
 ESSENTIAL_PROGRAMS = ("net_state", "net_iter_tcp")  # the rest degrade: owners come later, or an option is off
-EVENT_PROGRAMS = ["net_retransmit", "net_send_reset", "net_receive_reset", "net_cong_state", "net_rcvq_full",
-                  "net_slow_start"]
+EVENT_PROGRAMS = ["net_retransmit", "net_send_reset", "net_receive_reset", "net_cong_state", "net_tcp_seen"]
 DROP_PROGRAMS = ["net_kfree_skb"]
 LATENCY_PROGRAMS = ["net_lat_rx_dev", "net_lat_rx_gro", "net_lat_rx_entry", "net_lat_rx_list", "net_lat_rx_l2",
                     "net_lat_rx_tcp", "net_lat_rx_app", "net_lat_tx_send", "net_lat_tx_queue", "net_lat_tx_xmit"]
