@@ -228,10 +228,10 @@ def test_short_lived_client_and_accepting_server_are_attributed_and_closed(net, 
     srv = peers("server", "--expect", 1, "--name", "nt-acc")
     port = srv.port()
     cli = peers("client", "--port", port, "--send", 1, "--exit", "--name", "nt-short")
+    assert cli.line() == "done"  # connected and wrote its byte
     t0 = time.monotonic()
-    assert cli.line() == "done"
-    cli.proc.wait(5)  # gone right after connecting and writing one byte
-    assert time.monotonic() - t0 < 1.0
+    cli.proc.wait(5)
+    assert time.monotonic() - t0 < 0.1  # and gone within 100 ms of it
     assert srv.line() == "done"
     records = net.collect(1.0)
     (out,) = conns(records, rport=port)  # the client's orphaned socket, FIN sent

@@ -87,3 +87,33 @@ def test_receiver_delay_shows_between_tcp_and_the_application():
     assert receiver["lat_app_to_tcp_samples"] >= CORKS
     assert receiver["lat_app_to_tcp_mean_ns"] >= CORK_S * 1e9 * 0.9
     assert "lat_app_to_tcp_mean_ns" not in sender or sender["lat_app_to_tcp_mean_ns"] < CORK_S * 1e9
+
+
+def test_sample_follows_about_one_packet_in_n():
+    """--sample 10: a connection that receives ~2,000 segments has ~1 in 10 of them
+    followed through the layers (the gaps between samples are random, 1 to 19 packets)."""
+    from test_net_conn import open_exporter
+
+    exp = open_exporter(latency_sample=10)
+    try:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        c = socket.create_connection(srv.getsockname())
+        a, _ = srv.accept()
+        with c, a, srv:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(2000):  # one segment each way per message
+                c.sendall(b"m" * 1000)
+                assert len(a.recv(1000)) == 1000
+                a.sendall(b"r")
+                assert c.recv(1) == b"r"
+            records = exp.collect(1.0)
+            server_port = a.getsockname()[1]
+    finally:
+        exp.close()
+    (receiver,) = [r["values"] for r in records if r["kind"] == "tcp_conn" and r["labels"]["lport"] == str(server_port)]
+    expected = receiver["segs_in"] / 10
+    assert receiver["segs_in"] >= 2000
+    assert abs(receiver["lat_l2_to_tcp_samples"] - expected) <= 0.3 * expected, (receiver, expected)
+    assert {r["values"]["sample_1_in"] for r in records if r["kind"] == "net_latency"} == {10}
