@@ -224,6 +224,31 @@ def test_a_receiver_that_does_not_read_shows_its_receive_queue_full(net):
     assert recv_q > 0 and full[0]["values"]["unread_bytes"] == recv_q
 
 
+@pytest.mark.parametrize("state,closes", [(1, False), (7, True)])  # ESTABLISHED, CLOSE
+def test_state_filter_keeps_close_records_only_for_close(state, closes):
+    import socket
+
+    from bpfscope.exporters.net import ConnFilter
+
+    exp = open_exporter(filt=ConnFilter(state=state))
+    try:
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            c = socket.create_connection(srv.getsockname())
+            a, _ = srv.accept()
+            port = srv.getsockname()[1]
+            c.close()
+            a.close()
+        time.sleep(0.2)
+        records = exp.collect(1.0)
+    finally:
+        exp.close()
+    mine = [r for r in records if r["kind"] == "tcp_close" and str(port) in (r["labels"]["lport"], r["labels"]["rport"])]
+    assert len(mine) == (2 if closes else 0), mine
+    assert all(r["labels"]["state"] == "CLOSE" for r in mine)
+
+
 def test_short_lived_client_and_accepting_server_are_attributed_and_closed(net, peers):
     srv = peers("server", "--expect", 1, "--name", "nt-acc")
     port = srv.port()

@@ -49,6 +49,7 @@ from .net_kernel import (
     NET_EV_RST_SENT,
     NET_EV_SLOW_START,
     OWNER_SOURCES,
+    TCP_CLOSE,
     TCP_LISTEN,
     NetKernel,
 )
@@ -288,6 +289,7 @@ class NetExporter(Exporter):
         pid, tid, comm, direction, src = self.owners.resolve(info)
         self.event_counts["tcp_close"] += 1
         self.closed[direction] += 1
+        info["state"] = TCP_CLOSE  # what the record says: --state CLOSE keeps it, --state ESTABLISHED not
         if not self.filt.match(pid, comm, info, direction):
             return None
         labels = _identity(info, direction, src)

@@ -34,7 +34,7 @@ NET_EV_CLOSE, NET_EV_CONNECT, NET_EV_ACCEPT, NET_EV_RETRANS = 1, 2, 3, 4
 NET_EV_RST_SENT, NET_EV_RST_RECV, NET_EV_CONG, NET_EV_RCVQ_FULL, NET_EV_DROP, NET_EV_SLOW_START = 5, 6, 7, 8, 9, 10
 DIRECTIONS = {0: "unknown", 1: "out", 2: "in"}
 OWNER_SOURCES = {0: "none", 1: "syscall", 2: "io", 3: "fd_table"}
-TCP_LISTEN = 10
+TCP_CLOSE, TCP_LISTEN = 7, 10
 
 CORE_PROGRAMS = ["net_state", "net_send", "net_recv", "net_iter_tcp", "net_iter_owner"]
 ESSENTIAL_PROGRAMS = ("net_state", "net_iter_tcp")  # the rest degrade: owners come later, or an option is off
