@@ -171,6 +171,10 @@ static __always_inline void emit_span(struct task_struct *t, __u32 state, __u64 
 	bpf_ringbuf_submit(e, span_wakeup());
 }
 
+/* proc_task.exec_since when the CPU time at the start of a running stretch is not known:
+ * not 0, which is a new thread's real CPU time at its first switch-in */
+#define EXEC_UNKNOWN ((__u64)-1)
+
 /* The time t ran in a running stretch of `wall` ns: the CPU time the kernel counted for it
  * meanwhile (what utime+stime and top show: a vCPU the host took away, or an interrupt
  * handled on its CPU, is not its time), else the wall time. */
@@ -178,7 +182,7 @@ static __always_inline __u64 running_ns(struct task_struct *t, struct proc_task 
 {
 	__u64 exec = t->se.sum_exec_runtime;
 
-	if (s->exec_since && exec >= s->exec_since && exec - s->exec_since <= wall)
+	if (s->exec_since != EXEC_UNKNOWN && exec >= s->exec_since && exec - s->exec_since <= wall)
 		return exec - s->exec_since;
 	return wall;
 }
@@ -197,7 +201,7 @@ static __always_inline void enter_state(struct task_struct *t, struct proc_task 
 	}
 	s->state = state;
 	s->since = now;
-	s->exec_since = state == PROC_RUNNING ? t->se.sum_exec_runtime : 0;
+	s->exec_since = state == PROC_RUNNING ? t->se.sum_exec_runtime : EXEC_UNKNOWN;
 }
 
 static __always_inline void add_wait(void *map, struct task_struct *t, __u64 addr, __u32 flags, __u64 ns)
@@ -303,7 +307,7 @@ static __always_inline void running_since_arrival(struct task_struct *t, struct 
 	__u64 arrived = t->sched_info.last_arrival, clock = rq_clock_of(t);
 	bool known = arrived && clock > arrived && clock - arrived < now;
 	__u64 at = known ? now - (clock - arrived) : now;
-	__u64 exec_at = known ? t->se.prev_sum_exec_runtime : 0;	/* its CPU time when it arrived */
+	__u64 exec_at = known ? t->se.prev_sum_exec_runtime : EXEC_UNKNOWN;	/* its CPU time when it arrived */
 
 	if (!s->since) {		/* first sight */
 		s->state = PROC_RUNNING;
@@ -314,7 +318,7 @@ static __always_inline void running_since_arrival(struct task_struct *t, struct 
 		s->exec_since = exec_at;
 	} else if (known) {		/* never taken off the CPU: wall time (no CPU time at since) */
 		s->state = PROC_RUNNING;
-		s->exec_since = 0;
+		s->exec_since = EXEC_UNKNOWN;
 	}
 }
 
