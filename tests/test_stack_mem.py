@@ -22,8 +22,12 @@ pytestmark = pytest.mark.bpf
 MEM_LINKS = sum(1 + (ret is not None) for _enter, ret in MEM_PROBES.values())
 
 
-def run_mem(leak, extra: list[str] = ()) -> tuple[list[dict], int]:
-    work = subprocess.Popen([str(leak)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def run_mem(leak, extra: list[str] = (), cpu: int | None = None) -> tuple[list[dict], int]:
+    """The last snapshot of the workload's rows; the workload pinned to `cpu` when given."""
+    import os
+
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    work = subprocess.Popen([str(leak)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=pin)
     exporter = subprocess.Popen(BPFSCOPE + ["stack", "mem", "--pid", str(work.pid), "--json", "--interval", "0.5",
                                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -318,3 +322,59 @@ def test_a_failed_realloc_leaves_the_old_block_outstanding(tmp_path):
     assert on("grow") == (10 * 8192, 10)
     assert on("to_zero") == (0, 0)
     assert sum(r["values"]["outstanding_bytes"] for r in snapshot) == 10 * 4096 + 10 * 8192, snapshot
+
+
+# 20,000 blocks of 256 bytes from keep_many(), the first 10,000 freed by drop_half()
+MANY = r"""
+#include <stdlib.h>
+#include <unistd.h>
+
+static void *blocks[20000];
+
+__attribute__((noinline)) void keep_many(void)
+{
+	for (int i = 0; i < 20000; i++)
+		blocks[i] = malloc(256);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void drop_half(void)
+{
+	for (int i = 0; i < 10000; i++)
+		free(blocks[i]);
+	__asm__ volatile("");
+}
+
+int main(void)
+{
+	char buf[64];
+
+	if (read(0, buf, sizeof(buf)) < 0)
+		return 1;
+	keep_many();
+	drop_half();
+	if (write(1, "done\n", 5) != 5)
+		return 1;
+	while (read(0, buf, sizeof(buf)) > 0)
+		;
+	return blocks[19999] == NULL;
+}
+"""
+
+
+@pytest.mark.parametrize("n", [10, 100])
+def test_sample_every_n_scales_a_sampled_tenth_or_hundredth_back_to_the_truth(tmp_path, n):
+    """One malloc in N is tracked (a per-CPU count of calls), and the figures are scaled by N.
+    The workload is pinned to one CPU, so the calls sampled are exactly every Nth from the
+    first: the 10,000 blocks left are 10,000/N samples. Tolerance: one sample either way
+    (N blocks, N x 256 bytes), for the sampling phase; not scaled it would be N times too
+    small, and every call tracked and scaled, N times too large."""
+    snapshot, _ = run_mem(build_source(tmp_path, "many", MANY), ["--sample-every", str(n)], cpu=0)
+    rows = [r for r in snapshot if r["stack"][-2:] == ["main", "keep_many"]]
+    assert rows, snapshot
+    nbytes = sum(r["values"]["outstanding_bytes"] for r in rows)
+    count = sum(r["values"]["outstanding_count"] for r in rows)
+    assert abs(count - 10_000) <= n, count
+    assert abs(nbytes - 10_000 * 256) <= n * 256, nbytes
+    assert nbytes == count * 256
+    assert {r["labels"].get("sample_every") for r in snapshot} == {str(n)}
