@@ -58,6 +58,7 @@ def test_leaked_4096000_bytes_are_outstanding_on_the_leaking_stack_and_nothing_e
     assert leaking[0]["stack"][-2:] == ["main", "leak_here"]  # the caller of malloc, exactly
     assert all(r["kind"] == "alloc_stack" and r["comm"] == "leak" for r in snapshot)
     churned = [r for r in snapshot if "churn" in r["stack"]]
+    # (that every allocator's probe fires: test_calloc_realloc_posix_memalign_...)
     assert sum(r["values"]["outstanding_bytes"] for r in churned) == 0, churned
     # the files say bytes, and carry the count of blocks as a second value
     prof = read_profile(gzip.decompress(files["pprof"].read_bytes()))
@@ -378,3 +379,96 @@ def test_sample_every_n_scales_a_sampled_tenth_or_hundredth_back_to_the_truth(tm
     assert abs(nbytes - 10_000 * 256) <= n * 256, nbytes
     assert nbytes == count * 256
     assert {r["labels"].get("sample_every") for r in snapshot} == {str(n)}
+
+
+# Each allocator from its own function, 2,000 calls, the first 10 blocks kept and the rest
+# freed: the leak test's churn frees everything, and outstanding == 0 there would hold as
+# well if these probes never fired.
+ALLOCATORS = r"""
+#include <stdlib.h>
+#include <unistd.h>
+
+#define CALLS 2000
+#define KEPT 10
+static void *kept[4 * KEPT];
+static int nkept;
+
+static void keep_or_free(void *p, int i)
+{
+	if (!p)
+		_exit(6);
+	if (i < KEPT)
+		kept[nkept++] = p;
+	else
+		free(p);
+}
+
+__attribute__((noinline)) void via_calloc(void)
+{
+	for (int i = 0; i < CALLS; i++)
+		keep_or_free(calloc(10, 64), i);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void via_realloc(void)
+{
+	for (int i = 0; i < CALLS; i++) {
+		void *p = malloc(300);
+
+		keep_or_free(realloc(p, 5000), i);
+	}
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void via_posix_memalign(void)
+{
+	for (int i = 0; i < CALLS; i++) {
+		void *p = NULL;
+
+		if (posix_memalign(&p, 64, 1000))
+			_exit(7);
+		keep_or_free(p, i);
+	}
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void via_aligned_alloc(void)
+{
+	for (int i = 0; i < CALLS; i++)
+		keep_or_free(aligned_alloc(64, 256), i);
+	__asm__ volatile("");
+}
+
+int main(void)
+{
+	char buf[64];
+
+	if (read(0, buf, sizeof(buf)) < 0)
+		return 1;
+	via_calloc();
+	via_realloc();
+	via_posix_memalign();
+	via_aligned_alloc();
+	if (write(1, "done\n", 5) != 5)
+		return 1;
+	while (read(0, buf, sizeof(buf)) > 0)
+		;
+	return kept[0] == NULL;
+}
+"""
+
+
+def test_calloc_realloc_posix_memalign_aligned_alloc_are_each_seen_on_their_stack(tmp_path):
+    snapshot, _ = run_mem(build_source(tmp_path, "allocators", ALLOCATORS))
+
+    def on(func: str) -> tuple[int, int]:
+        rows = [r for r in snapshot if r["stack"][-2:] == ["main", func]]
+        return (sum(r["values"]["outstanding_bytes"] for r in rows), sum(r["values"]["outstanding_count"] for r in rows))
+
+    # 10 kept of 2,000 each: the allocation probe fired (bytes of that allocator's size,
+    # realloc's new size, not malloc's 300), and so did every free of the other 1,990
+    assert on("via_calloc") == (10 * 640, 10)
+    assert on("via_realloc") == (10 * 5000, 10)
+    assert on("via_posix_memalign") == (10 * 1000, 10)
+    assert on("via_aligned_alloc") == (10 * 256, 10)
+    assert sum(r["values"]["outstanding_bytes"] for r in snapshot) == 10 * (640 + 5000 + 1000 + 256), snapshot
