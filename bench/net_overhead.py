@@ -3,7 +3,10 @@
   1. bulk: one connection, the client writes BULK_MIB MiB in 256 KiB writes, the server
      reads in 256 KiB reads; throughput in MiB/s;
   2. short connections: connect, one 64-byte request, one 64-byte reply, close, in a loop
-     for SHORT_S seconds; connections per second.
+     for SHORT_S seconds; connections per second;
+  3. short-c: the same in C (bench/workloads/tcp_rr_client.c and tcp_rr_server.c: connect,
+     one byte each way, close; SHORT_C connections after as many unmeasured), the highest
+     connection rate this machine reaches.
 Each is timed with nothing attached, with `bpfscope net --quiet` running (--interval 1:
 a snapshot every second of a run, five times the default's cost in user space), and with
 `--latency --sample 100` added (`--modes net,latency,json` adds --json: every close record
@@ -40,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 BULK_MIB = 1024
 SHORT_S = 2.0
 CHUNK = 256 << 10
+SHORT_C = 8000
+BUILD = Path(tempfile.mkdtemp(prefix="bpfscope-netbench-"))
 
 
 def serve_bulk(srv: socket.socket) -> None:
@@ -149,7 +154,44 @@ def wait_attached(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
     raise SystemExit("bpfscope net did not attach within 20 s")
 
 
+def _c_workload() -> tuple[Path, Path]:
+    """tcp_rr_server and tcp_rr_client, built once per run of the benchmark."""
+    server, client = BUILD / "tcp_rr_server", BUILD / "tcp_rr_client"
+    if not client.exists():
+        for binary, extra in ((server, ["-pthread"]), (client, [])):
+            subprocess.run(["cc", "-O2", *extra, "-o", str(binary), str(REPO / f"bench/workloads/{binary.name}.c")],
+                           check=True)
+    return server, client
+
+
+def run_short_c(pin: bool) -> float:
+    """Connections per second of the C client against the C server (pinned as the Python pair)."""
+    server_bin, client_bin = _c_workload()
+    cpus = sorted(os.sched_getaffinity(0))
+    taskset = (lambda i: ["taskset", "-c", str(cpus[i])]) if pin and len(cpus) >= 2 else (lambda i: [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([*taskset(1), str(server_bin), str(port), "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        with tempfile.NamedTemporaryFile("w", suffix=".targets") as targets:
+            targets.write(f"127.0.0.1 {port}\n")
+            targets.flush()
+            out = subprocess.run([*taskset(0), str(client_bin), "/proc/self/ns/net", str(SHORT_C), "1", targets.name,
+                                  "-"], capture_output=True, text=True, check=True).stdout
+        _, _, _, _, _, connects, ns, fails = next(line for line in out.splitlines() if line.startswith("B ")).split()
+        if int(fails):
+            raise SystemExit(f"tcp_rr_client: {fails} failed connections")
+        return int(connects) / int(ns) * 1e9
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def run_once(kind: str, pin: bool) -> float:
+    if kind == "short-c":
+        return run_short_c(pin)
     me = [sys.executable, __file__] + (["--pin"] if pin else [])
     srv = subprocess.Popen(me + ["--role", "server", "--kind", kind], stdout=subprocess.PIPE, text=True)
     port = srv.stdout.readline().strip()
@@ -208,7 +250,7 @@ def main() -> None:
     ap.add_argument("--interval", default="1", help="the exporter's --interval (1: a snapshot every second of the run)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="client and server on one CPU each (default); the exporter is never pinned")
-    ap.add_argument("--only", choices=["bulk", "short"], help="one workload only")
+    ap.add_argument("--only", choices=["bulk", "short", "short-c"], help="one workload only")
     ap.add_argument("--max-foreign", type=float, default=0.03,
                     help="run again when other processes used more than this share of one CPU during a run")
     ap.add_argument("--modes", default="net,latency", help="exporter modes to compare with off (comma-separated)")
@@ -224,7 +266,7 @@ def main() -> None:
     # "json": every record built and written (what --json or a collector costs), for comparison
     all_modes = {"off": None, "net": [], "latency": ["--latency", "--sample", "100"], "json": ["--json"]}
     modes = {"off": None} | {m: all_modes[m] for m in args.modes.split(",")}
-    kinds = [args.only] if args.only else ["bulk", "short"]
+    kinds = [args.only] if args.only else ["bulk", "short", "short-c"]
     results: dict[tuple[str, str], list[float]] = {(k, m): [] for k in kinds for m in modes}
     exporter_cpu: dict[tuple[str, str], list[float]] = {(k, m): [] for k in kinds for m in modes}
     order = list(modes.items())
@@ -262,8 +304,9 @@ def main() -> None:
     print(f"{args.rounds} rounds, interleaved (order rotated), exporter --interval {args.interval}, "
           f"{'client/server pinned' if args.pin else 'unpinned'}, {reruns} runs disturbed by other processes "
           f"and measured again; median of the per-round ratios [min-max]")
-    targets = {"net": {"bulk": 0.97, "short": 0.95}, "latency": {"bulk": 0.90, "short": 0.90}}
-    units = {"bulk": "MiB/s", "short": "conn/s"}
+    targets = {"net": {"bulk": 0.97, "short": 0.95, "short-c": 0.95},
+               "latency": {"bulk": 0.90, "short": 0.90, "short-c": 0.90}}
+    units = {"bulk": "MiB/s", "short": "conn/s", "short-c": "conn/s"}
     for kind in kinds:
         off = results[(kind, "off")]
         print(f"  {kind:<6} without: median {statistics.median(off):8.0f} {units[kind]}")

@@ -10,7 +10,10 @@ interleaved, best and median of ROUNDS each:
   2. bpfscope: the schema-v1 records the exporter emits (NetExporter.collect());
   3. `ss -tin` listing the same sockets (netlink sock_diag + tcp_info), output read to the end;
   4. `ss -tinp`: ss with owners, which it finds by walking every /proc/<pid>/fd.
-Prints the times and the ratios ss / bpfscope (target: >= 3x for 1 vs 3).
+Prints the times and the ratios ss / bpfscope (target: >= 3x for 1 vs 3), and the resident
+memory of `bpfscope net` processes (the CLI as users run it: the table, and --json with
+--events and --latency) after five intervals over the same 10,000 connections (target
+< 150 MB).
 
     sudo .venv/bin/python bench/net_snapshot.py [--conns 10000] [--rounds 7]
 """
@@ -37,6 +40,24 @@ def start(*args) -> subprocess.Popen:
 def _rss_kib() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def cli_rss_mib(args: list[str], intervals: int = 5) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MiB of `bpfscope net ARGS --interval 1` after `intervals` intervals."""
+    proc = subprocess.Popen([sys.executable, "-m", "bpfscope", "net", *args, "--interval", "1"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={"PYTHONPATH": str(REPO / "src"),
+                                                                                     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                                                     "COLUMNS": "200"})
+    try:
+        time.sleep(intervals + 3)  # start-up (imports, BPF load, the first owner walk), then the intervals
+        if proc.poll() is not None:
+            raise SystemExit(f"bpfscope net {' '.join(args)} exited: {proc.stderr.read().decode()}")
+        with open(f"/proc/{proc.pid}/status") as f:
+            status = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(status["VmRSS"]) / 1024, int(status["VmHWM"]) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def timed(fn) -> float:
@@ -80,6 +101,7 @@ def main() -> None:
             rss_mib = _rss_kib() / 1024  # this process is the exporter: NetExporter with 20,000 sockets
         finally:
             exp.close()
+        rss_cli = {" ".join(a): cli_rss_mib(a) for a in (["--quiet"], [], ["--json", "--events", "--latency"])}
     finally:
         for p in (cli, srv):
             p.stdin.close()
@@ -95,7 +117,10 @@ def main() -> None:
     print(f"ratio ss -tin / bpfscope dicts:      {min(times['ss -tin']) / min(times['bpfscope dicts']):5.2f}x")
     print(f"ratio ss -tin / bpfscope records:    {min(times['ss -tin']) / rec:5.2f}x")
     print(f"ratio ss -tinp / bpfscope records:   {min(times['ss -tinp']) / rec:5.2f}x  (both with owners)")
-    print(f"exporter resident memory after {args.rounds * 2 + 1} snapshots: {rss_mib:.0f} MiB  (target < 150 MiB)")
+    print(f"this process (NetExporter in-process) after {args.rounds * 2 + 1} snapshots: {rss_mib:.0f} MiB resident")
+    for a, (rss, hwm) in rss_cli.items():
+        print(f"bpfscope net {a or '(the live table)':<34} resident {rss:5.0f} MiB, peak {hwm:5.0f} MiB"
+              f"  (target < 150 MB = 143 MiB)")
 
 
 if __name__ == "__main__":
