@@ -249,7 +249,8 @@ def stack_mem(
     host: Host = None,
 ) -> None:
     """Outstanding libc allocations (malloc, calloc, realloc, posix_memalign, aligned_alloc
-    minus free) per user stack: leaks. Files written at exit show what is outstanding then."""
+    minus free; the program's mmap minus munmap) per user stack: leaks. Files written at
+    exit show what is outstanding then."""
     if kernel_only and not kernel:
         raise UserError("--kernel-only needs --kernel (a libc allocation has a user stack only)", 2)
     _run_stack("mem", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
