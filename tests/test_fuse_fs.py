@@ -580,3 +580,55 @@ def test_concurrent_listings_of_one_directory_each_see_every_name_once(mode, tmp
     for (out, err), p in zip(results, listers):
         assert p.returncode == 0, err
         assert int(out) == 0, f"{out.strip()} of 60 listings were wrong"
+
+
+CREATE_OVER_SCRIPT = r"""
+import errno, json, os, sys
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+out = {}
+for name in ("locked", "open"):
+    try:
+        os.close(os.open(f"{sys.argv[1]}/{name}", os.O_WRONLY | os.O_CREAT, 0o600))
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+
+def test_create_over_a_name_that_appeared_behind_a_negative_entry_opens_it_as_natively():
+    """fast caches "no such name"; a file that appears in SOURCE where inotify cannot see it (SOURCE
+    is itself a FUSE mount) meets a CREATE. Natively an O_CREAT open of an existing file checks its
+    permissions and keeps its owner: the server must not open it as root and chown it to the caller."""
+    import json
+    with world_dir() as base:
+        data, inner, outer, native = f"{base}/data", f"{base}/inner", f"{base}/outer", f"{base}/native"
+        for d in (data, inner, outer, native, f"{data}/pub", f"{native}/pub"):
+            os.mkdir(d)
+        os.chmod(f"{data}/pub", 0o777), os.chmod(f"{native}/pub", 0o777)
+
+        def plant(root):
+            for name, mode in (("locked", 0o644), ("open", 0o666)):
+                with open(f"{root}/pub/{name}", "w") as f:
+                    f.write("root's")
+                os.chmod(f"{root}/pub/{name}", mode)
+
+        def as_nobody(root):
+            r = subprocess.run([sys.executable, "-c", CREATE_OVER_SCRIPT, f"{root}/pub"], capture_output=True,
+                               text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+
+        def owners(root):
+            return {n: (os.stat(f"{root}/pub/{n}").st_uid, open(f"{root}/pub/{n}").read()) for n in ("locked", "open")}
+
+        plant(native)
+        want = as_nobody(native)
+        with mounted(data, inner, "plain"), mounted(inner, outer, "fast"):
+            assert not os.path.exists(f"{outer}/pub/locked") and not os.path.exists(f"{outer}/pub/open")
+            plant(data)  # behind both mounts
+            got = as_nobody(outer)
+            through = owners(outer)
+        assert want == {"locked": "EACCES", "open": "ok"}
+        assert got == want
+        assert owners(data) == owners(native) == through == {"locked": (0, "root's"), "open": (0, "root's")}

@@ -511,7 +511,17 @@ class Server:
     def op_create(self, nodeid, arg, uid, gid):
         flags, mode, _umask, _ = P.CREATE_IN.unpack_from(arg, 0)
         path = self._child(nodeid, arg[16:-1])
-        fd = os.open(path, self._open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL), stat.S_IMODE(mode))
+        try:
+            fd = os.open(path, self._open_flags(flags) | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode))
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # The kernel's negative entry is stale (the name appeared behind the mount): opening
+            # it here, as root, would skip its permission check and chown it to the caller.
+            # ESTALE makes the kernel look the name up again (LOOKUP_REVAL) and open the file it
+            # finds. (No FUSE_NOTIFY_INVAL_ENTRY from here: it waits for the directory lock
+            # this CREATE holds.)
+            raise OSError(errno.ESTALE, "") from None
         try:
             self._own(path, uid, gid, mode)
             entry = self._entry(path)
