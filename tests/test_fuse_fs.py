@@ -506,6 +506,7 @@ def test_sigkill_of_the_server_hangs_nobody_and_umount_clears_it(tmp_path):
         assert int(out) in (errno.ENOTCONN, errno.ECONNABORTED)  # in flight when it died: ECONNABORTED
         r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt)], capture_output=True, text=True, timeout=20)
         assert r.returncode == 0, r.stderr
+        assert "the server had exited" in r.stdout, r.stdout
         assert str(mnt) not in fuse_mounts()
         assert os.listdir(mnt) == []  # the plain directory again
 
@@ -521,14 +522,97 @@ def test_umount_aborts_a_hung_server(tmp_path):
                                        stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)
             assert blocked.poll() is None  # waiting on the stopped server
-            r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt)], capture_output=True, text=True, timeout=20)
+            r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt), "--timeout", "1"], capture_output=True,
+                               text=True, timeout=20)
             assert r.returncode == 0, r.stderr
+            assert "did not answer within 1 s" in r.stdout, r.stdout
             assert blocked.wait(timeout=5) != 0
             err = blocked.stderr.read()  # aborted while in flight: ECONNABORTED
             assert "Errno 103" in err or "Errno 107" in err, err
             assert str(mnt) not in fuse_mounts()
         finally:
             server.send_signal(signal.SIGKILL)
+
+
+HOLDER = r"""
+import errno, os, sys
+fd = os.open(sys.argv[1] + "/a", os.O_RDONLY)
+os.chdir(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    try:
+        print(os.pread(fd, 100, 0).decode(), os.listdir("."), flush=True)
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+"""
+
+
+def _holder(mnt: str) -> subprocess.Popen:
+    """A process with a file open and its working directory in the mount; each input line makes
+    it read the file and list its directory (or print the errno)."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline() == "ready\n"
+    return p
+
+
+def _ask(p: subprocess.Popen) -> str:
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    return p.stdout.readline().strip()
+
+
+def _umount(mnt, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt), *extra], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_umount_with_a_live_server_is_clean_refuses_a_busy_mount_and_the_server_exits_0(tmp_path):
+    """A normal unmount: while a process has a file open and its cwd in the mount, one error line
+    and the mount keeps working for it (nothing was aborted); once it is gone, the unmount
+    ends the connection and the server exits 0 on its own."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    (src / "a").write_text("data")
+    with mounted(str(src), str(mnt), "plain") as server:
+        holder = _holder(str(mnt))
+        try:
+            assert _ask(holder) == "data ['a']"
+            r = _umount(mnt)
+            assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+            assert r.stderr.strip() == (f"bpfscope: umount {mnt}: busy (a process has a file open or its working "
+                                        "directory in it); close them, or --force to abort their requests and "
+                                        "detach it"), r.stderr
+            assert str(mnt) in fuse_mounts()
+            assert _ask(holder) == "data ['a']"  # not aborted: its requests are still answered
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=10)
+        r = _umount(mnt)
+        assert r.returncode == 0 and r.stdout.strip() == f"unmounted {mnt} (clean unmount)", (r.stdout, r.stderr)
+        assert str(mnt) not in fuse_mounts()
+        assert server.wait(timeout=10) == 0
+        assert server.stderr.read() == ""
+    assert os.listdir(mnt) == [] and (src / "a").read_text() == "data"
+
+
+def test_force_umount_of_a_busy_mount_aborts_and_detaches(tmp_path):
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(), mnt.mkdir()
+    (src / "a").write_text("data")
+    with mounted(str(src), str(mnt), "plain") as server:
+        holder = _holder(str(mnt))
+        try:
+            assert _umount(mnt).returncode != 0
+            r = _umount(mnt, "--force")
+            assert r.returncode == 0 and "aborted its requests and detached it (--force)" in r.stdout, r.stderr
+            assert str(mnt) not in fuse_mounts()
+            assert _ask(holder) in ("ENOTCONN", "ECONNABORTED")  # its file and cwd are of the dead connection
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=10)
+        assert server.wait(timeout=10) == 0
+    assert os.listdir(mnt) == []
 
 
 def test_mount_errors_are_one_line(tmp_path):

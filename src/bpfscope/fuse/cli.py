@@ -59,16 +59,23 @@ def mount(
 
 
 @fuse_app.command()
-def umount(mountpoint: Annotated[str, typer.Argument(help="A bpfscope (or any FUSE) mount point.")]) -> None:
-    """Unmount; works after the server crashed or hangs (aborts the connection through fusectl)."""
+def umount(
+    mountpoint: Annotated[str, typer.Argument(help="A bpfscope (or any FUSE) mount point.")],
+    force: Annotated[bool, typer.Option("--force", help="Abort the connection's requests and detach, even "
+                                        "while the server answers and the mount is busy.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds the server has to answer a statfs before it is "
+                                           "taken for hung.", min=0.1)] = 3.0,
+) -> None:
+    """Unmount. While the server answers, a normal unmount (a busy mount is an error, see --force);
+    after the server crashed or while it hangs, abort the connection through fusectl and detach."""
     from .server import FuseError
-    from .umount import umount as do_umount
+    from .umount import unmount
 
     try:
-        do_umount(mountpoint)
+        how = unmount(mountpoint, force=force, probe_s=timeout)
     except OSError as e:
         raise FuseError(str(e)) from None
-    print(f"unmounted {os.path.abspath(mountpoint)}")
+    print(f"unmounted {os.path.abspath(mountpoint)} ({how})")
 
 
 @fuse_app.command()

@@ -1,9 +1,13 @@
-"""Unmount, also when the server hangs or crashed: abort the connection through fusectl, detach."""
+"""Unmount: cleanly while the server answers; when it crashed or hangs, abort the connection
+through fusectl and detach."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import signal
+import time
 
 MNT_DETACH = 2
 FUSECTL = "/sys/fs/fuse/connections"
@@ -54,6 +58,72 @@ def abort(conn: int) -> bool:
         return True
     except OSError:
         return False
+
+
+class Busy(OSError):
+    """A normal unmount was refused: something has a file open or its working directory in the mount."""
+
+
+def probe(mountpoint: str, timeout_s: float) -> tuple[str, int | None]:
+    """Whether the server answers: ("alive" | "dead" | "hung", pid of a probe still stuck).
+
+    A child asks statfs, which the kernel always sends to the server (no cache answers it):
+    a dead server's aborted connection fails it at once with ENOTCONN, a hung one never answers.
+    A child, because a request the server has read but not answered cannot be interrupted,
+    not even by SIGKILL: it ends only with the answer or the abort."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.statvfs(mountpoint)
+            os._exit(0)
+        except OSError as e:
+            os._exit(min(e.errno or 1, 255))
+        finally:
+            os._exit(1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return ("dead" if code in (errno.ENOTCONN, errno.ECONNABORTED) else "alive"), None
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)  # ends it if the request still waits in the kernel's queue
+    return "hung", pid
+
+
+def _reap(pid: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.01)
+
+
+def unmount(mountpoint: str, *, force: bool = False, probe_s: float = 3.0) -> str:
+    """Unmount like umount(8) while the server answers (the server sees its connection end and
+    exits; a busy mount raises Busy). Abort and detach when the server is gone or hung, or with
+    force. Return what was done, for the CLI to print."""
+    mp = os.path.abspath(mountpoint)
+    conn = connection_of(mp)
+    if conn is None:
+        raise OSError(f"{mp} is not a fuse mount")
+    if force:
+        umount(mp)
+        return "aborted its requests and detached it (--force)"
+    state, stuck = probe(mp, probe_s)
+    if state != "alive":
+        umount(mp)
+        if stuck:
+            _reap(stuck)
+        return ("the server had exited: detached it" if state == "dead"
+                else f"the server did not answer within {probe_s:g} s: aborted its requests and detached it")
+    if _libc.umount2(mp.encode(), 0) != 0:
+        e = ctypes.get_errno()
+        if e == errno.EBUSY:
+            raise Busy(f"umount {mp}: busy (a process has a file open or its working directory in it); "
+                       "close them, or --force to abort their requests and detach it")
+        raise OSError(f"umount {mp}: {os.strerror(e)}")
+    return "clean unmount"
 
 
 def umount(mountpoint: str, *, force_abort: bool = True) -> None:
