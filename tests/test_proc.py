@@ -22,6 +22,7 @@ from proc_workloads.build import build as build_workloads
 
 from bpfscope.bpf import wait_for_links
 from bpfscope.exporters.proc import FOLLOW_PROGRAMS, TOP_PROGRAMS
+from bpfscope.exporters.proc_portrait import SCHED_FRAMES
 
 pytestmark = pytest.mark.bpf
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -51,9 +52,9 @@ def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, s
 
 
 def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90,
-             links: int = len(FOLLOW_PROGRAMS)) -> tuple[list[dict], list]:
+             links: int = len(FOLLOW_PROGRAMS), during=None) -> tuple[list[dict], list]:
     """Follow the (waiting) workloads, release them, and return bpfscope's records and each
-    workload's zombie /proc truth."""
+    workload's zombie /proc truth; `during()`, if given, runs once they are released."""
     args = [a for w in workloads for a in ("--pid", str(w.pid))]
     p = subprocess.Popen(BPFSCOPE + ["proc", *args, "--json", "--interval", "0.5", *extra],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -64,6 +65,8 @@ def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 
             w.stdin.write(b"go\n")
             w.stdin.flush()
             w.stdin.close()
+        if during is not None:
+            during()
         truth = [zombie_stat(w.pid) for w in workloads]
         out, err = p.communicate(timeout=timeout_s)
     finally:
@@ -165,6 +168,72 @@ def test_tree_of_children_and_threads_with_signal_and_deep_stack(bins):
     assert deep and max(r["stack"].count("recurse_deeply") for r in deep) >= 40, deep
 
 
+def test_a_stopped_process_is_stopped_for_as_long_as_it_was(bins):
+    # block stop: asleep 2 s; SIGSTOP, 1 s, SIGCONT in the middle
+    w = start(bins["block"], "stop", stdout=subprocess.PIPE)
+    held: list[float] = []
+
+    def stop_and_continue():
+        assert w.stdout.readline() == b"ready\n"
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        os.kill(w.pid, signal.SIGSTOP)
+        time.sleep(1.0)
+        was = Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        os.kill(w.pid, signal.SIGCONT)
+        held.append(time.monotonic() - t0)
+        assert was == "T", was  # the kernel saw it stopped too
+
+    records, _ = portrait([w], during=stop_and_continue)
+    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+    stopped_s = proc["values"]["stopped_ns"] / 1e9
+    # it stops once it gets a CPU to take the signal (up to 30 ms on a busy host) and is
+    # stopped until SIGCONT wakes it, inside the second kill()
+    assert held[0] - 0.03 <= stopped_s <= held[0] + 0.001, (stopped_s, held)
+    spans = [r["values"]["duration_ns"] / 1e9 for r in kinds(records, "thread_state")
+             if r["tid"] == w.pid and r["labels"]["state"] == "stopped"]
+    assert len(spans) == 1 and abs(spans[0] - stopped_s) < 1e-6, spans
+    [out] = [r for r in kinds(records, "switch_reason_summary") if r["tid"] == w.pid and r["labels"]["state"] == "stopped"]
+    assert out["labels"]["blocked_on"] == "do_signal_stop" and out["values"]["count"] == 1, out
+
+
+def test_vfork_parent_is_uninterruptible_but_not_in_io_wait(bins):
+    """A D sleep that is not I/O: vfork()'s parent waits uninterruptibly (TASK_KILLABLE,
+    in_iowait unset) until its child exits, here after the child's 1 s nanosleep."""
+    w = start(bins["block"], "vfork")
+    records, _ = portrait([w])
+    [proc] = [r for r in kinds(records, "process_summary") if r["pid"] == w.pid]
+    v = proc["values"]
+    every = json.dumps(v)
+    assert 0.99 <= v["disk_ns"] / 1e9 <= 1.1, every
+    # its exec may page the program in (real I/O wait, up to ms); the vfork wait is not I/O
+    assert v["iowait_ns"] < 0.05e9, every
+    mine = [r for r in kinds(records, "switch_reason_summary") if r["tid"] == w.pid]
+    vfork = [r for r in mine if r["labels"]["blocked_on"] == "kernel_clone"]  # wait_for_vfork_done, inlined
+    assert len(vfork) == 1 and vfork[0]["labels"]["state"] == "disk", [(r["labels"], r["values"]) for r in mine]
+    assert vfork[0]["values"]["count"] == 1 and vfork[0]["values"]["off_cpu_ns"] >= 1e9, vfork
+
+
+@pytest.mark.parametrize("mode,function", [("futex", "futex_do_wait"), ("pipe", "anon_pipe_read"),
+                                           ("tcp", "sk_wait_data")])
+def test_blocked_on_is_the_kernel_function_of_a_known_wait(bins, mode, function):
+    """block MODE: main blocks 5 times, ~100 ms each, in futex(), read() of a pipe or recv()
+    of a loopback TCP socket until its helper thread wakes it; its voluntary switch-outs
+    name the function it waited in (6.18's names: the futex wait is futex_do_wait, a pipe
+    read anon_pipe_read), and that function is on the kernel stack at switch-out."""
+    w = start(bins["block"], mode)
+    records, _ = portrait([w])
+    mine = [r for r in kinds(records, "switch_reason_summary") if r["tid"] == w.pid and r["labels"]["reason"] == "voluntary"]
+    waits = [r for r in mine if r["labels"]["blocked_on"] == function]
+    assert len(waits) == 1, [(r["labels"], r["values"]) for r in mine]
+    [r] = waits
+    assert r["labels"]["state"] == "sleeping" and r["values"]["count"] == 5, r
+    assert 0.45e9 <= r["values"]["off_cpu_ns"] <= 0.6e9, r  # 5 waits of ~100 ms
+    kernel = [f.removesuffix("_[k]") for f in r["stack"] if f.endswith("_[k]")]
+    below = [f for f in kernel if not f.startswith(SCHED_FRAMES)]
+    assert below and below[-1] == function, kernel  # root first: the last non-scheduler frame
+
+
 def test_futex_waits_of_two_threads_on_one_mutex(bins):
     w = start(bins["mutex"], stdout=subprocess.PIPE)
     records, _ = portrait([w])
@@ -195,8 +264,11 @@ def test_futex_waits_of_two_threads_on_one_mutex(bins):
 
 
 def test_kernel_lock_contention_of_mmap_storm(bins):
-    w = start(bins["mmap_storm"], "1.5")
+    w = start(bins["mmap_storm"], "1.5", stdout=subprocess.PIPE)
     records, _ = portrait([w])
+    # each worker's own clock around its mmap and munmap calls: "thread TID SECONDS"
+    in_calls = {int(tid): float(s) for _, tid, s in (line.split() for line in w.stdout.read().decode().splitlines())}
+    assert len(in_calls) == 8, in_calls
     locks = [r for r in kinds(records, "lock_wait_summary") if r["pid"] == w.pid]
     assert locks, "no kernel lock contention seen"
     types = {r["labels"]["lock_type"] for r in locks}
@@ -205,6 +277,18 @@ def test_kernel_lock_contention_of_mmap_storm(bins):
         v = r["values"]
         assert v["count"] >= 1 and 0 < v["max_wait_ns"] <= v["wait_ns"]
     assert sum(r["values"]["wait_ns"] for r in locks) > 1_000_000  # 8 threads on one rwsem: > 1 ms
+    # the independent truth, an upper bound: a worker waits for kernel locks only inside
+    # its mmap/munmap calls (MAP_POPULATE faults the pages in there; it spends ~10% of its
+    # time in user space between them), so its waits, per lock or in total, fit in the time
+    # its own clock saw inside them (1 ms: the clock reads around each call)
+    per_tid: dict[int, int] = {}
+    for r in locks:
+        per_tid[r["tid"]] = per_tid.get(r["tid"], 0) + r["values"]["wait_ns"]
+    totals = {r["tid"]: r["values"]["lock_wait_ns"] for r in kinds(records, "thread_summary") if r["tid"] in in_calls}
+    assert sum(1 for tid in in_calls if per_tid.get(tid)) >= 4, per_tid  # most workers waited
+    for tid, own_s in in_calls.items():
+        assert per_tid.get(tid, 0) / 1e9 <= own_s + 0.001, (tid, per_tid.get(tid), own_s)
+        assert totals[tid] / 1e9 <= own_s + 0.001, (tid, totals[tid], own_s)
 
 
 def test_thread_summaries_one_per_thread_with_its_own_cpu_time(bins):

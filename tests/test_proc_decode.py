@@ -27,6 +27,9 @@ def test_blocked_on_skips_the_scheduler_frames():
     assert blocked_on(leaf_first) == "do_nanosleep"
     assert blocked_on(["__schedule_[k]", "schedule_[k]", "io_schedule_[k]", "folio_wait_bit_common_[k]"]) == \
         "folio_wait_bit_common"
+    # a TCP receive waits in wait_woken, a generic helper: what it waits for is its caller
+    assert blocked_on(["__schedule_[k]", "schedule_[k]", "schedule_timeout_[k]", "wait_woken_[k]",
+                       "sk_wait_data_[k]", "tcp_recvmsg_locked_[k]"]) == "sk_wait_data"
     assert blocked_on(["__schedule_[k]", "schedule_[k]"]) == "schedule"
     assert blocked_on([]) == "?"
 

@@ -50,7 +50,7 @@ EEXIST, ENOMEM = 17, 12
 SCHED_FRAMES = ("__schedule", "schedule", "io_schedule", "preempt_schedule", "__cond_resched", "_cond_resched",
                 "bit_wait", "out_of_line_wait_on_bit", "__wait_on_bit", "rwsem_down", "__traceiter", "__bpf_trace",
                 "__mutex_lock", "mutex_lock", "rt_mutex_schedule", "do_sched_yield", "__wait_for_common",
-                "wait_for_completion")
+                "wait_for_completion", "wait_woken")  # wait_woken: sk_wait_data's, and other sockets' waits
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --pthread: libc function, entry program, has a return probe (the first two are required)
 PTHREAD_PROBES = (("pthread_mutex_lock", "pt_mutex_lock", True), ("pthread_mutex_unlock", "pt_unlock", False),
