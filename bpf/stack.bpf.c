@@ -23,14 +23,15 @@
  * full map is counted in `stats` and the key gets a negative id ("[lost stack]").
  * mem:    uprobes/uretprobes on libc's allocators and free, and on mmap/munmap (the
  *         program's own mappings: one user read of the return address per mmap); with --kernel,
- *         tp_btf kmalloc/kmem_cache_alloc/mm_page_alloc and their frees instead: a hash
- *         lookup per free and a stack walk per tracked allocation (filter with --pid).
+ *         tp_btf kmalloc/kmem_cache_alloc/mm_page_alloc and their frees too (key.source
+ *         tells them apart): a hash lookup per free and a stack walk per tracked
+ *         allocation (filter with --pid or --comm).
  * load:   the cpu program behind a gate (an array user space arms every 100 ms while
  *         the run-queue length or PSI cpu some is above --threshold); quiet otherwise.
  * io:     raw_tp sys_exit (every syscall; a switch on the number keeps the work to the
- *         read/write family): bytes per user stack.
+ *         read/write family): bytes per user stack; and the block programs below.
  *
- * block:  tp_btf block_io_start (a request is made, in the submitter's context: stacks,
+ * block (alone, or as io's second part, key.source STACK_SRC_BLOCK): tp_btf block_io_start (a request is made, in the submitter's context: stacks,
  *         task) -> block_rq_issue (given to the driver) -> block_rq_complete: device
  *         latency and bytes per stack. Three hash operations per request; the kernel
  *         stack is interned in kstacks (a lost stack would lose every request made there).
@@ -49,6 +50,10 @@
 
 const volatile __u32 target_tgid = 0;		/* 0: every process */
 const volatile __u32 self_tgid = 0;		/* the exporter itself, never counted */
+/* --comm: only tasks of this name (zero-padded, as bpf_get_current_comm fills it), so
+ * that other tasks never take a slot in `counts` or a stack in stack_traces */
+const volatile bool comm_filter = false;
+const volatile char target_comm[TASK_COMM_LEN] = {};
 const volatile __u64 target_cgroup_id = 0;	/* 0: every cgroup; else it and its descendants */
 const volatile __u32 target_cgroup_level = 0;	/* depth of target_cgroup_id under the v2 root */
 const volatile bool user_stacks = true;
@@ -205,6 +210,14 @@ static __always_inline bool wanted(__u32 tgid)
 		return false;
 	if (target_cgroup_id && bpf_get_current_ancestor_cgroup_id(target_cgroup_level) != target_cgroup_id)
 		return false;
+	if (comm_filter) {
+		__u64 comm[TASK_COMM_LEN / 8] = {};
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (comm[0] != ((const volatile __u64 *)target_comm)[0] ||
+		    comm[1] != ((const volatile __u64 *)target_comm)[1])
+			return false;
+	}
 	return true;
 }
 
@@ -575,7 +588,7 @@ static __always_inline void mem_enter(__u64 size)
 
 /* count one live allocation at ptr (in `live`: allocs or mmaps) under the current task
  * and stacks; false if it could not be */
-static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 size)
+static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 size, __u32 source)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
@@ -587,7 +600,9 @@ static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 si
 	info.key.tid = tid;
 	info.key.cgroup_id = bpf_get_current_cgroup_id();
 	info.key.user_stack_id = stack_id(ctx, user_stacks && tid, BPF_F_USER_STACK);
-	info.key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, NULL) : -1;
+	/* a uprobe's kernel stack is the breakpoint's handling: only kmem takes one */
+	info.key.kernel_stack_id = kernel_stacks && source == STACK_SRC_KMEM ? kstack_id(ctx, NULL) : -1;
+	info.key.source = source;
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
 	if (bpf_map_update_elem(live, &ptr, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);
@@ -633,7 +648,7 @@ static __always_inline void mem_return(void *ctx, __u64 ptr)
 	n = *size;
 	bpf_map_delete_elem(&alloc_sizes, &tid);
 	if (ptr)
-		mem_track(ctx, &allocs, ptr, n);
+		mem_track(ctx, &allocs, ptr, n, STACK_SRC_MAIN);
 }
 
 static __always_inline void mem_free(__u64 ptr)
@@ -804,7 +819,7 @@ int BPF_KRETPROBE(mmap_return, void *ret)
 	old = bpf_map_lookup_elem(&mmaps, &ptr);
 	if (old)	/* MAP_FIXED over a mapping of ours at the same start: it is gone */
 		mmap_forget(ptr, old);
-	if (mem_track(ctx, &mmaps, ptr, size)) {
+	if (mem_track(ctx, &mmaps, ptr, size, STACK_SRC_MAIN)) {
 		end = ptr + size;
 		bpf_map_update_elem(&mmap_ends, &end, &ptr, BPF_ANY);
 	}
@@ -882,7 +897,7 @@ SEC("tp_btf/kmalloc")
 int BPF_PROG(kmem_kmalloc, unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc)
 {
 	if (ptr && kmem_sampled())
-		mem_track(ctx, &allocs, (__u64)ptr, bytes_alloc);
+		mem_track(ctx, &allocs, (__u64)ptr, bytes_alloc, STACK_SRC_KMEM);
 	return 0;
 }
 
@@ -890,7 +905,7 @@ SEC("tp_btf/kmem_cache_alloc")
 int BPF_PROG(kmem_cache_alloc, unsigned long call_site, const void *ptr, struct kmem_cache *cache)
 {
 	if (ptr && kmem_sampled())
-		mem_track(ctx, &allocs, (__u64)ptr, BPF_CORE_READ(cache, size));
+		mem_track(ctx, &allocs, (__u64)ptr, BPF_CORE_READ(cache, size), STACK_SRC_KMEM);
 	return 0;
 }
 
@@ -912,7 +927,7 @@ SEC("tp_btf/mm_page_alloc")
 int BPF_PROG(kmem_page_alloc, struct page *page, unsigned int order)
 {
 	if (page && kmem_sampled())
-		mem_track(ctx, &allocs, (__u64)page, 4096ULL << order);
+		mem_track(ctx, &allocs, (__u64)page, 4096ULL << order, STACK_SRC_KMEM);
 	return 0;
 }
 
@@ -1019,6 +1034,7 @@ int BPF_PROG(block_start, struct request *rq)
 	st.key.tid = (__u32)id;
 	st.key.cgroup_id = bpf_get_current_cgroup_id();
 	st.key.state = op <= 1 ? op : 2;
+	st.key.source = STACK_SRC_BLOCK;
 	st.key.user_stack_id = stack_id(ctx, user_stacks && (__u32)id, BPF_F_USER_STACK);
 	st.key.kernel_stack_id = kernel_stacks ? kstack_id(ctx, NULL) : -1;
 	bpf_get_current_comm(st.key.comm, sizeof(st.key.comm));

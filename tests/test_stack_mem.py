@@ -207,6 +207,23 @@ print("closed", flush=True); sys.stdin.readline()
 """
 
 
+def test_kernel_adds_the_kernel_pages_of_the_leak_to_its_libc_blocks_in_one_run(tmp_path):
+    """--kernel adds kmem allocations to the libc ones: the 1,000 leaked blocks on
+    leak_here (space user, exact) and, in the same snapshot, the heap pages the kernel
+    gave their page faults (space kernel, on the fault's kernel stack)."""
+    snapshot, _pid = run_mem(build(tmp_path, "leak"), ["--kernel"])
+    user = [r for r in snapshot if r["labels"]["space"] == "user"]
+    kernel = [r for r in snapshot if r["labels"]["space"] == "kernel"]
+    leaking = [r for r in user if "leak_here" in r["stack"]]
+    assert sum(r["values"]["outstanding_bytes"] for r in leaking) == 4_096_000
+    assert sum(r["values"]["outstanding_count"] for r in leaking) == 1000
+    assert not any(f.endswith("_[k]") for r in user for f in r["stack"])  # a uprobe takes no kernel stack
+    assert all(r["kind"] == "alloc_stack" and any(f.endswith("_[k]") for f in r["stack"]) for r in kernel)
+    # malloc writes a header into each block: every page of the 4 MB heap was faulted in
+    faulted = [r for r in kernel if "exc_page_fault_[k]" in r["stack"]]
+    assert sum(r["values"]["outstanding_bytes"] for r in faulted) >= 4_096_000 * 0.9, kernel
+
+
 @pytest.mark.parametrize("frames", ["user and kernel", "kernel only"])
 def test_kernel_memory_of_500_open_pipes_is_outstanding_on_alloc_pipe_info_until_closed(frames):
     """Each pipe(2) kmallocs its pipe_inode_info and its array of 16 pipe_buffers in

@@ -170,7 +170,7 @@ UNITS = {
     "offcpu": ([("offcpu", "nanoseconds"), ("blocks", "count")], "nanoseconds"),
     "block": ([("device_time", "nanoseconds"), ("requests", "count"), ("io", "bytes")], "nanoseconds"),
     "mem": ([("inuse_space", "bytes"), ("inuse_objects", "count")], "bytes"),
-    "io": ([("io", "bytes"), ("calls", "count")], "bytes"),
+    "io": ([("io", "bytes"), ("calls", "count"), ("device_time", "nanoseconds")], "bytes"),
 }
 
 

@@ -15,6 +15,12 @@
 #define IO_READ 0			/* io: stack_key.state */
 #define IO_WRITE 1
 
+/* stack_key.source: a mode that watches two things keeps their rows apart (io: syscalls
+ * and block requests; mem --kernel: libc and kmem allocations) */
+#define STACK_SRC_MAIN 0		/* the mode's own hooks (samples, switches, libc, syscalls) */
+#define STACK_SRC_BLOCK 1		/* block requests (block_* tracepoints) */
+#define STACK_SRC_KMEM 2		/* kernel allocations (kmem tracepoints) */
+
 /* One row of `counts`: who (process, thread, command, cgroup) was where (the two stack
  * ids; negative: no stack, see stack_errors) in which state. */
 struct stack_key {
@@ -24,7 +30,7 @@ struct stack_key {
 	__s32 user_stack_id;
 	__s32 kernel_stack_id;
 	__u32 state;			/* STACK_STATE_* */
-	__u32 _pad;
+	__u32 source;			/* STACK_SRC_*: which hooks counted it */
 	char comm[TASK_COMM_LEN];
 };
 

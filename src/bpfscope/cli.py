@@ -239,8 +239,9 @@ def stack_offcpu(
 def stack_mem(
     sample_every: Annotated[int, typer.Option(help="Track one libc allocation in N (a uprobe costs ~1.7 us per "
                                                    "call); figures are scaled by N.", min=1)] = 1,
-    kernel: Annotated[bool, typer.Option("--kernel", help="Kernel allocations instead (kmalloc, kmem_cache, "
-                                                        "pages; kmem tracepoints), per kernel and user stack.")] = False,
+    kernel: Annotated[bool, typer.Option("--kernel", help="Kernel allocations too (kmalloc, kmem_cache, pages; "
+                                                        "kmem tracepoints), per kernel and user stack, label "
+                                                        "space=kernel; with --kernel-only, those alone.")] = False,
     pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
     kernel_only: KernelOnly = False, top: StackTop = 20,
     folded: Folded = None, flamegraph: FlameSvg = None, speedscope: Speedscope = None, pprof: Pprof = None,
@@ -249,8 +250,8 @@ def stack_mem(
     host: Host = None,
 ) -> None:
     """Outstanding libc allocations (malloc, calloc, realloc, posix_memalign, aligned_alloc
-    minus free; the program's mmap minus munmap) per user stack: leaks. Files written at
-    exit show what is outstanding then."""
+    minus free; the program's mmap minus munmap) per user stack: leaks; with --kernel,
+    kernel allocations too. Files written at exit show what is outstanding then."""
     if kernel_only and not kernel:
         raise UserError("--kernel-only needs --kernel (a libc allocation has a user stack only)", 2)
     _run_stack("mem", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
@@ -267,7 +268,9 @@ def stack_io(
     host: Host = None,
 ) -> None:
     """Bytes and calls of read/write-family system calls (read, write, pread64, pwrite64,
-    readv, writev, preadv(2), pwritev(2)) per user stack and direction."""
+    readv, writev, preadv(2), pwritev(2)) per user stack and direction (io_stack), and
+    block-device requests: device time (issue to completion) and bytes per submitting
+    kernel and user stack (block_stack, as `stack block`)."""
     _run_stack("io", pid, comm, cgroup, False, False, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
 
@@ -280,7 +283,8 @@ def stack_block(
     as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
     metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
 ) -> None:
-    """Block-device requests: device time (issue to completion) and bytes per submitting stack and op."""
+    """Block-device requests alone (the block part of `stack io`): device time (issue to
+    completion) and bytes per submitting stack and op."""
     _run_stack("block", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host)
 

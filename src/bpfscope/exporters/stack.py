@@ -5,18 +5,21 @@ Kernel side: bpf/stack.bpf.c, one object, one program set per mode:
 - offcpu: adds the time each task spends switched out to the stack it switched out
   with (tp_btf/sched_switch alone), per task state;
 - mem: libc allocations minus frees, and the program's mmap minus munmap, per user
-  stack (uprobes), a snapshot of what is outstanding; with --kernel, kernel allocations (kmem tracepoints) per kernel stack;
-- io: bytes of read/write-family system calls per user stack (raw_tp sys_exit);
+  stack (uprobes), a snapshot of what is outstanding; with --kernel, kernel allocations
+  (kmem tracepoints) per kernel stack too;
+- io: bytes of read/write-family system calls per user stack (raw_tp sys_exit), and
+  block-device requests (device time, bytes) per submitting kernel stack;
 - load: cpu sampling behind a gate that a thread here arms while the load is high;
-- block: block-device requests, device time and bytes per submitting stack.
+- block: io's block-device part alone.
 All count into one hash keyed by (pid, tid, comm, cgroup, user stack id, kernel stack
-id, state), read once per interval in one batch syscall (emptied as read, except mem);
+id, state, source: which hooks of the mode), read once per interval in one batch syscall (emptied as read, except mem);
 the stack ids name entries of a BPF_MAP_TYPE_STACK_TRACE map that are read once and
 cached here (ids are stable until the map is cleared, see _maybe_clear_stacks).
 
 Records: kinds cpu_stack {count}, offcpu_stack {ns, count; label state}, alloc_stack
 {outstanding_bytes, outstanding_count; label space: user or kernel}, io_stack {bytes, count; label direction},
-load_stack {count; label load}, block_stack {ns, count, bytes; label op}, one per (task, stack) per interval, with the
+load_stack {count; label load}, block_stack {ns, count, bytes; label op} (from io and block), one per
+(task, stack) per interval, with the
 symbolised stack root first (user frames, then kernel frames suffixed `_[k]`) and the
 cgroup path as a label. docs/design/stack-attribution.md explains the attribution.
 """
@@ -44,6 +47,8 @@ LOST = "[lost stack]"  # the kernel could not store this stack (hash collision o
 (STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS,
  STAT_USER_UNVERIFIED, STAT_UNSEEN_SWITCH_IN) = range(8)
 STAT_N = 8  # stack.h
+SRC_MAIN, SRC_BLOCK, SRC_KMEM = 0, 1, 2  # stack_key.source (STACK_SRC_* of stack.h)
+COMM_LEN = 15  # TASK_COMM_LEN less its NUL: the kernel keeps no more of a name
 
 
 @dataclass(frozen=True)
@@ -206,11 +211,13 @@ class StackExporter(Exporter):
         self.load_source = load_source
         self.gate: LoadGate | None = None
         self.kernel_mem = kernel_mem and self.mode.name == "mem"
-        if self.mode.name in ("mem", "io") and not self.kernel_mem:
+        # mem: libc's allocations, unless --kernel --kernel-only (they have no kernel frames)
+        self.libc_mem = self.mode.name == "mem" and (not self.kernel_mem or user_stacks)
+        if self.mode.name == "mem" and not self.kernel_mem:
             self.kernel_stacks = False  # who asked, in user space: no kernel stacks taken
-        # offcpu, mem --kernel and block intern kernel stacks by content in `kstacks`
-        # (stack.bpf.c); the other modes use stack_traces
-        self.kstacks_interned = self.kernel_stacks and self.mode.name in ("offcpu", "mem", "block")
+        # offcpu, mem --kernel and block requests (io, block) intern kernel stacks by content
+        # in `kstacks` (stack.bpf.c); the other modes use stack_traces
+        self.kstacks_interned = self.kernel_stacks and self.mode.name in ("offcpu", "mem", "block", "io")
         self.stack_traces = stack_traces
         self.max_entries = max_entries
         self.outputs = outputs
@@ -238,36 +245,38 @@ class StackExporter(Exporter):
                   "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
                   "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
                   "sample_every": self.sample_every, "gated": self.mode.name == "load"}
-        if self.mode.name == "mem" and not self.kernel_mem:
+        if self.comm:  # in the kernel: other tasks never fill `counts` or stack_traces
+            rodata.update(comm_filter=True, target_comm=self.comm.encode()[:COMM_LEN])
+        if self.libc_mem:
             rodata.update(self._libc_mmap_layout())
         # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
         # under kmalloc): sized only where kernel stacks are interned by content
         sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if self.kstacks_interned else 1,
                  "counts": self.max_entries}
         if self.mode.name == "mem":
-            only = list(KMEM_PROGRAMS) if self.kernel_mem else [p for pair in MEM_PROBES.values() for p in pair if p]
+            only = [p for pair in MEM_PROBES.values() for p in pair if p] if self.libc_mem else []
+            only += list(KMEM_PROGRAMS) if self.kernel_mem else []
+        elif self.mode.name == "io":  # syscalls per user stack, block requests per kernel stack
+            only = [self.mode.program, *BLOCK_PROGRAMS]
         elif self.mode.name == "block":
             only = list(BLOCK_PROGRAMS)
         else:
             only = [self.mode.program]
         self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
-        prog = self.obj.programs[self.mode.program]
         if self.mode.name == "load":
             self.gate = LoadGate(self.obj.maps["gate"], self.threshold, self.load_source)
             self.gate.start()
         if self.mode.name in ("cpu", "load"):
-            prog.attach_perf_event(self.freq, online_cpus())
+            self.obj.programs[self.mode.program].attach_perf_event(self.freq, online_cpus())
         elif self.mode.name == "mem":
             if self.kernel_mem:
                 for name in KMEM_PROGRAMS:
                     self.obj.programs[name].attach()
-            else:
+            if self.libc_mem:
                 self._attach_mem()
-        elif self.mode.name == "block":
-            for name in BLOCK_PROGRAMS:
-                self.obj.programs[name].attach()
         else:
-            prog.attach()
+            for name in only:
+                self.obj.programs[name].attach()
 
     def _libc_mmap_layout(self) -> dict:
         """Where libc's mmap and code are, so that the kernel side can skip libc's own
@@ -353,6 +362,9 @@ class StackExporter(Exporter):
         alive = {}
         kept = []
         for key, val in rows:
+            if key.source == SRC_KMEM:  # kernel objects outlive the process that made them
+                kept.append((key, val))
+                continue
             if key.pid not in alive:
                 alive[key.pid] = os.path.exists(f"/proc/{key.pid}")
             if alive[key.pid]:
@@ -365,6 +377,8 @@ class StackExporter(Exporter):
             for name in ("allocs", "mmaps"):
                 live = self.obj.maps[name]
                 for addr, info in live.batch():
+                    if info.key.source == SRC_KMEM:
+                        continue
                     pid = info.key.pid
                     if pid not in alive:
                         alive[pid] = os.path.exists(f"/proc/{pid}")
@@ -383,17 +397,16 @@ class StackExporter(Exporter):
         counts = self.obj.maps["counts"]
         mem = self.mode.name == "mem"
         rows = counts.batch(delete=not mem)  # mem: outstanding now, not per interval
-        if mem:
-            if not self.kernel_mem:  # kernel objects outlive the process that made them
-                rows = self._drop_exited(rows)
+        if self.libc_mem:
+            rows = self._drop_exited(rows)
         self.sym.refresh()
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
             comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))
-            if self.comm and comm != self.comm:
+            if self.comm and comm != self.comm[:COMM_LEN]:  # filtered in the kernel already
                 continue
             frames = tuple(self.frames(key.pid, key.user_stack_id, key.kernel_stack_id))
-            k = (key.pid, key.tid, comm, key.cgroup_id, key.state, frames)
+            k = (key.pid, key.tid, comm, key.cgroup_id, key.source, key.state, frames)
             a = agg.setdefault(k, [0, 0, 0])
             a[0] += val.count
             a[1] += val.ns
@@ -406,14 +419,23 @@ class StackExporter(Exporter):
         records = []
         if mem and self.outputs is not None:
             self.outputs.clear()  # a snapshot: the files show what is outstanding at the end
-        for (pid, tid, comm, cg, state, frames), (count, ns, nbytes) in agg.items():
+        for (pid, tid, comm, cg, source, state, frames), (count, ns, nbytes) in agg.items():
             labels = {"cgroup": self.cgroups.name(cg)}
-            if mem:
+            kind, part = self.mode.kind, None  # part: the head frame of the outputs' stacks
+            if source == SRC_BLOCK:  # block and io: a block request
+                kind = "block_stack"
+                labels["op"] = part = BLOCK_OPS.get(state, "other")
+                if self.mode.name == "io":  # beside the syscalls' bytes: say which is which
+                    part = f"block {part}"
+                values = {"ns": ns, "count": count, "bytes": nbytes}
+            elif mem:
                 if count <= 0 and nbytes <= 0:
                     continue
                 if self.sample_every > 1:
                     labels["sample_every"] = str(self.sample_every)
-                labels["space"] = "kernel" if self.kernel_mem else "user"  # two exporters, one kind
+                labels["space"] = "kernel" if source == SRC_KMEM else "user"
+                if self.kernel_mem:  # both in one run: the flame graph keeps them apart
+                    part = labels["space"]
                 values = {"outstanding_bytes": nbytes * self.sample_every,
                           "outstanding_count": count * self.sample_every}
             elif self.mode.name == "load":
@@ -421,36 +443,35 @@ class StackExporter(Exporter):
                 labels["load_source"] = self.load_source
                 values = {"count": count}
             elif self.mode.name == "io":
-                labels["direction"] = IO_DIRECTIONS.get(state, "other")
+                labels["direction"] = part = IO_DIRECTIONS.get(state, "other")
                 values = {"bytes": nbytes, "count": count}
             elif self.mode.name == "offcpu":
-                labels["state"] = STATES.get(state, "other")
+                labels["state"] = part = STATES.get(state, "other")
                 values = {"ns": ns, "count": count}
-            elif self.mode.name == "block":
-                labels["op"] = BLOCK_OPS.get(state, "other")
-                values = {"ns": ns, "count": count, "bytes": nbytes}
             else:
                 values = {"count": count}
-            rec = make_record("stack", self.mode.kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels,
+            rec = make_record("stack", kind, ts=ts, pid=pid, tid=tid, comm=comm, labels=labels,
                               values=values, stack=list(frames))
             ts = rec["ts"]  # one timestamp per interval
             records.append(rec)
-            weight = values[self.mode.weight]
-            if not mem:
+            weight = values[self.mode.weight]  # io: bytes, of syscalls and block requests alike
+            if not mem and kind == self.mode.kind:
                 self.totals[comm] += weight
             if self.outputs is not None:
-                self.outputs.add(comm, pid, tid, labels.get("state") or labels.get("direction") or labels.get("op"),
-                                 list(frames), weight, values)
+                self.outputs.add(comm, pid, tid, part, list(frames), weight, values)
         records.sort(key=lambda r: r["values"][self.mode.weight], reverse=True)
         return records
 
     # ---- views ----------------------------------------------------------------------------------
     def table(self, records: list[dict]) -> Table:
         w = self.mode.weight
-        total = sum(r["values"][w] for r in records) or 1
+        totals: Counter[str] = Counter()  # % of its own kind (io: syscall and block bytes apart)
+        for r in records:
+            totals[r["kind"]] += r["values"][w]
+        spaces = ("libc and kernel" if self.libc_mem else "kernel") if self.kernel_mem else "libc"
         title = {"cpu": f"on-CPU stacks at {self.freq} Hz", "offcpu": "off-CPU time per stack",
-                 "mem": "outstanding " + ("kernel" if self.kernel_mem else "libc") + " allocations per stack",
-                 "io": "bytes read and written per stack",
+                 "mem": f"outstanding {spaces} allocations per stack",
+                 "io": "bytes read and written per stack (syscalls; blk: block requests, device time)",
                  "block": "block-device request time (issue to completion) per submitting stack",
                  "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"}[self.mode.name]
         t = Table(title=f"{title} (top {self.top}, per interval)", title_justify="left", expand=False)
@@ -458,9 +479,10 @@ class StackExporter(Exporter):
         if self.mode.name == "offcpu":
             cols += [("STATE", "left"), ("MS", "right")]
         elif self.mode.name == "mem":
+            cols += [("SPACE", "left")] if self.kernel_mem else []
             cols += [("BYTES", "right"), ("BLOCKS", "right")]
         elif self.mode.name == "io":
-            cols += [("DIR", "left"), ("BYTES", "right"), ("CALLS", "right")]
+            cols += [("DIR", "left"), ("BYTES", "right"), ("CALLS", "right"), ("MS", "right")]
         elif self.mode.name == "block":
             cols += [("OP", "left"), ("MS", "right"), ("BYTES", "right"), ("REQS", "right")]
         elif self.mode.name == "load":
@@ -476,9 +498,13 @@ class StackExporter(Exporter):
             if self.mode.name == "offcpu":
                 cells += [r["labels"]["state"], f"{v / 1e6:,.1f}"]
             elif self.mode.name == "mem":
+                cells += [r["labels"]["space"]] if self.kernel_mem else []
                 cells += [f"{v:,}", f"{r['values']['outstanding_count']:,}"]
+            elif self.mode.name == "io" and r["kind"] == "block_stack":
+                cells += ["blk " + r["labels"]["op"], f"{v:,}", f"{r['values']['count']:,}",
+                          f"{r['values']['ns'] / 1e6:,.2f}"]
             elif self.mode.name == "io":
-                cells += [r["labels"]["direction"], f"{v:,}", f"{r['values']['count']:,}"]
+                cells += [r["labels"]["direction"], f"{v:,}", f"{r['values']['count']:,}", ""]
             elif self.mode.name == "block":
                 cells += [r["labels"]["op"], f"{v / 1e6:,.2f}", f"{r['values']['bytes']:,}",
                           f"{r['values']['count']:,}"]
@@ -487,7 +513,7 @@ class StackExporter(Exporter):
             else:
                 cells += [f"{v:,}"]
             stack = r["stack"] or []
-            cells += [f"{100 * v / total:.1f}", " <- ".join(reversed(stack[-4:]))]
+            cells += [f"{100 * v / (totals[r['kind']] or 1):.1f}", " <- ".join(reversed(stack[-4:]))]
             t.add_row(*(Text(str(c)) for c in cells))  # Text: frames like 'f_[k]' are not markup
         return t
 

@@ -41,7 +41,9 @@ MODE_VALUES: dict[str, tuple[ValueType, ...]] = {
               ValueType("io", "bytes", "bytes")),
     "mem": (ValueType("inuse_space", "bytes", "outstanding_bytes"),
             ValueType("inuse_objects", "count", "outstanding_count")),
-    "io": (ValueType("io", "bytes", "bytes"), ValueType("calls", "count", "count")),
+    # io: syscalls and block requests (their device time; 0 for a syscall) under one weight
+    "io": (ValueType("io", "bytes", "bytes"), ValueType("calls", "count", "count"),
+           ValueType("device_time", "nanoseconds", "ns")),
 }
 # without a mode: the weight alone, named after its display unit
 _UNIT_VALUE = {"samples": ValueType("samples", "count", "weight"),
