@@ -53,7 +53,7 @@ def cli_rss_mib(args: list[str], intervals: int = 5) -> tuple[float, float]:
         if proc.poll() is not None:
             raise SystemExit(f"bpfscope net {' '.join(args)} exited: {proc.stderr.read().decode()}")
         with open(f"/proc/{proc.pid}/status") as f:
-            status = {line.split(":")[0]: line.split()[1] for line in f}
+            status = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("VmRSS", "VmHWM"))}
         return int(status["VmRSS"]) / 1024, int(status["VmHWM"]) / 1024
     finally:
         proc.terminate()
