@@ -80,10 +80,12 @@ def test_write_bytes_and_requests_match_the_workload(stats, tmp_path):
     assert (src / "big").stat().st_size == 8 << 20
 
 
-def test_trace_cli_json_has_the_mount_and_opcodes(tmp_path):
+def test_trace_cli_json_has_the_mount_opcodes_and_a_histogram_of_every_request(tmp_path):
+    """100 stats in plain: one LOOKUP record of count 100 whose log2 latency slots (hist_<i>)
+    hold 100 requests, and whose p99 is the upper bound of the highest slot that reaches 99."""
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir(), mnt.mkdir()
-    for i in range(20):
+    for i in range(100):
         (src / f"f{i}").write_text("x")
     with mounted(str(src), str(mnt), "plain"):
         proc = subprocess.Popen(BPFSCOPE + ["fuse", "trace", "--mount", str(mnt), "--interval", "2", "--duration",
@@ -91,7 +93,7 @@ def test_trace_cli_json_has_the_mount_and_opcodes(tmp_path):
         try:
             from bpfscope.bpf import wait_for_links
             assert wait_for_links(proc, at_least=2)
-            for i in range(20):
+            for i in range(100):
                 os.stat(mnt / f"f{i}")
             out, err = proc.communicate(timeout=30)
         finally:
@@ -99,8 +101,20 @@ def test_trace_cli_json_has_the_mount_and_opcodes(tmp_path):
     recs = [json.loads(line) for line in out.splitlines()]
     lookup = [r for r in recs if r["labels"]["opcode"] == "LOOKUP"]
     assert len(lookup) == 1, (out, err)
-    assert lookup[0]["labels"]["mount"] == str(mnt) and lookup[0]["values"]["count"] == 20
+    v = lookup[0]["values"]
+    assert lookup[0]["labels"]["mount"] == str(mnt) and v["count"] == 100
     assert lookup[0]["domain"] == "fuse" and lookup[0]["kind"] == "fuse_op"
+    hist = {int(k[5:]): n for k, n in v.items() if k.startswith("hist_")}
+    assert sum(hist.values()) == 100 and all(n > 0 for n in hist.values()), v
+    assert 2 ** min(hist) <= v["avg_us"] * 1000 < 2 ** (max(hist) + 1), v  # a mean inside the slots seen
+    seen = 0
+    for i in sorted(hist):
+        seen += hist[i]
+        if seen >= 99:
+            assert v["p99_us"] == 2 ** (i + 1) / 1000, v
+            break
+    for r in recs:  # every record's slots add up to its count
+        assert sum(n for k, n in r["values"].items() if k.startswith("hist_")) == r["values"]["count"], r
 
 
 def test_plain_small_file_read_is_lookup_open_read_flush_release(stats, tmp_path):

@@ -16,6 +16,13 @@ pytestmark = pytest.mark.bpf
 FILES, MISSING, CHUNK, WRITES = 137, 41, 64 * 1024, 3
 
 
+def _section(html: str, title: str) -> str:
+    """The page from the heading that starts with title to the next heading."""
+    start = html.index(f"<h2>{title}")
+    end = html.find("<h2>", start + 4)
+    return html[start:end if end >= 0 else len(html)]
+
+
 def _row(html: str, *cells: str) -> str:
     """The one table row holding every cell text given."""
     rows = [r for r in re.findall(r"<tr>.*?</tr>", html, re.S) if all(f">{c}<" in r for c in cells)]
@@ -66,13 +73,25 @@ def test_fuse_page_shows_the_requests_of_a_known_workload(chromium, collector): 
     lookup_count, lookup_errors = FILES + MISSING + 1, MISSING + 1  # + the create's
     assert sum(r["values"]["count"] for r in lookups) == lookup_count
 
-    html = dom(chromium, f"{url}/#fuse?from=-5m")
-    assert "Per mount and opcode" in html
+    for r in lookups:
+        assert sum(n for k, n in r["values"].items() if k.startswith("hist_")) == r["values"]["count"], r
+
+    page = dom(chromium, f"{url}/#fuse?from=-5m")
+    html = _section(page, "Per mount and opcode")
     lookup = _cells(_row(html, mnt, "LOOKUP"))
     assert lookup[2:4] == [f"{lookup_count:,}", f"{lookup_errors}"], lookup
     write = _cells(_row(html, mnt, "WRITE"))
     assert write[2] == f"{WRITES}" and write[4] == f"{WRITES * (CHUNK + 80):,}", write
     assert float(write[6]) > 0, write  # a mean latency was measured
+    # the distribution: every request of the row in one log2 bucket column or another
+    dist = _section(page, "Latency distribution")
+    heads = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", dist, re.S)
+    assert heads[:3] == ["mount", "opcode", "requests"] and all(t.startswith("&lt; ") for t in heads[3:]), heads
+    for opcode, want in (("LOOKUP", lookup_count), ("WRITE", WRITES)):
+        cells = _cells(_row(dist, mnt, opcode))
+        assert len(cells) == len(heads) and cells[2] == f"{want:,}", cells
+        counts = [int(re.sub(r"<[^>]+>", "", c).replace(",", "") or 0) for c in cells[3:]]
+        assert sum(counts) == want and any(counts), cells
     screenshot(chromium, f"{url}/#fuse?from=-5m", "fuse")
     # the mount filter keeps only that mount
     html = dom(chromium, f"{url}/#fuse?from=-5m&mount={mnt}")

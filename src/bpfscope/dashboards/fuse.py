@@ -18,6 +18,7 @@ from .common import (
     infinity_table,
     infinity_timeseries,
     prometheus,
+    prometheus_heatmap,
     prometheus_timeseries,
     records_query,
     row,
@@ -80,7 +81,11 @@ def build():
              "Mean latency by opcode", "Sum of latencies over the number of requests.",
              prometheus(f"{_rate('bpfscope_fuse_latency_seconds_sum', 'opcode')} / "
                         f"{_rate('bpfscope_fuse_latency_seconds_count', 'opcode')}", "{{opcode}}"),
-             unit="s", width=24)))
+             unit="s", width=12))
+         .with_panel(prometheus_heatmap(
+             "Latency distribution, every opcode", "Requests per log2 latency bucket over time (kernel send "
+             "to end); the built-in FUSE page shows the same buckets per opcode.",
+             prometheus(f"sum by (le) (rate(bpfscope_fuse_latency_seconds_bucket{MATCH}[{RATE}]))", "{{le}}"))))
 
     mount, opcode = Column("labels.mount", "mount"), Column("labels.opcode", "opcode")
     d = (d.with_row(row("Mounts and opcodes (stored records: one per interval, mount and opcode)"))

@@ -1,6 +1,9 @@
 """bpfscope fuse trace: every FUSE request from the fuse:fuse_request_send/end tracepoints,
 aggregated in the kernel per (connection, opcode) with a log2 latency histogram
-(bpf/fuse.bpf.c). User space reads the `ops` map in one batch per interval and takes deltas."""
+(bpf/fuse.bpf.c). User space reads the `ops` map in one batch per interval and takes deltas.
+
+A fuse_op record carries the interval's histogram as values hist_<i>: the requests whose
+latency was in [2^i, 2^(i+1)) ns, for the slots that counted any (they sum to count)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ FIELDS = ("count", "errors", "request_bytes", "reply_bytes", "total_ns")
 
 def opcode_name(op: int) -> str:
     return OPCODE_NAMES.get(op, str(op))
+
+
+def hist_values(hist: list[int]) -> dict[str, int]:
+    """The non-empty log2 slots as record values (record values are scalars, not lists)."""
+    return {f"hist_{i}": n for i, n in enumerate(hist) if n}
 
 
 def quantile_ns(hist: list[int], q: float) -> float:
@@ -152,7 +160,8 @@ class FuseTraceExporter(Exporter):
                 values={"count": v["count"], "errors": v["errors"], "request_bytes": v["request_bytes"],
                         "reply_bytes": v["reply_bytes"], "rate_per_s": round(v["count"] / max(elapsed_s, 1e-9), 3),
                         "avg_us": round(v["total_ns"] / v["count"] / 1000, 3),
-                        "p50_us": quantile_ns(v["hist"], 0.5) / 1000, "p99_us": quantile_ns(v["hist"], 0.99) / 1000}))
+                        "p50_us": quantile_ns(v["hist"], 0.5) / 1000, "p99_us": quantile_ns(v["hist"], 0.99) / 1000,
+                        **hist_values(v["hist"])}))
         return out
 
     def table(self, records: list[dict]) -> Table:
