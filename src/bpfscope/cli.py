@@ -291,10 +291,12 @@ def stack_block(
 
 @stack_app.command("load")
 def stack_load(
-    threshold: Annotated[float, typer.Option(help="Sample only while the load is at least this: runnable tasks "
-                                                  "(run-queue length), or PSI cpu some avg10 %% with --psi.",
-                                             min=0)] = 4.0,
-    psi: Annotated[bool, typer.Option("--psi", help="Measure load as PSI cpu some avg10 (/proc/pressure/cpu).")] = False,
+    threshold: Annotated[Optional[float], typer.Option(help="Sample only while the load is at least this: PSI cpu "
+                                                            "some %% over the last 100 ms (default 50), or runnable "
+                                                            "tasks (run-queue length, default 4).", min=0)] = None,
+    source: Annotated[str, typer.Option(help="How load is measured: auto (PSI where the kernel has it, else the "
+                                             "run-queue length), psi or runqueue.")] = "auto",
+    psi: Annotated[bool, typer.Option("--psi", help="Same as --source psi.")] = False,
     freq: Annotated[int, typer.Option(help="Samples per second on each online CPU while armed.",
                                       min=1, max=10000)] = 49,
     pid: StackPid = None, comm: StackComm = None, cgroup: StackCgroup = None, user_only: UserOnly = False,
@@ -303,12 +305,20 @@ def stack_load(
     as_json: Json = False, collector: Collector = None, metrics_port: MetricsPort = None,
     metrics_host: MetricsHost = "127.0.0.1", quiet: Quiet = False, host: Host = None,
 ) -> None:
-    """On-CPU stacks recorded only while load is above --threshold, tagged with the load."""
-    if psi and not os.path.exists("/proc/pressure/cpu"):
-        raise UserError("--psi: this kernel has no /proc/pressure/cpu (PSI)", 2)
+    """On-CPU stacks recorded only while load is above --threshold, tagged with the load
+    and its source (label load_source: psi or runqueue)."""
+    from .exporters.stack import psi_available
+
+    if source not in ("auto", "psi", "runqueue"):
+        raise UserError(f"--source {source!r}: one of auto, psi, runqueue", 2)
+    if psi and source == "runqueue":
+        raise UserError("--psi and --source runqueue exclude each other", 2)
+    source = "psi" if psi else source
+    if source == "psi" and not psi_available():
+        raise UserError("--source psi: this kernel has no readable /proc/pressure/cpu (PSI)", 2)
     _run_stack("load", pid, comm, cgroup, user_only, kernel_only, top, folded, flamegraph, speedscope, pprof,
                interval, duration, as_json, collector, metrics_port, metrics_host, quiet, host,
-               freq=freq, threshold=threshold, load_source="psi" if psi else "runqueue")
+               freq=freq, threshold=threshold, load_source=source)
 
 
 @app.command()

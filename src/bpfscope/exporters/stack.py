@@ -90,13 +90,52 @@ def runqueue_length(path: str = "/proc/loadavg") -> int:
     return max(int(running) - 1, 0)
 
 
-def psi_cpu_some(path: str = "/proc/pressure/cpu") -> float:
-    """PSI `cpu some avg10`: % of the last 10 s in which some runnable task waited for a CPU."""
+PSI_CPU = "/proc/pressure/cpu"
+# --threshold when none is given: 4 runnable tasks (2 per CPU on the 2-CPU machines of
+# this project), or some task waiting for a CPU half of the time
+DEFAULT_THRESHOLDS = {"runqueue": 4.0, "psi": 50.0}
+
+
+def psi_cpu_some_total(path: str = PSI_CPU) -> int:
+    """PSI `cpu some total`: microseconds in which some runnable task waited for a CPU."""
     with open(path) as f:
         for line in f:
             if line.startswith("some"):
-                return float(dict(kv.split("=") for kv in line.split()[1:])["avg10"])
+                return int(dict(kv.split("=") for kv in line.split()[1:])["total"])
     raise OSError(f"no 'some' line in {path}")
+
+
+def psi_available(path: str = PSI_CPU) -> bool:
+    """PSI is readable (the file exists, and reads: psi=0 on the command line makes it fail)."""
+    try:
+        psi_cpu_some_total(path)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def resolve_load_source(requested: str = "auto") -> str:
+    """auto: PSI cpu some where the kernel has it, else the run-queue length."""
+    if requested == "auto":
+        return "psi" if psi_available() else "runqueue"
+    return requested
+
+
+class PsiCpuSome:
+    """PSI cpu some over the time since the last call, in % (from the `total` counter:
+    avg10 is recomputed every 2 s only and lags a burst by seconds)."""
+
+    def __init__(self, path: str = PSI_CPU):
+        import time
+
+        self.path, self._clock = path, time.monotonic_ns
+        self._total, self._at = psi_cpu_some_total(path), self._clock()
+
+    def __call__(self) -> float:
+        total, at = psi_cpu_some_total(self.path), self._clock()
+        pct = 100 * (total - self._total) * 1000 / max(at - self._at, 1)
+        self._total, self._at = total, at
+        return min(max(pct, 0.0), 100.0)
 
 
 class LoadGate:
@@ -107,7 +146,7 @@ class LoadGate:
 
         self.map = gate_map
         self.threshold = threshold
-        self.read = psi_cpu_some if source == "psi" else runqueue_length
+        self.read = PsiCpuSome() if source == "psi" else runqueue_length
         self.period_s = period_s
         self.armed_checks = self.checks = 0
         self.last_load = 0.0
@@ -191,8 +230,8 @@ class StackExporter(Exporter):
                  cgroup: str | None = None, user_stacks: bool = True, kernel_stacks: bool = True,
                  include_idle: bool = False, min_block_us: float = 10.0, max_block_us: float | None = None,
                  top: int = 20, stack_traces: int = 16384, max_entries: int = 16384, outputs=None,
-                 symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float = 4.0,
-                 load_source: str = "runqueue", kernel_mem: bool = False):
+                 symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float | None = None,
+                 load_source: str = "auto", kernel_mem: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown stack mode {mode!r}")
         self.mode = MODES[mode]
@@ -207,8 +246,8 @@ class StackExporter(Exporter):
         self.max_block_ns = int(max_block_us * 1000) if max_block_us else (1 << 64) - 1
         self.top = top
         self.sample_every = max(1, sample_every)
-        self.threshold = threshold
-        self.load_source = load_source
+        self.load_source = resolve_load_source(load_source) if mode == "load" else load_source
+        self.threshold = DEFAULT_THRESHOLDS.get(self.load_source, 4.0) if threshold is None else threshold
         self.gate: LoadGate | None = None
         self.kernel_mem = kernel_mem and self.mode.name == "mem"
         # mem: libc's allocations, unless --kernel --kernel-only (they have no kernel frames)
@@ -473,7 +512,8 @@ class StackExporter(Exporter):
                  "mem": f"outstanding {spaces} allocations per stack",
                  "io": "bytes read and written per stack (syscalls; blk: block requests, device time)",
                  "block": "block-device request time (issue to completion) per submitting stack",
-                 "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"}[self.mode.name]
+                 "load": f"on-CPU stacks while {self.load_source} >= {self.threshold:g}"
+                 + ("% (PSI cpu some)" if self.load_source == "psi" else " runnable tasks")}[self.mode.name]
         t = Table(title=f"{title} (top {self.top}, per interval)", title_justify="left", expand=False)
         cols = [("PID", "right"), ("TID", "right"), ("COMM", "left")]
         if self.mode.name == "offcpu":
