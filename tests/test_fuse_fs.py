@@ -174,6 +174,19 @@ def _errnos(root: str) -> dict:
         "file_as_dir": lambda: os.open(f"{root}/file/x", os.O_RDONLY),
         "rename_noreplace": lambda: _renameat2(f"{root}/file", f"{root}/full", 1),
         "rename_dir_over_nonempty": lambda: os.rename(f"{root}/full/sub", f"{root}/full"),
+        "rename_into_own_subdir": lambda: os.rename(f"{root}/full", f"{root}/full/sub/x"),
+        "rename_file_over_dir": lambda: os.rename(f"{root}/file", f"{root}/full"),
+        "open_dir_for_write": lambda: os.open(f"{root}/full", os.O_WRONLY),
+        "o_directory_on_file": lambda: os.open(f"{root}/file", os.O_RDONLY | os.O_DIRECTORY),
+        "truncate_dir": lambda: os.truncate(f"{root}/full", 0),
+        "link_dir": lambda: os.link(f"{root}/full", f"{root}/dirlink"),
+        "readlink_file": lambda: os.readlink(f"{root}/file"),
+        "symlink_exists": lambda: os.symlink("x", f"{root}/file"),
+        "write_readonly_fd": lambda: _on_fd(f"{root}/file", os.O_RDONLY, lambda fd: os.write(fd, b"x")),
+        "read_writeonly_fd": lambda: _on_fd(f"{root}/file", os.O_WRONLY, lambda fd: os.read(fd, 1)),
+        "ftruncate_readonly_fd": lambda: _on_fd(f"{root}/file", os.O_RDONLY, lambda fd: os.ftruncate(fd, 0)),
+        "listdir_file": lambda: os.listdir(f"{root}/file"),
+        "name_too_long": lambda: os.open(f"{root}/{'n' * 256}", os.O_CREAT | os.O_WRONLY, 0o644),
     }.items():
         try:
             fn()
@@ -181,6 +194,14 @@ def _errnos(root: str) -> dict:
         except OSError as e:
             out[name] = errno.errorcode[e.errno]
     return out
+
+
+def _on_fd(path: str, flags: int, fn):
+    fd = os.open(path, flags)
+    try:
+        return fn(fd)
+    finally:
+        os.close(fd)
 
 
 def _renameat2(a: str, b: str, flags: int) -> None:
@@ -191,7 +212,7 @@ def _renameat2(a: str, b: str, flags: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-@pytest.mark.parametrize("mode", ["plain", "fast"])
+@pytest.mark.parametrize("mode", MODES)
 def test_errors_are_the_native_ones(mode, tmp_path):
     native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
     for d in (native, src, mnt):
@@ -200,7 +221,8 @@ def test_errors_are_the_native_ones(mode, tmp_path):
     with mounted(str(src), str(mnt), mode):
         got = _errnos(str(mnt))
     assert want["open_missing"] == "ENOENT" and want["mkdir_exists"] == "EEXIST"
-    assert want["rmdir_notempty"] == "ENOTEMPTY"
+    assert want["rmdir_notempty"] == "ENOTEMPTY" and want["rename_into_own_subdir"] == "EINVAL"
+    assert want["write_readonly_fd"] == "EBADF" and want["name_too_long"] == "ENAMETOOLONG"
     assert got == want
 
 
@@ -354,6 +376,16 @@ t("write_0644", lambda: open(root + "/public", "a"))
 t("unlink_in_root_dir", lambda: os.unlink(root + "/public"))
 t("chmod_not_owner", lambda: os.chmod(root + "/public", 0o777))
 t("list_0700_dir", lambda: os.listdir(root + "/private"))
+t("stat_in_0700_dir", lambda: os.stat(root + "/private/inner"))
+t("write_0444_own", lambda: open(root + "/mine/ro", "a"))
+t("exec_0644", lambda: os.execv(root + "/public", ["x"]))
+t("read_0600_again", lambda: open(root + "/secret").read())
+t("utime_not_owner", lambda: os.utime(root + "/public", (1, 2)))
+t("utime_now_not_owner", lambda: os.utime(root + "/public"))
+t("chown_own_file", lambda: os.chown(root + "/mine/ro", 0, -1))
+t("rename_from_sticky", lambda: os.rename(root + "/sticky/roots", root + "/sticky/mine"))
+t("unlink_in_sticky", lambda: os.unlink(root + "/sticky/roots"))
+t("rmdir_0700_dir", lambda: os.rmdir(root + "/private"))
 st = os.stat(root + "/mine/new")
 out["new_owner"] = [st.st_uid, st.st_gid]
 print(json.dumps(out))
@@ -370,6 +402,14 @@ def _prepare_perm_tree(root: str) -> None:
     os.mkdir(f"{root}/mine")
     os.chown(f"{root}/mine", 65534, 65534)
     os.mkdir(f"{root}/private", 0o700)
+    open(f"{root}/private/inner", "w").close()
+    with open(f"{root}/mine/ro", "w") as f:
+        f.write("r")
+    os.chown(f"{root}/mine/ro", 65534, 65534)
+    os.chmod(f"{root}/mine/ro", 0o444)
+    os.mkdir(f"{root}/sticky")
+    os.chmod(f"{root}/sticky", 0o1777)
+    open(f"{root}/sticky/roots", "w").close()
     os.chmod(root, 0o755)
 
 
@@ -380,7 +420,7 @@ def _as_nobody(root: str) -> dict:
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("mode", ["plain", "fast"])
+@pytest.mark.parametrize("mode", MODES)
 def test_permissions_for_a_non_root_user_are_native(mode):
     with world_dir() as base:
         native, src, mnt = f"{base}/native", f"{base}/src", f"{base}/mnt"
@@ -391,8 +431,21 @@ def test_permissions_for_a_non_root_user_are_native(mode):
         want = _as_nobody(native)
         with mounted(src, mnt, mode):
             got = _as_nobody(mnt)
+            # modes changed behind the mount: cached modes learn it from inotify, within 1.5 s
+            for root in (native, src):
+                os.chmod(f"{root}/secret", 0o644), os.chmod(f"{root}/public", 0o600)
+                os.chmod(f"{root}/private", 0o755)
+            want_after = _as_nobody(native)
+            deadline = time.monotonic() + 1.5
+            while (got_after := _as_nobody(mnt)) != want_after and time.monotonic() < deadline:
+                time.sleep(0.1)
+    assert want_after["read_0600"] == "ok" and want_after["read_0644"] == "EACCES"
+    assert want_after["stat_in_0700_dir"] == "ok"
+    assert got_after == want_after
     assert want["read_0600"] == "EACCES" and want["create_in_root_dir"] == "EACCES"
     assert want["new_owner"] == [65534, 65534]
+    assert want["stat_in_0700_dir"] == want["exec_0644"] == want["write_0444_own"] == "EACCES"
+    assert want["utime_not_owner"] == want["chown_own_file"] == want["unlink_in_sticky"] == "EPERM"
     assert got == want
 
 
