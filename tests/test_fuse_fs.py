@@ -769,3 +769,81 @@ def test_create_over_a_name_that_appeared_behind_a_negative_entry_opens_it_as_na
         assert want == {"locked": "EACCES", "open": "ok"}
         assert got == want
         assert owners(data) == owners(native) == through == {"locked": (0, "root's"), "open": (0, "root's")}
+
+
+SERVE_ON_FD = r"""
+import sys
+from bpfscope.fuse.modes import MODES
+from bpfscope.fuse.server import Server
+Server(int(sys.argv[1]), sys.argv[2], MODES["plain"], threads=1).serve()
+"""
+
+
+def test_a_request_the_server_cannot_serve_costs_that_request_not_its_worker(tmp_path):
+    """The kernel never sends a directory handle the server did not give, nor a truncated
+    request, so a socket plays /dev/fuse (one message per read, as the device gives one request)
+    for the real server in its own process, with one worker thread: READDIR and READDIRPLUS of
+    an unknown handle are answered EBADF, a GETATTR too short to parse EIO with one line on
+    stderr, and the same worker answers the requests after them."""
+    import socket
+    import struct
+
+    from bpfscope.fuse import protocol as P
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("alpha", "beta"):
+        (src / name).write_text(name)
+    kernel, dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = subprocess.Popen([sys.executable, "-c", SERVE_ON_FD, str(dev.fileno()), str(src)],
+                              pass_fds=[dev.fileno()], stderr=subprocess.PIPE, text=True)
+    dev.close()
+    kernel.settimeout(10)
+    unique = 0
+
+    def ask(opcode: int, nodeid: int, body: bytes) -> tuple[int, bytes]:
+        nonlocal unique
+        unique += 2
+        kernel.send(P.IN_HEADER.pack(40 + len(body), opcode, unique, nodeid, 0, 0, os.getpid(), 0, 0) + body)
+        reply = kernel.recv(1 << 20)
+        length, error, got = P.OUT_HEADER.unpack_from(reply, 0)
+        assert got == unique and length == len(reply), (opcode, got, unique)
+        return error, reply[16:]
+
+    def names(listing: bytes) -> list[str]:
+        out, pos = [], 0
+        while pos < len(listing):
+            _ino, _off, namelen, _t = P.DIRENT.unpack_from(listing, pos)
+            out.append(listing[pos + 24:pos + 24 + namelen].decode())
+            pos += (24 + namelen + 7) & ~7
+        return sorted(out)
+
+    try:
+        error, _ = ask(P.INIT, 0, P.INIT_IN.pack(7, 40, 1 << 17, 0, 0) + bytes(44))
+        assert error == 0
+        error, out = ask(P.OPENDIR, P.ROOT_ID, P.OPEN_IN.pack(os.O_RDONLY, 0))
+        assert error == 0
+        dh = P.OPEN_OUT.unpack_from(out, 0)[0]
+        readdir = lambda fh: ask(P.READDIR, P.ROOT_ID, P.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0))  # noqa: E731
+        assert readdir(dh) == (0, readdir(dh)[1]) and names(readdir(dh)[1]) == [".", "..", "alpha", "beta"]
+        assert readdir(dh + 1000) == (-errno.EBADF, b"")
+        assert ask(P.READDIRPLUS, P.ROOT_ID, P.READ_IN.pack(dh + 1000, 0, 4096, 0, 0, 0, 0)) == (-errno.EBADF, b"")
+        assert ask(P.GETATTR, P.ROOT_ID, b"") == (-errno.EIO, b"")  # fuse_getattr_in missing: struct.error
+        # the one worker is alive: it still answers
+        error, out = ask(P.GETATTR, P.ROOT_ID, P.GETATTR_IN.pack(0, 0, 0))
+        assert error == 0 and P.ATTR_OUT.unpack_from(out, 0)[3] == os.stat(src).st_ino
+        assert readdir(dh)[0] == 0 and names(readdir(dh)[1]) == [".", "..", "alpha", "beta"]
+        assert ask(P.RELEASEDIR, P.ROOT_ID, P.RELEASE_IN.pack(dh, 0, 0, 0)) == (0, b"")
+        assert readdir(dh) == (-errno.EBADF, b"")  # released: unknown now
+    finally:
+        kernel.close()  # end of file: the server returns
+        try:
+            server.wait(timeout=10)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    err = server.stderr.read()
+    assert server.returncode == 0, err
+    assert err.splitlines() == ["bpfscope fuse: GETATTR request failed: error: unpack_from requires a buffer of at "
+                                "least 16 bytes for unpacking 16 bytes at offset 0 (actual buffer size is 0)"], err

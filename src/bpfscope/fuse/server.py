@@ -11,6 +11,7 @@ import fcntl
 import os
 import stat
 import struct
+import sys
 import threading
 
 from ..hostenv import HostError
@@ -176,20 +177,22 @@ class Server:
                 if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):  # ENOENT: request interrupted
                     continue
                 return  # ENODEV: unmounted, or the connection was aborted
+            if not n:
+                return  # end of file: never from /dev/fuse, but from a socket standing in for it
             length, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = unpack_hdr(buf, 0)
-            if opcode == P.FORGET:
-                self._forget(nodeid, P.FORGET_IN.unpack_from(buf, 40)[0])
-                continue
-            if opcode == P.BATCH_FORGET:
-                count = P.BATCH_FORGET_IN.unpack_from(buf, 40)[0]
-                for i in range(count):
-                    nid, nl = P.FORGET_ONE.unpack_from(buf, 48 + 16 * i)
-                    self._forget(nid, nl)
-                continue
-            if opcode == P.INTERRUPT:
-                continue
-            fn = handlers.get(opcode)
             try:
+                if opcode == P.FORGET:
+                    self._forget(nodeid, P.FORGET_IN.unpack_from(buf, 40)[0])
+                    continue
+                if opcode == P.BATCH_FORGET:
+                    count = P.BATCH_FORGET_IN.unpack_from(buf, 40)[0]
+                    for i in range(count):
+                        nid, nl = P.FORGET_ONE.unpack_from(buf, 48 + 16 * i)
+                        self._forget(nid, nl)
+                    continue
+                if opcode == P.INTERRUPT:
+                    continue
+                fn = handlers.get(opcode)
                 if fn is None:
                     raise OSError(errno.ENOSYS, "")
                 out = fn(nodeid, mv[40:n], uid, gid)
@@ -199,6 +202,11 @@ class Server:
                     self._send(unique, 0, out)
             except OSError as e:
                 self._send(unique, -(e.errno or errno.EIO), b"")
+            except Exception as e:  # a bug costs its request (EIO), never a worker thread
+                name = P.OPCODE_NAMES.get(opcode, str(opcode))
+                print(f"bpfscope fuse: {name} request failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                if opcode not in (P.FORGET, P.BATCH_FORGET, P.INTERRUPT):  # these take no reply
+                    self._send(unique, -errno.EIO, b"")
 
     def _send(self, unique: int, error: int, payload) -> None:
         hdr = P.OUT_HEADER.pack(16 + len(payload), error, unique)
@@ -625,7 +633,10 @@ class Server:
         a generation that the offsets it hands out carry in their upper 32 bits: a reader
         halfway through one listing goes on in it while another starts a new one."""
         if fh:
-            return self.dirs[fh], off, 0
+            listing = self.dirs.get(fh)
+            if listing is None:  # not a handle this server gave, or one already released
+                raise OSError(errno.EBADF, "")
+            return listing, off, 0
         gen, idx = off >> 32, off & 0xFFFFFFFF
         with self.lock:
             kept = self.listings.get(gen) if off else None
