@@ -153,3 +153,21 @@ def test_a_bad_source_is_one_line_of_error():
     p = subprocess.run(BPFSCOPE + ["stack", "load", "--source", "loadavg"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "--source" in p.stderr, p.stderr
+
+
+def test_psi_load_is_the_share_of_the_last_window_some_task_waited(tmp_path):
+    """From PSI's `total` (us): 50 ms of waiting over a ~100 ms window is ~50 %; the first
+    call, microseconds after the baseline, says 0 rather than noise."""
+    from bpfscope.exporters.stack import PsiCpuSome
+
+    f = tmp_path / "cpu"
+    f.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=1000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    read = PsiCpuSome(str(f))
+    f.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=900000\n")
+    assert read() == 0.0
+    start = time.monotonic()
+    time.sleep(0.1)
+    f.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=%d\n" % (1000 + 50_000))
+    pct = read()
+    window = time.monotonic() - start
+    assert pct == pytest.approx(100 * 0.05 / window, rel=0.1) and 25 < pct <= 50

@@ -130,12 +130,16 @@ class PsiCpuSome:
 
         self.path, self._clock = path, time.monotonic_ns
         self._total, self._at = psi_cpu_some_total(path), self._clock()
+        self._last = 0.0
 
     def __call__(self) -> float:
         total, at = psi_cpu_some_total(self.path), self._clock()
-        pct = 100 * (total - self._total) * 1000 / max(at - self._at, 1)
+        if at - self._at < 10_000_000:  # a window of microseconds (the first call) says nothing
+            return self._last
+        pct = 100 * (total - self._total) * 1000 / (at - self._at)
         self._total, self._at = total, at
-        return min(max(pct, 0.0), 100.0)
+        self._last = min(max(pct, 0.0), 100.0)
+        return self._last
 
 
 class LoadGate:
