@@ -17,7 +17,9 @@ per-round ratios with their range (the targets: bulk >= 0.97x, short >= 0.95x, w
 (perf stat task-clock: every thread, exact).
 
 Noise on this 2-CPU VM: the same workload alone varies +-10% (short) and +-30% (bulk)
-from run to run, so single runs decide nothing. The client and the server are pinned to
+from run to run, so single runs decide nothing: the `control` mode runs it again with
+nothing attached, an A/A ratio whose median and range show what the others must beat
+(25 rounds, 2026-11-29: control 0.996x [0.675-1.444] bulk, 1.049x [0.746-1.718] short). The client and the server are pinned to
 one CPU each (--no-pin: not); the exporter is not pinned and competes with them, as in
 real life. A run during which other processes used more than --max-foreign of one CPU
 is measured again. The workloads are Python processes (bench/net_overhead.py --role ...):
@@ -253,7 +255,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["bulk", "short", "short-c"], help="one workload only")
     ap.add_argument("--max-foreign", type=float, default=0.03,
                     help="run again when other processes used more than this share of one CPU during a run")
-    ap.add_argument("--modes", default="net,latency", help="exporter modes to compare with off (comma-separated)")
+    ap.add_argument("--modes", default="control,net,latency",
+                    help="modes to compare with off, comma-separated: control (off again), net, latency, json")
     ap.add_argument("--role", choices=["bench", "server", "client"], default="bench")
     ap.add_argument("--kind", choices=["bulk", "short"])
     ap.add_argument("--port", type=int)
@@ -263,8 +266,11 @@ def main() -> None:
             _pin(args.role)
         return (server if args.role == "server" else client)(args.kind, *([args.port] if args.port else []))
 
-    # "json": every record built and written (what --json or a collector costs), for comparison
-    all_modes = {"off": None, "net": [], "latency": ["--latency", "--sample", "100"], "json": ["--json"]}
+    # "json": every record built and written (what --json or a collector costs), for comparison;
+    # "control": nothing attached again, an A/A comparison: the spread of its ratio is this
+    # machine's noise, what a ratio of the others must stand out from
+    all_modes = {"off": None, "control": None, "net": [], "latency": ["--latency", "--sample", "100"],
+                 "json": ["--json"]}
     modes = {"off": None} | {m: all_modes[m] for m in args.modes.split(",")}
     kinds = [args.only] if args.only else ["bulk", "short", "short-c"]
     results: dict[tuple[str, str], list[float]] = {(k, m): [] for k in kinds for m in modes}
