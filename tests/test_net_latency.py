@@ -20,6 +20,16 @@ CORK_S = 0.02
 CORKS = 5
 
 
+def loopback_pair() -> tuple[socket.socket, socket.socket, socket.socket]:
+    """A listener on 127.0.0.1 and one connection to it: (listener, client end, accepted end)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    return srv, c, a
+
+
 def test_log2_quantile_is_the_upper_bound_of_the_bucket():
     slots = [0] * 40
     slots[10] = 90   # [1024, 2048) ns
@@ -38,11 +48,7 @@ def test_receiver_delay_shows_between_tcp_and_the_application():
     exp = open_exporter(latency_sample=1)
     try:
         before = exp.kernel.latency_histograms()
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen()
-        c = socket.create_connection(srv.getsockname())
-        a, _ = srv.accept()
+        srv, c, a = loopback_pair()
         with c, a, srv:
             for _ in range(MESSAGES):
                 c.sendall(b"m" * 1000)
@@ -96,11 +102,7 @@ def test_sample_follows_about_one_packet_in_n():
 
     exp = open_exporter(latency_sample=10)
     try:
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen()
-        c = socket.create_connection(srv.getsockname())
-        a, _ = srv.accept()
+        srv, c, a = loopback_pair()
         with c, a, srv:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for _ in range(2000):  # one segment each way per message
