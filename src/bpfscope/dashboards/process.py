@@ -47,19 +47,35 @@ def _timeline(title: str, description: str) -> StateTimelinePanel:
             .targets(_ref_ids([query])).span(24).height(10))
 
 
+def _state_seconds_by_comm(title: str, description: str, state: str):
+    """The 10 commands with the most seconds per second in one scheduler state."""
+    return prometheus_timeseries(
+        title, description,
+        prometheus(f'topk(10, sum by (comm) (rate(bpfscope_proc_state_seconds_total{{{HOST_MATCH}, '
+                   f'state="{state}"}}[{RATE}])))', "{{comm}}"), unit="short")
+
+
+def _lock_waits_table(title: str, description: str, records, *lock_columns: Column):
+    """A half-width table of one thread's waits per lock (futex address or kernel lock): the
+    lock's columns, then count and total, longest and mean wait."""
+    return infinity_table(
+        title, description,
+        records_query(*records, columns=(TIME, PID, TID, COMM, ADDR, *lock_columns, _value("count", "waits"),
+                                         _value("wait_ns", "total wait ns"), _value("max_wait_ns", "max wait ns"),
+                                         _value("avg_wait_ns", "avg wait ns")), limit=500),
+        width=12, sort_by="total wait ns")
+
+
 def build():
     d = dashboard(UID, "bpfscope / Process", "Processes from the scheduler's side: time per state, switches, "
                   "lock waits, and the portraits of followed processes.", tags=("proc",), scope=SUMMARY_RECORDS)
 
     d = (d.with_row(row("Every process (Prometheus)"))
-         .with_panel(prometheus_timeseries(
+         .with_panel(_state_seconds_by_comm(
              "CPU time by command", "Seconds on a CPU per second (1 = one CPU), the 10 busiest commands.",
-             prometheus(f'topk(10, sum by (comm) (rate(bpfscope_proc_state_seconds_total{{{HOST_MATCH}, '
-                        f'state="running"}}[{RATE}])))', "{{comm}}"), unit="short"))
-         .with_panel(prometheus_timeseries(
-             "Run-queue wait by command", "Seconds runnable but waiting for a CPU, per second.",
-             prometheus(f'topk(10, sum by (comm) (rate(bpfscope_proc_state_seconds_total{{{HOST_MATCH}, '
-                        f'state="runnable"}}[{RATE}])))', "{{comm}}"), unit="short"))
+             "running"))
+         .with_panel(_state_seconds_by_comm(
+             "Run-queue wait by command", "Seconds runnable but waiting for a CPU, per second.", "runnable"))
          .with_panel(prometheus_timeseries(
              "Context switches per second, voluntary and involuntary", "Switch-outs of every process.",
              prometheus(f"sum by (kind) (rate(bpfscope_proc_context_switches_total{{{HOST_MATCH}}}[{RATE}]))",
@@ -100,24 +116,13 @@ def build():
              width=24)))
 
     d = (d.with_row(row("Portraits: locks (per thread and lock, whole life)"))
-         .with_panel(infinity_table(
+         .with_panel(_lock_waits_table(
              "Futex waits per user address", "Time each followed thread slept in futex waits, per user address "
-             "(a pthread mutex, condition variable, ...): count, total, longest and mean wait.",
-             records_query(*FUTEX_RECORDS, columns=(TIME, PID, TID, COMM, ADDR, _value("count", "waits"),
-                                                    _value("wait_ns", "total wait ns"),
-                                                    _value("max_wait_ns", "max wait ns"),
-                                                    _value("avg_wait_ns", "avg wait ns")), limit=500),
-             width=12, sort_by="total wait ns"))
-         .with_panel(infinity_table(
+             "(a pthread mutex, condition variable, ...): count, total, longest and mean wait.", FUTEX_RECORDS))
+         .with_panel(_lock_waits_table(
              "Kernel lock waits per lock", "lock:contention_begin/end of the followed threads, per lock: its "
              "type (spinlock, mutex, rwsem read/write, rtmutex, percpu rwsem), symbol when static, count and "
-             "wait times.",
-             records_query(*KLOCK_RECORDS, columns=(TIME, PID, TID, COMM, ADDR, Column("labels.symbol", "symbol"),
-                                                    Column("labels.lock_type", "type"), _value("count", "waits"),
-                                                    _value("wait_ns", "total wait ns"),
-                                                    _value("max_wait_ns", "max wait ns"),
-                                                    _value("avg_wait_ns", "avg wait ns")), limit=500),
-             width=12, sort_by="total wait ns"))
+             "wait times.", KLOCK_RECORDS, Column("labels.symbol", "symbol"), Column("labels.lock_type", "type")))
          .with_panel(infinity_table(
              "pthread lock hold times (--pthread)", "From lock to unlock of pthread mutexes, rwlocks and spin "
              "locks (uprobes on libc, opt-in): holds, total, longest and mean hold.",
