@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -42,6 +44,47 @@ def mounted(src: str, mnt: str, mode: str, *extra: str):
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def source_and_mountpoint(base, files: dict | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+    """base/src holding files (relative name -> str or bytes; parent directories made) and an
+    empty base/mnt."""
+    src, mnt = pathlib.Path(base, "src"), pathlib.Path(base, "mnt")
+    src.mkdir(), mnt.mkdir()
+    for name, content in (files or {}).items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            (src / name).write_bytes(content)
+        else:
+            (src / name).write_text(content)
+    return src, mnt
+
+
+@dataclasses.dataclass
+class Compared:
+    native: str
+    src: str
+    mnt: str
+    want: object = None   # fn(native)
+    got: object = None    # fn(mnt)
+    server: subprocess.Popen | None = None
+
+
+@contextlib.contextmanager
+def against_native(base, mode: str, fn, prepare=None):
+    """Make base/native, base/src (prepare(root) applied to both) and base/mnt; run fn(native),
+    mount src on mnt in mode and run fn(mnt); yield the Compared with the mount still up (a test
+    looks through it more), unmounted when the block ends."""
+    c = Compared(*(os.path.join(base, name) for name in ("native", "src", "mnt")))
+    for d in (c.native, c.src, c.mnt):
+        os.mkdir(d)
+    if prepare:
+        prepare(c.native)
+        prepare(c.src)
+    c.want = fn(c.native)
+    with mounted(c.src, c.mnt, mode) as c.server:
+        c.got = fn(c.mnt)
+        yield c
 
 
 @contextlib.contextmanager

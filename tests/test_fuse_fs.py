@@ -17,7 +17,7 @@ import pytest
 
 from bpfscope.fuse.umount import fuse_mounts
 
-from fuse_helpers import BPFSCOPE, mounted, world_dir
+from fuse_helpers import BPFSCOPE, against_native, mounted, source_and_mountpoint, world_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
                                 reason="needs root and /dev/fuse")
@@ -139,24 +139,23 @@ def tree(root: str) -> dict:
     return out
 
 
+def _without_mtimes(t: dict) -> dict:
+    """A tree() without its file mtimes, which differ between the native run and the mounted one."""
+    return {k: v[:-1] for k, v in t.items()}
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_fsx_random_sequence_matches_native(mode, tmp_path):
-    native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
-    for d in (native, src, mnt):
-        d.mkdir()
-    want = fsx(str(native), seed=1234, nops=3000)
-    with mounted(str(src), str(mnt), mode):
-        got = fsx(str(mnt), seed=1234, nops=3000)
-        through_mount = tree(str(mnt))
-    assert len(want) > 2000
-    assert got == want
-    native_tree = tree(str(native))
+    with against_native(tmp_path, mode, lambda root: fsx(root, seed=1234, nops=3000)) as c:
+        through_mount = tree(c.mnt)
+    assert len(c.want) > 2000
+    assert c.got == c.want
+    native_tree = tree(c.native)
     assert any(v[5] * 512 < v[1] for v in native_tree.values()), "no file with a hole to compare"
-    strip = lambda t: {k: v[:-1] for k, v in t.items()}  # noqa: E731  (mtimes differ between runs)
-    assert strip(through_mount) == strip(native_tree)
-    assert strip(tree(str(src))) == strip(native_tree)
+    assert _without_mtimes(through_mount) == _without_mtimes(native_tree)
+    assert _without_mtimes(tree(c.src)) == _without_mtimes(native_tree)
     # what the mount reports is what the source has, mtimes included
-    assert through_mount == tree(str(src))
+    assert through_mount == tree(c.src)
 
 
 def _errnos(root: str) -> dict:
@@ -214,12 +213,9 @@ def _renameat2(a: str, b: str, flags: int) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_errors_are_the_native_ones(mode, tmp_path):
-    native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
-    for d in (native, src, mnt):
-        d.mkdir()
-    want = _errnos(str(native))
-    with mounted(str(src), str(mnt), mode):
-        got = _errnos(str(mnt))
+    with against_native(tmp_path, mode, _errnos) as c:
+        pass
+    want, got = c.want, c.got
     assert want["open_missing"] == "ENOENT" and want["mkdir_exists"] == "EEXIST"
     assert want["rmdir_notempty"] == "ENOTEMPTY" and want["rename_into_own_subdir"] == "EINVAL"
     assert want["write_readonly_fd"] == "EBADF" and want["name_too_long"] == "ENAMETOOLONG"
@@ -335,22 +331,17 @@ def _operations(root: str) -> dict:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_operations_without_an_fsx_counterpart_match_native(mode, tmp_path):
-    native, src, mnt = tmp_path / "native", tmp_path / "src", tmp_path / "mnt"
-    for d in (native, src, mnt):
-        d.mkdir()
-    want = _operations(str(native))
-    with mounted(str(src), str(mnt), mode):
-        got = _operations(str(mnt))
-        through_mount = tree(str(mnt))
-        fs_mnt, fs_src = os.statvfs(mnt), os.statvfs(src)
+    with against_native(tmp_path, mode, _operations) as c:
+        through_mount = tree(c.mnt)
+        fs_mnt, fs_src = os.statvfs(c.mnt), os.statvfs(c.src)
+    want, got = c.want, c.got
     assert want["readlink"] == ["a", "../nowhere/x"] and want["after_exchange"][:3] == ["bravo!", "alpha", "bravo!"]
     assert want["after_chown"][0][1:3] == [65534, 100] and want["after_utime"][0] == (1_000_000_123, 2_000_000_456)
     assert ("fifo", 1) in want["readdir"] and ("ln", 10) in want["readdir"] and ("c", 4) in want["readdir"]
     assert want["rmdir"] is None and want["fsync"] is True
     assert got == want
-    strip = lambda t: {k: v[:-1] for k, v in t.items()}  # noqa: E731  (file mtimes differ between runs)
-    assert strip(through_mount) == strip(tree(str(native)))
-    assert through_mount == tree(str(src))
+    assert _without_mtimes(through_mount) == _without_mtimes(tree(c.native))
+    assert through_mount == tree(c.src)
     for f in ("f_bsize", "f_frsize", "f_blocks", "f_files", "f_namemax"):
         assert getattr(fs_mnt, f) == getattr(fs_src, f), f
     # free space moves with whatever else writes to the disk meanwhile
@@ -413,26 +404,25 @@ def _prepare_perm_tree(root: str) -> None:
     os.chmod(root, 0o755)
 
 
-def _as_nobody(root: str) -> dict:
+def _run_json(script: str, arg: str) -> dict:
+    """Run a Python script (which drops to nobody itself) with one argument; return the JSON it prints."""
     import json
-    r = subprocess.run([sys.executable, "-c", NOBODY_SCRIPT, root], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([sys.executable, "-c", script, arg], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def _as_nobody(root: str) -> dict:
+    return _run_json(NOBODY_SCRIPT, root)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_permissions_for_a_non_root_user_are_native(mode):
     with world_dir() as base:
-        native, src, mnt = f"{base}/native", f"{base}/src", f"{base}/mnt"
-        for d in (native, src, mnt):
-            os.mkdir(d)
-        _prepare_perm_tree(native)
-        _prepare_perm_tree(src)
-        want = _as_nobody(native)
-        with mounted(src, mnt, mode):
-            got = _as_nobody(mnt)
+        with against_native(base, mode, _as_nobody, prepare=_prepare_perm_tree) as c:
+            native, mnt, want, got = c.native, c.mnt, c.want, c.got
             # modes changed behind the mount: cached modes learn it from inotify, within 1.5 s
-            for root in (native, src):
+            for root in (native, c.src):
                 os.chmod(f"{root}/secret", 0o644), os.chmod(f"{root}/public", 0o600)
                 os.chmod(f"{root}/private", 0o755)
             want_after = _as_nobody(native)
@@ -485,25 +475,14 @@ def _prepare_setgid_tree(root: str) -> None:
 def test_new_files_in_a_setgid_directory_take_its_group_as_natively(mode):
     """A setgid directory gives new files its group and new subdirectories its setgid bit;
     a set-id mode the caller may keep stays (the server creates as root, then chowns)."""
-    import json
     with world_dir() as base:
-        native, src, mnt = f"{base}/native", f"{base}/src", f"{base}/mnt"
-        for d in (native, src, mnt):
-            os.mkdir(d)
-        _prepare_setgid_tree(native)
-        _prepare_setgid_tree(src)
-
-        def run(root):
-            r = subprocess.run([sys.executable, "-c", SETGID_SCRIPT, root], capture_output=True, text=True,
-                               timeout=30)
-            assert r.returncode == 0, r.stderr
-            return json.loads(r.stdout)
-        want = run(native)
-        with mounted(src, mnt, mode):
-            got = run(mnt)
+        with against_native(base, mode, lambda root: _run_json(SETGID_SCRIPT, root),
+                            prepare=_prepare_setgid_tree) as c:
+            pass
+        want, got = c.want, c.got
         source = {}
         for n in want:
-            st = os.lstat(f"{src}/{n}")
+            st = os.lstat(f"{c.src}/{n}")
             source[n] = [st.st_uid, st.st_gid, oct(st.st_mode)]
     assert want["sgid/file"][:2] == [65534, 100] and want["own/file"][:2] == [65534, 65534]
     assert int(want["sgid/sub"][2], 8) & stat.S_ISGID and int(want["sgid/sub/subsub"][2], 8) & stat.S_ISGID
@@ -516,10 +495,7 @@ def test_new_files_in_a_setgid_directory_take_its_group_as_natively(mode):
 def test_changes_to_source_show_through_a_cached_mount_within_its_timeout(mode, timeout, tmp_path):
     """With a 1 s timeout the kernel asks again; with 600 s only the inotify invalidation
     (FUSE_NOTIFY_INVAL_ENTRY/INODE) can make the change visible within the 1.5 s allowed."""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    (src / "a").write_text("short")
-    (src / "gone").write_text("x")
+    src, mnt = source_and_mountpoint(tmp_path, {"a": "short", "gone": "x"})
     with mounted(str(src), str(mnt), mode, "--timeout", timeout):
         assert not os.path.exists(mnt / "new")  # a negative entry in fast mode
         assert (mnt / "a").read_text() == "short"
@@ -545,10 +521,13 @@ def _reader(mnt: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, mnt], stdout=subprocess.PIPE, text=True)
 
 
+def _umount(mnt, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt), *extra], capture_output=True, text=True,
+                          timeout=30)
+
+
 def test_sigkill_of_the_server_hangs_nobody_and_umount_clears_it(tmp_path):
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    (src / "a").write_text("data")
+    src, mnt = source_and_mountpoint(tmp_path, {"a": "data"})
     with mounted(str(src), str(mnt), "plain") as server:
         reader = _reader(str(mnt))
         time.sleep(0.3)
@@ -557,7 +536,7 @@ def test_sigkill_of_the_server_hangs_nobody_and_umount_clears_it(tmp_path):
         server.wait(timeout=5)
         out, _ = reader.communicate(timeout=5)  # returns: no process hangs on the dead server
         assert int(out) in (errno.ENOTCONN, errno.ECONNABORTED)  # in flight when it died: ECONNABORTED
-        r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt)], capture_output=True, text=True, timeout=20)
+        r = _umount(mnt)
         assert r.returncode == 0, r.stderr
         assert "the server had exited" in r.stdout, r.stdout
         assert str(mnt) not in fuse_mounts()
@@ -565,9 +544,7 @@ def test_sigkill_of_the_server_hangs_nobody_and_umount_clears_it(tmp_path):
 
 
 def test_umount_aborts_a_hung_server(tmp_path):
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    (src / "a").write_text("data")
+    src, mnt = source_and_mountpoint(tmp_path, {"a": "data"})
     with mounted(str(src), str(mnt), "plain") as server:
         server.send_signal(signal.SIGSTOP)
         try:
@@ -575,8 +552,7 @@ def test_umount_aborts_a_hung_server(tmp_path):
                                        stderr=subprocess.PIPE, text=True)
             time.sleep(0.5)
             assert blocked.poll() is None  # waiting on the stopped server
-            r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt), "--timeout", "1"], capture_output=True,
-                               text=True, timeout=20)
+            r = _umount(mnt, "--timeout", "1")
             assert r.returncode == 0, r.stderr
             assert "did not answer within 1 s" in r.stdout, r.stdout
             assert blocked.wait(timeout=5) != 0
@@ -615,18 +591,11 @@ def _ask(p: subprocess.Popen) -> str:
     return p.stdout.readline().strip()
 
 
-def _umount(mnt, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(BPFSCOPE + ["fuse", "umount", str(mnt), *extra], capture_output=True, text=True,
-                          timeout=30)
-
-
 def test_umount_with_a_live_server_is_clean_refuses_a_busy_mount_and_the_server_exits_0(tmp_path):
     """A normal unmount: while a process has a file open and its cwd in the mount, one error line
     and the mount keeps working for it (nothing was aborted); once it is gone, the unmount
     ends the connection and the server exits 0 on its own."""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    (src / "a").write_text("data")
+    src, mnt = source_and_mountpoint(tmp_path, {"a": "data"})
     with mounted(str(src), str(mnt), "plain") as server:
         holder = _holder(str(mnt))
         try:
@@ -650,9 +619,7 @@ def test_umount_with_a_live_server_is_clean_refuses_a_busy_mount_and_the_server_
 
 
 def test_force_umount_of_a_busy_mount_aborts_and_detaches(tmp_path):
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    (src / "a").write_text("data")
+    src, mnt = source_and_mountpoint(tmp_path, {"a": "data"})
     with mounted(str(src), str(mnt), "plain") as server:
         holder = _holder(str(mnt))
         try:
@@ -672,7 +639,7 @@ def test_mount_errors_are_one_line(tmp_path):
     r = subprocess.run(BPFSCOPE + ["fuse", "mount", str(tmp_path / "nope"), str(tmp_path)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and r.stderr.strip() == f"bpfscope: source {tmp_path / 'nope'} is not a directory"
-    r = subprocess.run(BPFSCOPE + ["fuse", "umount", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    r = _umount(tmp_path)
     assert r.returncode != 0 and "is not a fuse mount" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -695,8 +662,7 @@ def test_concurrent_listings_of_one_directory_each_see_every_name_once(mode, tmp
     other names in it: each listing holds every stable name exactly once. (Zero-message
     opendir gives every reader the same handle, 0: a listing at offset 0 must not move the
     offsets another reader is halfway through.)"""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
+    src, mnt = source_and_mountpoint(tmp_path)
     n = 3000  # ~60 B per dirent: about 45 READDIR requests of 4 KiB per listing
     for i in range(n):
         (src / f"stable-{i:05d}-{'x' * 40}").touch()
@@ -737,7 +703,6 @@ def test_create_over_a_name_that_appeared_behind_a_negative_entry_opens_it_as_na
     """fast caches "no such name"; a file that appears in SOURCE where inotify cannot see it (SOURCE
     is itself a FUSE mount) meets a CREATE. Natively an O_CREAT open of an existing file checks its
     permissions and keeps its owner: the server must not open it as root and chown it to the caller."""
-    import json
     with world_dir() as base:
         data, inner, outer, native = f"{base}/data", f"{base}/inner", f"{base}/outer", f"{base}/native"
         for d in (data, inner, outer, native, f"{data}/pub", f"{native}/pub"):
@@ -751,10 +716,7 @@ def test_create_over_a_name_that_appeared_behind_a_negative_entry_opens_it_as_na
                 os.chmod(f"{root}/pub/{name}", mode)
 
         def as_nobody(root):
-            r = subprocess.run([sys.executable, "-c", CREATE_OVER_SCRIPT, f"{root}/pub"], capture_output=True,
-                               text=True, timeout=30)
-            assert r.returncode == 0, r.stderr
-            return json.loads(r.stdout)
+            return _run_json(CREATE_OVER_SCRIPT, f"{root}/pub")
 
         def owners(root):
             return {n: (os.stat(f"{root}/pub/{n}").st_uid, open(f"{root}/pub/{n}").read()) for n in ("locked", "open")}
