@@ -165,6 +165,7 @@ class ProcPortrait(Exporter):
         self._rb: RingBuffer | None = None
         self._rb_thread: threading.Thread | None = None
         self._rb_stop = threading.Event()
+        self._warm: threading.Thread | None = None  # reads the kernel's symbol tables at open
         self.last_interval: list[dict] = []
 
     # ---- kernel side ----------------------------------------------------------------------
@@ -186,10 +187,31 @@ class ProcPortrait(Exporter):
         self._rb = RingBuffer(self.obj.maps["events"], self._on_event)
         self._rb_thread = threading.Thread(target=self._poll, name="bpfscope-proc-events", daemon=True)
         self._rb_thread.start()
+        # The kernel's symbol tables (~0.3 s each here) are read while the first interval
+        # runs (read by the first collect, they made every later sample late). Only now:
+        # read before the programs were loaded, the table lacks their own bpf_prog_* frames,
+        # which then cannot be told from the observed and named every switch-out after the
+        # symbol below them (_einittext).
+        self._warm = threading.Thread(target=self._warm_symbols, name="bpfscope-proc-symbols", daemon=True)
+        self._warm.start()
+        with self.lock:
+            # a process that exited before it was followed (a zombie already, or gone while
+            # the programs loaded) sends no exit event: not waited for (the run never ended)
+            for pid in sorted(self.alive):
+                if not running(pid):
+                    self.alive.discard(pid)
+                    print(f"bpfscope proc: pid {pid} exited before it could be followed", file=sys.stderr)
+            if not self.alive and self.stop is not None:
+                self.stop.set()
         if release is not None:
             os.write(release, b"\n")  # the command may exec now: it is followed
             os.close(release)
             shutil.rmtree(self._fifo_dir, ignore_errors=True)
+
+    def _warm_symbols(self) -> None:
+        if self.stacks:
+            self.sym.kallsyms  # noqa: B018 (loads them)
+        self._lock_symbol(0)
 
     def _attach_pthread(self) -> None:
         # Every process's calls trap (uprobes on the shared libc); the kernel keeps only the
@@ -416,6 +438,9 @@ class ProcPortrait(Exporter):
     # ---- interval ------------------------------------------------------------------------------
     def collect(self, elapsed_s: float) -> list[dict]:
         ts = time.time_ns()
+        if self._warm is not None:  # the symbol tables are this thread's from now on
+            self._warm.join()
+            self._warm = None
         for r in read_rows(self.obj):
             th = self._thread(r.tid, r.tgid)
             th.comm = c_string(bytes(r.comm))
@@ -687,6 +712,15 @@ class ProcPortrait(Exporter):
             if self.child.poll() is None:
                 self.child.terminate()
             self.child.wait()
+
+
+def running(pid: int) -> bool:
+    """pid exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def pids_of_comm(comm: str) -> list[int]:
