@@ -99,41 +99,45 @@ def _reap(pid: int, timeout_s: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def _fuse_connection(mp: str) -> int:
+    conn = connection_of(mp)
+    if conn is None:
+        raise OSError(f"{mp} is not a fuse mount")
+    return conn
+
+
+def _umount2(mp: str, flags: int) -> None:
+    """umount2(2); a failure is one line naming mp: Busy for a normal unmount's EBUSY, else OSError."""
+    if _libc.umount2(mp.encode(), flags) != 0:
+        e = ctypes.get_errno()
+        if e == errno.EBUSY and not flags & MNT_DETACH:
+            raise Busy(f"umount {mp}: busy (a process has a file open or its working directory in it); "
+                       "close them, or --force to abort their requests and detach it")
+        raise OSError(f"umount {mp}: {os.strerror(e)}")
+
+
 def unmount(mountpoint: str, *, force: bool = False, probe_s: float = 3.0) -> str:
     """Unmount like umount(8) while the server answers (the server sees its connection end and
     exits; a busy mount raises Busy). Abort and detach when the server is gone or hung, or with
     force. Return what was done, for the CLI to print."""
     mp = os.path.abspath(mountpoint)
-    conn = connection_of(mp)
-    if conn is None:
-        raise OSError(f"{mp} is not a fuse mount")
-    if force:
-        umount(mp)
-        return "aborted its requests and detached it (--force)"
-    state, stuck = probe(mp, probe_s)
-    if state != "alive":
-        umount(mp)
-        if stuck:
-            _reap(stuck)
-        return ("the server had exited: detached it" if state == "dead"
-                else f"the server did not answer within {probe_s:g} s: aborted its requests and detached it")
-    if _libc.umount2(mp.encode(), 0) != 0:
-        e = ctypes.get_errno()
-        if e == errno.EBUSY:
-            raise Busy(f"umount {mp}: busy (a process has a file open or its working directory in it); "
-                       "close them, or --force to abort their requests and detach it")
-        raise OSError(f"umount {mp}: {os.strerror(e)}")
-    return "clean unmount"
+    _fuse_connection(mp)
+    state, stuck = ("forced", None) if force else probe(mp, probe_s)
+    if state == "alive":
+        _umount2(mp, 0)
+        return "clean unmount"
+    umount(mp)
+    if stuck:
+        _reap(stuck)
+    return {"forced": "aborted its requests and detached it (--force)",
+            "dead": "the server had exited: detached it",
+            "hung": f"the server did not answer within {probe_s:g} s: aborted its requests and detached it"}[state]
 
 
 def umount(mountpoint: str, *, force_abort: bool = True) -> None:
     """Abort the connection (a hung or dead server must not keep anyone waiting), then detach."""
     mp = os.path.abspath(mountpoint)
-    conn = connection_of(mp)
-    if conn is None:
-        raise OSError(f"{mp} is not a fuse mount")
+    conn = _fuse_connection(mp)
     if force_abort:
         abort(conn)
-    if _libc.umount2(mp.encode(), MNT_DETACH) != 0:
-        e = ctypes.get_errno()
-        raise OSError(f"umount {mp}: {os.strerror(e)}")
+    _umount2(mp, MNT_DETACH)
