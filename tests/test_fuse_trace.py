@@ -12,7 +12,7 @@ import pytest
 
 from bpfscope.fuse.umount import connection_of
 
-from fuse_helpers import BPFSCOPE, mounted
+from fuse_helpers import BPFSCOPE, mounted, source_and_mountpoint
 
 pytestmark = pytest.mark.bpf
 
@@ -37,6 +37,26 @@ def _settled(stats, timeout_s: float = 5.0) -> dict:
     return snap
 
 
+def _tiny_files(n: int) -> dict:
+    """f0 .. f<n-1>, one byte each."""
+    return {f"f{i}": "x" for i in range(n)}
+
+
+def _trace_json(mnt, workload, *extra: str) -> tuple[subprocess.Popen, list, str, str]:
+    """`fuse trace --mount MNT --json` over one 2 s interval, workload() run once its programs are
+    attached; (the process, its records, stdout, stderr)."""
+    from bpfscope.bpf import wait_for_links
+    proc = subprocess.Popen(BPFSCOPE + ["fuse", "trace", "--mount", str(mnt), "--interval", "2", "--duration", "2",
+                                        "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_links(proc, at_least=2)
+        workload()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return proc, [json.loads(line) for line in out.splitlines()], out, err
+
+
 def _workload_counts(stats, conn, fn):
     from bpfscope.fuse.trace import delta
     before = _settled(stats)
@@ -46,10 +66,7 @@ def _workload_counts(stats, conn, fn):
 
 def test_100_stats_of_fresh_files_are_100_lookups(stats, tmp_path):
     from bpfscope.fuse import protocol as P
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    for i in range(100):
-        (src / f"f{i}").write_text("x")
+    src, mnt = source_and_mountpoint(tmp_path, _tiny_files(100))
     with mounted(str(src), str(mnt), "plain"):
         conn = connection_of(str(mnt))
         got = _workload_counts(stats, conn, lambda: [os.stat(mnt / f"f{i}") for i in range(100)])
@@ -61,8 +78,7 @@ def test_100_stats_of_fresh_files_are_100_lookups(stats, tmp_path):
 
 def test_write_bytes_and_requests_match_the_workload(stats, tmp_path):
     from bpfscope.fuse import protocol as P
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
+    src, mnt = source_and_mountpoint(tmp_path)
     chunk = os.urandom(1 << 20)
 
     def write8():
@@ -83,22 +99,9 @@ def test_write_bytes_and_requests_match_the_workload(stats, tmp_path):
 def test_trace_cli_json_has_the_mount_opcodes_and_a_histogram_of_every_request(tmp_path):
     """100 stats in plain: one LOOKUP record of count 100 whose log2 latency slots (hist_<i>)
     hold 100 requests, and whose p99 is the upper bound of the highest slot that reaches 99."""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    for i in range(100):
-        (src / f"f{i}").write_text("x")
+    src, mnt = source_and_mountpoint(tmp_path, _tiny_files(100))
     with mounted(str(src), str(mnt), "plain"):
-        proc = subprocess.Popen(BPFSCOPE + ["fuse", "trace", "--mount", str(mnt), "--interval", "2", "--duration",
-                                            "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            from bpfscope.bpf import wait_for_links
-            assert wait_for_links(proc, at_least=2)
-            for i in range(100):
-                os.stat(mnt / f"f{i}")
-            out, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-    recs = [json.loads(line) for line in out.splitlines()]
+        _, recs, out, err = _trace_json(mnt, lambda: [os.stat(mnt / f"f{i}") for i in range(100)])
     lookup = [r for r in recs if r["labels"]["opcode"] == "LOOKUP"]
     assert len(lookup) == 1, (out, err)
     v = lookup[0]["values"]
@@ -121,10 +124,7 @@ def test_plain_small_file_read_is_lookup_open_read_flush_release(stats, tmp_path
     """plain asks the server for every operation, and only once: the attributes a LOOKUP returns
     serve that open's permission check and its reads' size checks (before: 4 GETATTR per file)."""
     from bpfscope.fuse import protocol as P
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    (src / "d").mkdir(parents=True), mnt.mkdir()
-    for i in range(100):
-        (src / "d" / f"f{i}").write_bytes(b"y" * 4096)
+    src, mnt = source_and_mountpoint(tmp_path, {f"d/f{i}": b"y" * 4096 for i in range(100)})
 
     def read100():
         dfd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
@@ -156,10 +156,7 @@ def test_pairs_of_dead_connections_leave_the_map_and_a_new_mount_is_still_counte
     unmount takes (as other mounts of a busy machine do), so each FUSE mount gets a new id."""
     from bpfscope.fuse import protocol as P
     from bpfscope.fuse.trace import FuseStats
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    for i in range(100):
-        (src / f"f{i}").write_text("x")
+    src, mnt = source_and_mountpoint(tmp_path, _tiny_files(100))
     s = FuseStats(max_ops=48)
     pins = []
     try:
@@ -190,24 +187,12 @@ def test_pairs_of_dead_connections_leave_the_map_and_a_new_mount_is_still_counte
 def test_a_full_map_is_reported_not_silent(tmp_path):
     """With room for 2 pairs a mount's other opcodes are not counted: the trace says so on stderr
     and in bpfscope_fuse_untracked_requests_total."""
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
-    for i in range(20):
-        (src / f"f{i}").write_text("x")
+    src, mnt = source_and_mountpoint(tmp_path, _tiny_files(20))
     with mounted(str(src), str(mnt), "plain"):
-        proc = subprocess.Popen(BPFSCOPE + ["fuse", "trace", "--mount", str(mnt), "--interval", "2", "--duration",
-                                            "2", "--json", "--max-pairs", "2"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            from bpfscope.bpf import wait_for_links
-            assert wait_for_links(proc, at_least=2)
-            for i in range(20):
-                (mnt / f"f{i}").read_text()  # LOOKUP OPEN READ FLUSH RELEASE: 5 opcodes
-            out, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
+        # each read: LOOKUP OPEN READ FLUSH RELEASE, 5 opcodes
+        proc, recs, out, err = _trace_json(mnt, lambda: [(mnt / f"f{i}").read_text() for i in range(20)],
+                                           "--max-pairs", "2")
     assert proc.returncode == 0, err
-    recs = [json.loads(line) for line in out.splitlines()]
     assert len({r["labels"]["opcode"] for r in recs}) == 2, out
     counted = sum(r["values"]["count"] for r in recs)
     m = re.search(r"bpfscope fuse: (\d+) requests not counted: the map of \(mount, opcode\) pairs is full "
@@ -222,10 +207,8 @@ def test_passthrough_reads_never_reach_the_server(stats, tmp_path, mode, reads):
     (plain beside it: at least 4 READs of at most 1 MiB); a kernel without passthrough
     fails the mount instead of quietly serving plain."""
     from bpfscope.fuse import protocol as P
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir(), mnt.mkdir()
     data = os.urandom(4 << 20)
-    (src / "big").write_bytes(data)
+    src, mnt = source_and_mountpoint(tmp_path, {"big": data})
 
     def read():
         assert (mnt / "big").read_bytes() == data
