@@ -127,6 +127,35 @@ def test_live_view_shows_events_drops_and_layer_latency(peers):  # noqa: F811
     assert any(r[:2] == ["rx", "l2_to_tcp"] and int(r[2]) > 0 for r in rows), out
 
 
+def test_live_view_counts_only_the_filtered_closes():
+    """The table's caption counts the closes the filter lets through: 5 connections to the
+    filtered port (10 sockets closed) beside 20 to another port. In table-only mode the
+    closes were once counted in the kernel for the whole host: 50 and more."""
+    import socket
+
+    def connect_and_close(listener: socket.socket, n: int) -> None:
+        for _ in range(n):
+            c = socket.create_connection(listener.getsockname(), timeout=5)
+            a, _ = listener.accept()
+            c.close()
+            a.close()
+
+    shown, hidden = (socket.create_server(("127.0.0.1", 0)) for _ in range(2))
+    with shown, hidden:
+        port = shown.getsockname()[1]
+        proc = subprocess.Popen(BPFSCOPE + ["net", "--port", str(port), "--interval", "1", "--duration", "4"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "COLUMNS": "240"})
+        assert wait_for_links(proc, at_least=3), proc.stderr.read() if proc.poll() is not None else "not attached"
+        connect_and_close(hidden, 20)
+        connect_and_close(shown, 5)
+        connect_and_close(hidden, 20)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    closes = sum(int(n) for n in re.findall(r"tcp_close: (\d+)", out))
+    assert closes == 10, out
+
+
 @pytest.mark.parametrize("args,message", [
     (["--direction", "sideways"], "bad --direction"),
     (["--sort", "colour"], "bad --sort"),

@@ -92,6 +92,10 @@ class ConnFilter:
     def __post_init__(self):
         self._net = ipaddress.ip_network(self.addr, strict=False) if self.addr else None
 
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.pid, self.comm, self.port, self.addr, self.state, self.direction))
+
     def match(self, pid: int | None, comm: str | None, info: dict, direction: str) -> bool:
         if self.pid is not None and pid != self.pid:
             return False
@@ -204,7 +208,10 @@ class NetExporter(Exporter):
     def open(self) -> None:
         self._template = make_record("net", "tcp_conn")
         self.kernel = NetKernel(events=self.events, drops=self.drops, latency_sample=self.latency_sample,
-                                all_netns=self.all_netns, close_records=self.records_wanted,
+                                all_netns=self.all_netns,
+                                # counted in the kernel only when nothing filters them (its
+                                # counts are per direction, for the whole host)
+                                close_records=self.records_wanted or self.filt.active,
                                 owner_slots=self.owner_slots).open()
         self._values_of = self.kernel.info.getter(_VALUE_FIELDS)
         index = self.kernel.info.index
@@ -384,7 +391,7 @@ class NetExporter(Exporter):
         self.owners.learn([identity(t) for t in tuples if t[self._state_i] == TCP_LISTEN])
         out = self._conn_records(tuples, ts, elapsed_s, self.kernel.connection_latency() if self.latency_sample else {})
         self.uncounted = Counter()
-        if not self.records_wanted:  # the kernel counted the closes (no record per connection)
+        if not self.kernel.close_records:  # the kernel counted the closes (no record per connection)
             closed = Counter({d: n for d, n in self.kernel.closed_counts().items() if n})
             self.uncounted["tcp_close"] = sum((closed - self.closed).values())
             self.event_counts["tcp_close"] += self.uncounted["tcp_close"]
