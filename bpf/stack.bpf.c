@@ -126,11 +126,13 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* mem: live allocations by address; sizes between a call's entry and its return */
+/* mem: live allocations by (tgid, address): an address alone is shared by processes (the
+ * same heap address in two of them, one's free would take back the other's block); sizes
+ * between a call's entry and its return */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
-	__type(key, __u64);
+	__type(key, struct alloc_key);
 	__type(value, struct alloc_info);
 } allocs SEC(".maps");
 
@@ -141,20 +143,20 @@ struct {
 	__type(value, __u64);
 } alloc_sizes SEC(".maps");
 
-/* mem: the program's mappings by start address (alloc_info.size: whole pages), the
- * start of each by its end (to follow a munmap of a mapping's tail), and mmap's length
- * between entry and return */
+/* mem: the program's mappings by (tgid, start address) (alloc_info.size: whole pages),
+ * the start of each by (tgid, its end) (to follow a munmap of a mapping's tail), and
+ * mmap's length between entry and return */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct alloc_key);
 	__type(value, struct alloc_info);
 } mmaps SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct alloc_key);
 	__type(value, __u64);
 } mmap_ends SEC(".maps");
 
@@ -586,12 +588,22 @@ static __always_inline void mem_enter(__u64 size)
 	bpf_map_update_elem(&alloc_sizes, &tid, &size, BPF_ANY);
 }
 
+/* the key of a live allocation or mapping: user addresses are per process, kernel
+ * objects (tgid 0) are shared */
+static __always_inline struct alloc_key akey(__u32 tgid, __u64 addr)
+{
+	struct alloc_key k = { .tgid = tgid, .addr = addr };
+
+	return k;
+}
+
 /* count one live allocation at ptr (in `live`: allocs or mmaps) under the current task
  * and stacks; false if it could not be */
 static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 size, __u32 source)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
+	struct alloc_key k = akey(source == STACK_SRC_KMEM ? 0 : id >> 32, ptr);
 	struct alloc_info info = {};
 	struct stack_val *val;
 
@@ -604,7 +616,7 @@ static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 si
 	info.key.kernel_stack_id = kernel_stacks && source == STACK_SRC_KMEM ? kstack_id(ctx, NULL) : -1;
 	info.key.source = source;
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
-	if (bpf_map_update_elem(live, &ptr, &info, BPF_ANY)) {
+	if (bpf_map_update_elem(live, &k, &info, BPF_ANY)) {
 		stat_inc(STAT_ALLOCS_FULL);
 		return false;
 	}
@@ -616,7 +628,7 @@ static __always_inline bool mem_track(void *ctx, void *live, __u64 ptr, __u64 si
 		val = bpf_map_lookup_elem(&counts, &info.key);
 		if (!val) {
 			stat_inc(STAT_MAP_FULL);
-			bpf_map_delete_elem(live, &ptr);
+			bpf_map_delete_elem(live, &k);
 			return false;
 		}
 	}
@@ -651,17 +663,24 @@ static __always_inline void mem_return(void *ctx, __u64 ptr)
 		mem_track(ctx, &allocs, ptr, n, STACK_SRC_MAIN);
 }
 
-static __always_inline void mem_free(__u64 ptr)
+/* tgid: the freeing process (libc), 0 for a kernel object */
+static __always_inline void mem_free(__u32 tgid, __u64 ptr)
 {
+	struct alloc_key k = akey(tgid, ptr);
 	struct alloc_info *info;
 
 	if (!ptr)
 		return;
-	info = bpf_map_lookup_elem(&allocs, &ptr);
+	info = bpf_map_lookup_elem(&allocs, &k);
 	if (!info)
 		return;
 	mem_uncount(&info->key, 1, info->size);
-	bpf_map_delete_elem(&allocs, &ptr);
+	bpf_map_delete_elem(&allocs, &k);
+}
+
+static __always_inline void mem_free_user(__u64 ptr)
+{
+	mem_free(bpf_get_current_pid_tgid() >> 32, ptr);
 }
 
 SEC("uprobe")
@@ -701,7 +720,7 @@ int BPF_KRETPROBE(realloc_return, void *ret)
 		 * one; NULL is a failure that leaves it allocated, except for realloc(p, 0),
 		 * which frees p (glibc) */
 		if (ret || !call->size)
-			mem_free(call->ptr);
+			mem_free_user(call->ptr);
 		bpf_map_delete_elem(&realloc_calls, &tid);
 	}
 	mem_return(ctx, (__u64)ret);	/* after the free: the new block may be the old one */
@@ -742,7 +761,7 @@ int BPF_KRETPROBE(posix_memalign_return, int ret)
 }
 
 SEC("uprobe")
-int BPF_KPROBE(free_enter, void *ptr) { mem_free((__u64)ptr); return 0; }
+int BPF_KPROBE(free_enter, void *ptr) { mem_free_user((__u64)ptr); return 0; }
 
 /* ---- mem: the program's own mappings (libc mmap/munmap) ------------------------------
  * A mapping counts its whole pages on the stack that mapped it until they are unmapped.
@@ -780,14 +799,14 @@ static __always_inline __u64 page_up(__u64 n)
 	return (n + page_size - 1) & ~(page_size - 1);
 }
 
-/* forget the whole mapping at start */
-static __always_inline void mmap_forget(__u64 start, struct alloc_info *info)
+/* forget the whole mapping of process tgid at start */
+static __always_inline void mmap_forget(__u32 tgid, __u64 start, struct alloc_info *info)
 {
-	__u64 end = start + info->size;
+	struct alloc_key s = akey(tgid, start), e = akey(tgid, start + info->size);
 
 	mem_uncount(&info->key, 1, info->size);
-	bpf_map_delete_elem(&mmap_ends, &end);
-	bpf_map_delete_elem(&mmaps, &start);
+	bpf_map_delete_elem(&mmap_ends, &e);
+	bpf_map_delete_elem(&mmaps, &s);
 }
 
 SEC("uprobe")
@@ -805,9 +824,11 @@ int BPF_KPROBE(mmap_enter, void *addr, __u64 len)
 SEC("uretprobe")
 int BPF_KRETPROBE(mmap_return, void *ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id, tgid = id >> 32;
 	__u64 *lenp = bpf_map_lookup_elem(&mmap_lens, &tid);
-	__u64 ptr = (__u64)ret, size, end;
+	__u64 ptr = (__u64)ret, size;
+	struct alloc_key k, e;
 	struct alloc_info *old;
 
 	if (!lenp)
@@ -816,12 +837,13 @@ int BPF_KRETPROBE(mmap_return, void *ret)
 	bpf_map_delete_elem(&mmap_lens, &tid);
 	if (ptr == ~0ULL || !ptr || !size)	/* MAP_FAILED */
 		return 0;
-	old = bpf_map_lookup_elem(&mmaps, &ptr);
+	k = akey(tgid, ptr);
+	old = bpf_map_lookup_elem(&mmaps, &k);
 	if (old)	/* MAP_FIXED over a mapping of ours at the same start: it is gone */
-		mmap_forget(ptr, old);
+		mmap_forget(tgid, ptr, old);
 	if (mem_track(ctx, &mmaps, ptr, size, STACK_SRC_MAIN)) {
-		end = ptr + size;
-		bpf_map_update_elem(&mmap_ends, &end, &ptr, BPF_ANY);
+		e = akey(tgid, ptr + size);
+		bpf_map_update_elem(&mmap_ends, &e, &ptr, BPF_ANY);
 	}
 	return 0;
 }
@@ -830,7 +852,8 @@ SEC("uprobe")
 int BPF_KPROBE(munmap_enter, __u64 addr, __u64 len)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
-	__u64 end, start, old_end, *startp, cut;
+	__u64 end, start, *startp, cut;
+	struct alloc_key k, e;
 	struct alloc_info *info, moved;
 	int i;
 
@@ -838,27 +861,31 @@ int BPF_KPROBE(munmap_enter, __u64 addr, __u64 len)
 		return 0;
 	end = addr + page_up(len);
 	/* the tail of a mapping that starts below addr */
-	startp = bpf_map_lookup_elem(&mmap_ends, &end);
+	e = akey(pid, end);
+	startp = bpf_map_lookup_elem(&mmap_ends, &e);
 	if (startp && *startp < addr) {
 		start = *startp;
-		info = bpf_map_lookup_elem(&mmaps, &start);
-		if (!info || info->key.pid != pid)
+		k = akey(pid, start);
+		info = bpf_map_lookup_elem(&mmaps, &k);
+		if (!info)
 			return 0;
 		cut = end - addr;
 		mem_uncount(&info->key, 0, cut);
 		info->size -= cut;
-		bpf_map_delete_elem(&mmap_ends, &end);
-		bpf_map_update_elem(&mmap_ends, &addr, &start, BPF_ANY);
+		bpf_map_delete_elem(&mmap_ends, &e);
+		e = akey(pid, addr);
+		bpf_map_update_elem(&mmap_ends, &e, &start, BPF_ANY);
 		return 0;
 	}
 	for (i = 0; i < MUNMAP_SPAN && addr < end; i++) {
-		info = bpf_map_lookup_elem(&mmaps, &addr);
-		if (!info || info->key.pid != pid)	/* addresses are per process */
+		k = akey(pid, addr);
+		info = bpf_map_lookup_elem(&mmaps, &k);
+		if (!info)
 			break;
 		if (addr + info->size <= end) {
 			__u64 next = addr + info->size;
 
-			mmap_forget(addr, info);
+			mmap_forget(pid, addr, info);
 			addr = next;
 			continue;
 		}
@@ -867,10 +894,12 @@ int BPF_KPROBE(munmap_enter, __u64 addr, __u64 len)
 		moved = *info;
 		moved.size -= cut;
 		mem_uncount(&info->key, 0, cut);
-		old_end = addr + info->size;
-		if (!bpf_map_update_elem(&mmaps, &end, &moved, BPF_ANY))
-			bpf_map_update_elem(&mmap_ends, &old_end, &end, BPF_ANY);	/* now starts at end */
-		bpf_map_delete_elem(&mmaps, &addr);
+		e = akey(pid, addr + info->size);
+		k = akey(pid, end);
+		if (!bpf_map_update_elem(&mmaps, &k, &moved, BPF_ANY))
+			bpf_map_update_elem(&mmap_ends, &e, &end, BPF_ANY);	/* now starts at end */
+		k = akey(pid, addr);
+		bpf_map_delete_elem(&mmaps, &k);
 		break;
 	}
 	return 0;
@@ -912,14 +941,14 @@ int BPF_PROG(kmem_cache_alloc, unsigned long call_site, const void *ptr, struct 
 SEC("tp_btf/kfree")
 int BPF_PROG(kmem_kfree, unsigned long call_site, const void *ptr)
 {
-	mem_free((__u64)ptr);
+	mem_free(0, (__u64)ptr);
 	return 0;
 }
 
 SEC("tp_btf/kmem_cache_free")
 int BPF_PROG(kmem_cache_free, unsigned long call_site, const void *ptr)
 {
-	mem_free((__u64)ptr);
+	mem_free(0, (__u64)ptr);
 	return 0;
 }
 
@@ -934,7 +963,7 @@ int BPF_PROG(kmem_page_alloc, struct page *page, unsigned int order)
 SEC("tp_btf/mm_page_free")
 int BPF_PROG(kmem_page_free, struct page *page, unsigned int order)
 {
-	mem_free((__u64)page);
+	mem_free(0, (__u64)page);
 	return 0;
 }
 

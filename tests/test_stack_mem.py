@@ -489,3 +489,114 @@ def test_calloc_realloc_posix_memalign_aligned_alloc_are_each_seen_on_their_stac
     assert on("via_posix_memalign") == (10 * 1000, 10)
     assert on("via_aligned_alloc") == (10 * 256, 10)
     assert sum(r["values"]["outstanding_bytes"] for r in snapshot) == 10 * (640 + 5000 + 1000 + 256), snapshot
+
+
+# Two processes of one program at the same addresses (setarch -R: no ASLR, so the same
+# malloc calls return the same heap addresses in both). "hold" keeps 100 blocks, and frees
+# 50 of them once "churn" has allocated and freed 100 blocks at those very addresses.
+TWIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define N 100
+static void *blocks[N];
+
+__attribute__((noinline)) void twin_alloc(void)
+{
+	for (int i = 0; i < N; i++)
+		blocks[i] = malloc(4096);
+	__asm__ volatile("");
+}
+
+__attribute__((noinline)) void twin_free(int n)
+{
+	for (int i = 0; i < n; i++)
+		free(blocks[i]);
+	__asm__ volatile("");
+}
+
+static void say(const char *what)
+{
+	char line[64];
+	int n = snprintf(line, sizeof(line), "%s %p\n", what, blocks[0]);
+
+	if (write(1, line, n) != n)
+		_exit(1);
+}
+
+static void wait_line(void)
+{
+	char buf[64];
+
+	if (read(0, buf, sizeof(buf)) <= 0)
+		_exit(0);
+}
+
+int main(int argc, char **argv)
+{
+	int churn = argc > 1 && !strcmp(argv[1], "churn");
+
+	wait_line();
+	twin_alloc();
+	if (churn)
+		twin_free(N);
+	say("allocated");
+	if (!churn) {
+		wait_line();
+		twin_free(N / 2);
+		say("freed");
+	}
+	wait_line();	/* until the test is done */
+	return blocks[0] == NULL;
+}
+"""
+
+
+def test_two_processes_at_the_same_heap_addresses_keep_their_own_outstanding_bytes(tmp_path):
+    """System-wide `stack mem`: live allocations are keyed by (process, address). Keyed by
+    address alone, churn's malloc of hold's addresses took hold's entries and churn's free
+    deleted them, so hold's later frees found nothing: 100 blocks instead of 50."""
+    import shutil
+
+    if not shutil.which("setarch"):
+        pytest.skip("no setarch")
+    twin = build_source(tmp_path, "twin", TWIN)
+    exporter = subprocess.Popen(BPFSCOPE + ["stack", "mem", "--comm", "twin", "--json", "--interval", "0.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = []
+    try:
+        assert wait_for_links(exporter, at_least=MEM_LINKS), exporter.stderr.read()
+        hold, churn = (subprocess.Popen(["setarch", "-R", str(twin), role], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True) for role in ("hold", "churn"))
+        procs = [hold, churn]
+
+        def step(p) -> str:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            return p.stdout.readline().split()[-1]
+
+        held_at = step(hold)
+        churned_at = step(churn)
+        assert held_at == churned_at, "setarch -R gave the two processes different heap addresses"
+        step(hold)  # hold frees 50 of its 100 blocks
+        time.sleep(1.5)  # at least two reads after the frees
+        exporter.terminate()
+        out, err = exporter.communicate(timeout=30)
+    finally:
+        exporter.kill()
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert exporter.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    last_ts = max(r["ts"] for r in records)
+    snapshot = [r for r in records if r["ts"] == last_ts]
+
+    def outstanding(pid: int) -> tuple[int, int]:
+        rows = [r for r in snapshot if r["pid"] == pid and "twin_alloc" in r["stack"]]
+        return (sum(r["values"]["outstanding_bytes"] for r in rows), sum(r["values"]["outstanding_count"] for r in rows))
+
+    assert outstanding(hold.pid) == (50 * 4096, 50), snapshot
+    assert outstanding(churn.pid) == (0, 0), snapshot

@@ -40,6 +40,14 @@ struct stack_val {
 	__s64 bytes;			/* mem: outstanding bytes */
 };
 
+/* mem: a live allocation or mapping by process and address (two processes may use the
+ * same address, e.g. without ASLR); kernel objects (mem --kernel) have tgid 0 */
+struct alloc_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 addr;
+};
+
 /* mem: one live allocation, by address: its size and the key it was counted under */
 struct alloc_info {
 	__u64 size;

@@ -417,18 +417,20 @@ class StackExporter(Exporter):
         self._mem_reads = getattr(self, "_mem_reads", 0) + 1
         if self._mem_reads % 10 == 0:
             ends = self.obj.maps["mmap_ends"]
-            for name in ("allocs", "mmaps"):
+            for name in ("allocs", "mmaps"):  # keyed by (tgid, address)
                 live = self.obj.maps[name]
-                for addr, info in live.batch():
+                for key, info in live.batch():
                     if info.key.source == SRC_KMEM:
                         continue
                     pid = info.key.pid
                     if pid not in alive:
                         alive[pid] = os.path.exists(f"/proc/{pid}")
                     if not alive[pid]:
-                        live.delete(addr)
+                        live.delete(key)
                         if name == "mmaps":
-                            ends.delete(getattr(addr, "value", addr) + info.size)
+                            end = ends.key_type()
+                            end.tgid, end.addr = key.tgid, key.addr + info.size
+                            ends.delete(end)
         return kept
 
     def _read_stats(self) -> list[int]:
