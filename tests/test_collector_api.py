@@ -24,10 +24,9 @@ from bpfscope.collector.server import bind
 from bpfscope.querycli import run_query
 from bpfscope.schema import make_record
 from bpfscope.storage import Store, StoreError
+from collector_records import S, T0, dataset, rec, ts_of
 from conftest import free_port
 
-T0 = 1_700_000_040 * 10**9  # 2023-11-14T22:14:00Z, a whole minute: series buckets start here
-S = 10**9
 RECORD_KEYS = set(make_record("net", "x"))
 
 
@@ -64,12 +63,6 @@ def api(store):
         yield client
 
 
-def rec(domain="net", kind="tcp_conn", ts=T0, host="node-a", **kw) -> dict:
-    r = make_record(domain, kind, ts=ts, **kw)
-    r["host"] = host
-    return r
-
-
 def post(api, records, **kw) -> httpx.Response:
     # stdlib json: it writes integers beyond 64 bits, which some tests send on purpose
     return api.post("/api/v1/records", content=json.dumps(records).encode(),
@@ -82,25 +75,9 @@ def get(api, path="/api/v1/records", **params) -> list | dict:
     return r.json()
 
 
-def ts_of(rows) -> list[int]:
-    return [r["ts"] for r in rows]
-
-
 # -- round trip and filters -------------------------------------------------------------
 
-DATASET = [
-    rec("net", "tcp_conn", T0 + 0 * S, "node-a", pid=100, tid=101, comm="nginx",
-        labels={"dir": "in", "svc": "web"}, values={"bytes_acked": 1500, "srtt_us": 12.5}),
-    rec("net", "tcp_conn", T0 + 1 * S, "node-a", pid=100, tid=102, comm="nginx",
-        labels={"dir": "out", "svc": "web"}, values={"bytes_acked": 10}),
-    rec("net", "tcp_retrans", T0 + 2 * S, "node-b", pid=200, comm="curl", labels={"dir": "out"},
-        values={"retrans_total": 3}),
-    rec("proc", "lifecycle", T0 + 3 * S, "node-b", pid=300, comm="bash", labels={"event": "exec"},
-        values={"filename": "/bin/ls"}),
-    rec("stack", "cpu_stack", T0 + 4 * S, "node-a", pid=100, comm="nginx", values={"count": 5},
-        stack=["_start", "main", "serve"]),
-    rec("system", "cpu", T0 + 5 * S, "node-c", values={"util": 0.5}),
-]
+DATASET = dataset()
 
 
 def test_round_trip_keeps_every_field(api, store):

@@ -13,12 +13,10 @@ import time
 
 import pytest
 
-from bpfscope.schema import make_record, validate_records
+from bpfscope.schema import validate_records
 from bpfscope.storage import Store, StoreError
+from collector_records import S, T0, dataset, rec, ts_of
 from conftest import pg_server  # noqa: F401  (the fixture)
-
-T0 = 1_700_000_040 * 10**9  # a whole minute
-S = 10**9
 
 _db_counter = iter(range(1_000_000))
 
@@ -37,29 +35,7 @@ def store_url(request, tmp_path) -> str:
     return f"postgresql+psycopg://postgres@{host}:{port}/{name}"
 
 
-def rec(domain="net", kind="tcp_conn", ts=T0, host="node-a", **kw) -> dict:
-    r = make_record(domain, kind, ts=ts, **kw)
-    r["host"] = host
-    return r
-
-
-DATASET = [
-    rec("net", "tcp_conn", T0 + 0 * S, "node-a", pid=100, tid=101, comm="nginx",
-        labels={"dir": "in", "svc": "web"}, values={"bytes_acked": 1500, "srtt_us": 12.5}),
-    rec("net", "tcp_conn", T0 + 1 * S, "node-a", pid=100, tid=102, comm="nginx",
-        labels={"dir": "out", "svc": "web"}, values={"bytes_acked": 10}),
-    rec("net", "tcp_retrans", T0 + 2 * S, "node-b", pid=200, comm="curl", labels={"dir": "out"},
-        values={"retrans_total": 3}),
-    rec("proc", "lifecycle", T0 + 3 * S, "node-b", pid=300, comm="bash", labels={"event": "exec"},
-        values={"filename": "/bin/ls"}),
-    rec("stack", "cpu_stack", T0 + 4 * S, "node-a", pid=100, comm="nginx", values={"count": 5},
-        stack=["_start", "main", "serve ünïcode"]),
-    rec("system", "cpu", T0 + 5 * S, "node-c", values={"util": 0.5}),
-]
-
-
-def ts_of(rows) -> list[int]:
-    return [r["ts"] for r in rows]
+DATASET = dataset("serve ünïcode")
 
 
 def expect(*indexes) -> list[int]:
