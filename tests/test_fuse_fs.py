@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from bpfscope.fuse.umount import fuse_mounts
+from bpfscope.fuse.umount import fuse_mounts, umount
 
 from fuse_helpers import BPFSCOPE, against_native, mounted, source_and_mountpoint, world_dir
 
@@ -541,6 +541,53 @@ def test_sigkill_of_the_server_hangs_nobody_and_umount_clears_it(tmp_path):
         assert "the server had exited" in r.stdout, r.stdout
         assert str(mnt) not in fuse_mounts()
         assert os.listdir(mnt) == []  # the plain directory again
+
+
+CRASHING_SERVER = r"""
+import sys
+from bpfscope.cli import main
+from bpfscope.fuse.server import Server
+def serve(self):
+    raise RuntimeError("the server crashed on purpose")
+Server.serve = serve
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_crashed_background_server_leaves_its_error_in_the_log_that_mount_and_umount_name(tmp_path):
+    """A background server's stderr goes to a log named at mount; after a crash `fuse umount` names
+    it again and keeps it; a server with nothing to say leaves no log behind."""
+    import re
+
+    from bpfscope.fuse.cli import server_log
+    src, mnt = source_and_mountpoint(tmp_path, {"a": "data"})
+    log = server_log(str(mnt))
+    try:
+        r = subprocess.run([sys.executable, "-c", CRASHING_SERVER, "fuse", "mount", str(src), str(mnt), "--mode",
+                            "plain"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert re.fullmatch(rf"mounted {src} on {mnt} \(mode plain, server pid \d+; its errors: {re.escape(log)}\)",
+                            r.stdout.strip()), r.stdout
+        deadline = time.monotonic() + 10
+        while "RuntimeError: the server crashed on purpose" not in open(log).read() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = _umount(mnt)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"unmounted {mnt} (the server had exited: detached it; its errors: {log})"
+        assert "RuntimeError: the server crashed on purpose" in open(log).read()
+
+        r = subprocess.run(BPFSCOPE + ["fuse", "mount", str(src), str(mnt), "--mode", "plain"], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0 and os.path.getsize(log) == 0, r.stderr  # a new mount starts a new log
+        assert (mnt / "a").read_text() == "data"
+        r = _umount(mnt)
+        assert r.returncode == 0 and r.stdout.strip() == f"unmounted {mnt} (clean unmount)", (r.stdout, r.stderr)
+        assert not os.path.exists(log)
+    finally:
+        if str(mnt) in fuse_mounts():
+            umount(str(mnt))
+        if os.path.exists(log):
+            os.unlink(log)
 
 
 def test_umount_aborts_a_hung_server(tmp_path):

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
 
 from .modes import MODES
+
+# A background server's stdout and stderr: its errors, a traceback if it crashes. Empty when all went well.
+SERVER_LOG_DIR = "/run/bpfscope/fuse"
+
+
+def server_log(mountpoint: str) -> str:
+    """The log of the background server of mountpoint (its absolute path, %-quoted, as the name)."""
+    import urllib.parse
+    return os.path.join(SERVER_LOG_DIR, urllib.parse.quote(os.path.abspath(mountpoint), safe="") + ".log")
+
 
 fuse_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                        help="A FUSE file system mirroring a directory (plain, cached, passthrough, fast), "
@@ -24,7 +35,8 @@ def mount(
     timeout: Annotated[Optional[float], typer.Option(help="Entry/attribute timeout (s) of cached and fast.")]
     = None,
 ) -> None:
-    """Mount SOURCE on MOUNTPOINT; the server runs in the background unless --foreground."""
+    """Mount SOURCE on MOUNTPOINT; the server runs in the background unless --foreground, its errors
+    written to /run/bpfscope/fuse/<mount point, %-quoted>.log."""
     import dataclasses
 
     from .server import FuseError, Server
@@ -46,15 +58,27 @@ def mount(
     if foreground:
         server.serve()
         return
+    log_path = server_log(mountpoint)
+    os.makedirs(SERVER_LOG_DIR, exist_ok=True)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     pid = os.fork()
     if pid:
-        print(f"mounted {os.path.abspath(source)} on {os.path.abspath(mountpoint)} (mode {mode}, server pid {pid})")
+        print(f"mounted {os.path.abspath(source)} on {os.path.abspath(mountpoint)} (mode {mode}, server pid {pid}; "
+              f"its errors: {log_path})")
         os._exit(0)
     os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for i in range(3):
-        os.dup2(null, i)
-    server.serve()
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd, to in ((null, 0), (log, 1), (log, 2)):
+        os.dup2(fd, to)
+    for fd in {null, log} - {0, 1, 2}:
+        os.close(fd)
+    try:
+        server.serve()
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     os._exit(0)
 
 
@@ -75,6 +99,14 @@ def umount(
         how = unmount(mountpoint, force=force, probe_s=timeout)
     except OSError as e:
         raise FuseError(str(e)) from None
+    log_path = server_log(mountpoint)
+    try:
+        if os.path.getsize(log_path):
+            how += f"; its errors: {log_path}"  # kept until the next mount there
+        else:
+            os.unlink(log_path)  # a background server that had nothing to say
+    except FileNotFoundError:
+        pass  # a --foreground server, or one mounted by another program
     print(f"unmounted {os.path.abspath(mountpoint)} ({how})")
 
 
