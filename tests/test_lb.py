@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from bpfscope.lb.alias import alias_table, shares
 from bpfscope.lb.config import ConfigError, parse
 from bpfscope.netns import call_in
-from conftest import run_cli
+from conftest import BPFSCOPE, run_cli
 
 VIP = "127.77.0.1"
 VIP6 = "fd00:77::1"  # only ever used inside the test's own network namespace (see `family`)
@@ -370,6 +371,33 @@ BACKEND_PROCESS = textwrap.dedent("""
 """)
 
 
+def settles(pred, within_s: float = 5.0, what: str = "") -> float:
+    """Seconds until pred() holds (checked with real connects); fails after within_s."""
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < within_s, f"not within {within_s} s: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+class Controller:
+    """`bpfscope lb run` on a services file in the background; stop() ends it and returns its stderr."""
+
+    def __init__(self, cgroup: Path, pin: str, path: Path, *args: str, interval: str = "0.2",
+                 stderr=subprocess.PIPE):
+        self.p = subprocess.Popen(BPFSCOPE + ["lb", "run", "--config", str(path), "--cgroup", str(cgroup),
+                                              "--pin-dir", pin, "--interval", interval, *args],
+                                  stderr=stderr, text=True)
+
+    def stop(self) -> str:
+        self.p.terminate()
+        try:
+            return self.p.communicate(timeout=10)[1]
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.communicate()[1]
+
+
 def backend_process(port: int) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", BACKEND_PROCESS, str(port)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
@@ -378,11 +406,9 @@ def backend_process(port: int) -> subprocess.Popen:
 
 @pytest.mark.bpf
 def test_controller_takes_a_dead_backend_out_within_one_interval_and_back(lb, cgroup, tmp_path):
-    import time
-
     import httpx
 
-    from conftest import BPFSCOPE, free_port
+    from conftest import free_port
 
     _, _, pin = lb
     ports = [free_port(), free_port()]
@@ -390,42 +416,31 @@ def test_controller_takes_a_dead_backend_out_within_one_interval_and_back(lb, cg
     f = tmp_path / "services.yaml"
     f.write_text(services_yaml(ports, [1, 1], "random"))
     mport = free_port()
-    ctl = subprocess.Popen(BPFSCOPE + ["lb", "run", "--config", str(f), "--cgroup", str(cgroup), "--pin-dir", pin,
-                                       "--interval", "0.5", "--timeout", "0.2", "--metrics-port", str(mport)],
-                           stderr=subprocess.PIPE, text=True)
+    ctl = Controller(cgroup, pin, f, "--timeout", "0.2", "--metrics-port", str(mport), interval="0.5")
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not connects(cgroup, 1)["seen"]:
-            time.sleep(0.2)
+        settles(lambda: connects(cgroup, 1)["seen"], 15, "the first apply")
         assert set(connects(cgroup, 100)["seen"]) == {str(p) for p in ports}
-
-        def settles(pred, within_s: float = 3.0) -> float:
-            """Seconds until pred() holds (checked with real connects); fails after within_s."""
-            t0 = time.monotonic()
-            while not pred():
-                assert time.monotonic() - t0 < within_s, "the controller did not react in time"
-                time.sleep(0.05)
-            return time.monotonic() - t0
 
         # kill backend 0: after one interval (0.5 s, plus the probe) it gets no connect
         procs[0].kill()
         procs[0].wait()
-        settles(lambda: (c := connects(cgroup, 20))["seen"].keys() == {str(ports[1])} and not c["errors"])
+        settles(lambda: (c := connects(cgroup, 20))["seen"].keys() == {str(ports[1])} and not c["errors"],
+                3.0, "the controller reacts")
         got = connects(cgroup, 200)  # and from then on no connect fails
         assert not got["errors"] and set(got["seen"]) == {str(ports[1])}
         # restart it: it comes back
         procs[0] = backend_process(ports[0])
-        settles(lambda: set(connects(cgroup, 50)["seen"]) == {str(p) for p in ports})
+        settles(lambda: set(connects(cgroup, 50)["seen"]) == {str(p) for p in ports}, 3.0, "the controller reacts")
         # every backend down: connect() fails at once with EHOSTUNREACH
         for p in procs:
             p.kill()
             p.wait()
-        settles(lambda: connects(cgroup, 1)["errors"] == {"113": 1})
+        settles(lambda: connects(cgroup, 1)["errors"] == {"113": 1}, 3.0, "the controller reacts")
         t0 = time.monotonic()
         assert connects(cgroup, 5)["errors"] == {"113": 5}
         assert time.monotonic() - t0 < 5
         procs = [backend_process(p) for p in ports]
-        settles(lambda: set(connects(cgroup, 50)["seen"]) == {str(p) for p in ports})
+        settles(lambda: set(connects(cgroup, 50)["seen"]) == {str(p) for p in ports}, 3.0, "the controller reacts")
         # a bad edit is refused and the running configuration kept
         f.write_text("services: [\n")
         time.sleep(1.0)
@@ -433,12 +448,12 @@ def test_controller_takes_a_dead_backend_out_within_one_interval_and_back(lb, cg
         text = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
         assert "bpfscope_lb_backend_choices_total" in text and "bpfscope_lb_reload_errors_total 1.0" in text
         # SIGKILL of the controller changes nothing for applications
-        ctl.kill()
-        ctl.wait(10)
+        ctl.p.kill()
+        ctl.p.wait(10)
         assert set(connects(cgroup, 100)["seen"]) == {str(p) for p in ports}
     finally:
-        ctl.kill()
-        ctl.wait()
+        ctl.p.kill()
+        ctl.p.wait()
         for p in procs:
             p.kill()
             p.wait()
@@ -643,31 +658,24 @@ def test_blue_green_switch_under_1000_connects_per_s_fails_none(lb, cgroup):
 
 @pytest.mark.bpf
 def test_controller_sigkill_under_load_fails_no_connect(lb, cgroup, tmp_path):
-    import time
-
-    from conftest import BPFSCOPE
-
     _, _, pin = lb
     be = Backends(2)
     f = tmp_path / "services.yaml"
     f.write_text(services_yaml(be.ports, [1, 1], "random"))
-    ctl = subprocess.Popen(BPFSCOPE + ["lb", "run", "--config", str(f), "--cgroup", str(cgroup), "--pin-dir", pin,
-                                       "--interval", "0.5"], stderr=subprocess.DEVNULL)
+    ctl = Controller(cgroup, pin, f, interval="0.5", stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not connects(cgroup, 1)["seen"]:
-            time.sleep(0.2)
+        settles(lambda: connects(cgroup, 1)["seen"], 15, "the first apply")
         client = subprocess.Popen([sys.executable, "-c", TIMED_CLIENT, str(cgroup), VIP, "8080", "1000", "2"],
                                   stdout=subprocess.PIPE, text=True)
         assert client.stdout.readline().strip() == "ready"
         time.sleep(0.7)
-        ctl.kill()
-        ctl.wait(10)
+        ctl.p.kill()
+        ctl.p.wait(10)
         out = json.loads(client.communicate(timeout=60)[0])
         assert len(out) == 2000 and not [x for x in out if x[1].startswith("error")]
     finally:
-        ctl.kill()
-        ctl.wait()
+        ctl.p.kill()
+        ctl.p.wait()
         be.close()
 
 

@@ -3,6 +3,7 @@ HTTP health, draining. Real backends, real connects from child cgroups, VIPs in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bpfscope.lb.config import ConfigError, parse
-from conftest import BPFSCOPE, free_port
-from test_lb import VIP, Backends, backend_process, connects, lb  # noqa: F401  (lb: the fixture)
+from conftest import free_port
+from test_lb import VIP, Backends, Controller, backend_process, connects, lb, settles  # noqa: F401  (lb: the fixture)
 
 
 def service(name: str, vip: str, ports: list[int], extra: str = "") -> str:
@@ -27,14 +28,6 @@ def status(cli) -> dict:
     r = cli("status", "--json")
     assert r.returncode == 0, r.stderr
     return {s["name"]: s for s in json.loads(r.stdout)["services"]} | {"_": json.loads(r.stdout)}
-
-
-def settles(pred, within_s: float = 5.0, what: str = "") -> float:
-    t0 = time.monotonic()
-    while not pred():
-        assert time.monotonic() - t0 < within_s, f"not within {within_s} s: {what}"
-        time.sleep(0.05)
-    return time.monotonic() - t0
 
 
 # A client that opens N connections through the VIP and keeps them: it prints the port each
@@ -201,31 +194,40 @@ def test_fallback_service_takes_over_when_none_is_healthy_then_ehostunreach(lb, 
 
 # ---- client affinity ---------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def child_cgroups(cgroup: Path, prefix: str, n: int):
+    """n empty child cgroups <prefix>0 .. of cgroup (the programs on cgroup apply to them), removed after."""
+    clients = [cgroup / f"{prefix}{i}" for i in range(n)]
+    for c in clients:
+        c.mkdir()
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            c.rmdir()
+
+
 @pytest.mark.bpf
 def test_affinity_by_cgroup_keeps_a_backend_per_client_until_the_timeout(lb, cgroup):
     _, apply, _ = lb
     be = Backends(4)
-    clients = [cgroup / f"client{i}" for i in range(8)]
-    for c in clients:
-        c.mkdir()
     try:
-        assert apply("services:\n" + service("web", VIP, be.ports, "    affinity: {by: cgroup, timeout: 300ms}\n")
-                     ).returncode == 0
-        chosen = []
-        for c in clients:
-            got = connects(c, 30)
-            assert not got["errors"] and len(got["seen"]) == 1, got  # one backend per client
-            chosen.append(next(iter(got["seen"])))
-        assert len(set(chosen)) > 1  # 8 clients on 4 backends: not all on one ((1/4)^7)
-        # after the timeout a client gets a new choice: over 8 idle gaps, more than one backend
-        later = set()
-        for _ in range(8):
-            time.sleep(0.4)
-            later |= set(connects(clients[0], 1)["seen"])
-        assert len(later) > 1
+        with child_cgroups(cgroup, "client", 8) as clients:
+            affinity = "    affinity: {by: cgroup, timeout: 300ms}\n"
+            assert apply("services:\n" + service("web", VIP, be.ports, affinity)).returncode == 0
+            chosen = []
+            for c in clients:
+                got = connects(c, 30)
+                assert not got["errors"] and len(got["seen"]) == 1, got  # one backend per client
+                chosen.append(next(iter(got["seen"])))
+            assert len(set(chosen)) > 1  # 8 clients on 4 backends: not all on one ((1/4)^7)
+            # after the timeout a client gets a new choice: over 8 idle gaps, more than one backend
+            later = set()
+            for _ in range(8):
+                time.sleep(0.4)
+                later |= set(connects(clients[0], 1)["seen"])
+            assert len(later) > 1
     finally:
-        for c in clients:
-            c.rmdir()
         be.close()
 
 
@@ -233,38 +235,19 @@ def test_affinity_by_cgroup_keeps_a_backend_per_client_until_the_timeout(lb, cgr
 def test_affinity_by_netns_gives_two_cgroups_of_one_netns_the_same_backend(lb, cgroup):
     _, apply, _ = lb
     be = Backends(4)
-    clients = [cgroup / f"ns-client{i}" for i in range(4)]
-    for c in clients:
-        c.mkdir()
     try:
-        assert apply("services:\n" + service("web", VIP, be.ports, "    affinity: {by: netns, timeout: 30s}\n")
-                     ).returncode == 0
-        seen = set()
-        for c in clients:
-            seen |= set(connects(c, 20)["seen"])
-        assert len(seen) == 1
+        with child_cgroups(cgroup, "ns-client", 4) as clients:
+            assert apply("services:\n" + service("web", VIP, be.ports, "    affinity: {by: netns, timeout: 30s}\n")
+                         ).returncode == 0
+            seen = set()
+            for c in clients:
+                seen |= set(connects(c, 20)["seen"])
+            assert len(seen) == 1
     finally:
-        for c in clients:
-            c.rmdir()
         be.close()
 
 
 # ---- controller: passive health, HTTP checks, draining ---------------------------------------
-
-class Controller:
-    def __init__(self, cgroup: Path, pin: str, path: Path, *args: str):
-        self.p = subprocess.Popen(BPFSCOPE + ["lb", "run", "--config", str(path), "--cgroup", str(cgroup),
-                                              "--pin-dir", pin, "--interval", "0.2", *args],
-                                  stderr=subprocess.PIPE, text=True)
-
-    def stop(self) -> str:
-        self.p.terminate()
-        try:
-            return self.p.communicate(timeout=10)[1]
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return self.p.communicate()[1]
-
 
 @pytest.mark.bpf
 def test_passive_health_takes_out_a_backend_whose_client_connects_fail(lb, cgroup, tmp_path):
