@@ -7,43 +7,21 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+from bpfscope.fuse.bench import foreground_server
 from bpfscope.fuse.umount import fuse_mounts, umount
 
 BPFSCOPE = [sys.executable, "-m", "bpfscope"]
 
 
-def wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.abspath(mnt) in fuse_mounts():
-            os.stat(mnt)  # the INIT handshake is done once this returns
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.02)
-    raise TimeoutError(f"{mnt} not mounted")
-
-
-@contextlib.contextmanager
-def mounted(src: str, mnt: str, mode: str, *extra: str):
-    """Run `bpfscope fuse mount --foreground`; yield the server process; always unmount and kill."""
-    proc = subprocess.Popen(BPFSCOPE + ["fuse", "mount", src, mnt, "--mode", mode, "--foreground", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_mounted(mnt, proc)
-        yield proc
-    finally:
-        if os.path.abspath(mnt) in fuse_mounts():
-            umount(mnt)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+def mounted(src, mnt, mode: str, *extra: str):
+    """`bpfscope fuse mount --foreground` as a context: yields the server process once mounted; always
+    unmounted and killed."""
+    return foreground_server(str(src), str(mnt), mode, *extra, timeout_s=20)
 
 
 def source_and_mountpoint(base, files: dict | None = None) -> tuple[pathlib.Path, pathlib.Path]:

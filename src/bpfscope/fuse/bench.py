@@ -34,26 +34,36 @@ def drop_caches() -> None:
 
 
 @contextlib.contextmanager
-def served(src: str, mnt: str, mode: str):
-    """A server in its own process (its GIL is not the workload's); always unmounted and killed."""
+def foreground_server(src: str, mnt: str, mode: str, *extra: str, timeout_s: float = 30):
+    """`bpfscope fuse mount --foreground` in its own process (its GIL is not the workload's), yielded
+    once the mount answers; always unmounted and killed, even on failure."""
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "bpfscope", "fuse", "mount", src, mnt, "--mode", mode,
-                             "--foreground"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--foreground", *extra], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout_s
         while os.path.abspath(mnt) not in fuse_mounts():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mount {mode} failed: {proc.stderr.read() if proc.poll() is not None else ''}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"mount {mode} failed: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mount {mode}: {mnt} not mounted within {timeout_s:g} s")
             time.sleep(0.02)
-        os.stat(mnt)
-        yield connection_of(mnt)
+        os.stat(mnt)  # the INIT handshake is done once this returns
+        yield proc
     finally:
         if os.path.abspath(mnt) in fuse_mounts():
             umount(mnt)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def served(src: str, mnt: str, mode: str):
+    """A mount of src on mnt in mode, its server in its own process; yields the connection id."""
+    with foreground_server(src, mnt, mode):
+        yield connection_of(mnt)
 
 
 def make_data(root: str, files: int, big_mib: int) -> None:
