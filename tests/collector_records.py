@@ -32,5 +32,20 @@ def dataset(leaf: str = "serve") -> list[dict]:
     ]
 
 
+# for the series API and Store.series: per-minute buckets M0 and M1 of field lat_us
+SERIES = [
+    rec(ts=T0 + 1 * S, labels={"dir": "in"}, values={"lat_us": 10}),
+    rec(ts=T0 + 20 * S, labels={"dir": "in"}, values={"lat_us": 20}),
+    rec(ts=T0 + 59 * S, labels={"dir": "out"}, values={"lat_us": 30}),
+    rec(ts=T0 + 60 * S, labels={"dir": "in"}, values={"lat_us": 40.0}),
+    rec(ts=T0 + 61 * S, labels={"dir": "out"}, values={"lat_us": 50}),
+    rec(ts=T0 + 119 * S, labels={"dir": "out"}, values={"lat_us": 60}),
+    rec(ts=T0 + 70 * S, labels={"dir": "out"}, values={"lat_us": "n/a"}),  # a string: never CAST, not aggregated
+    rec(ts=T0 + 71 * S, labels={"dir": "out"}, values={"other": 1}),       # no such field
+    rec("proc", "lifecycle", ts=T0 + 5 * S, values={"lat_us": 1000}),      # filtered out by domain
+]
+M0, M1 = T0 // 10**6, (T0 + 60 * S) // 10**6
+
+
 def ts_of(rows) -> list[int]:
     return [r["ts"] for r in rows]

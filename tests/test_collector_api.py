@@ -24,7 +24,7 @@ from bpfscope.collector.server import bind
 from bpfscope.querycli import run_query
 from bpfscope.schema import make_record
 from bpfscope.storage import Store, StoreError
-from collector_records import S, T0, dataset, rec, ts_of
+from collector_records import M0, M1, SERIES, S, T0, dataset, rec, ts_of
 from conftest import free_port
 
 RECORD_KEYS = set(make_record("net", "x"))
@@ -156,18 +156,6 @@ def test_bad_params_are_400_with_one_line(api, path, params, fragment):
 
 # -- series -------------------------------------------------------------------------------
 
-SERIES = [
-    rec(ts=T0 + 1 * S, labels={"dir": "in"}, values={"lat_us": 10}),
-    rec(ts=T0 + 20 * S, labels={"dir": "in"}, values={"lat_us": 20}),
-    rec(ts=T0 + 59 * S, labels={"dir": "out"}, values={"lat_us": 30}),
-    rec(ts=T0 + 60 * S, labels={"dir": "in"}, values={"lat_us": 40.0}),
-    rec(ts=T0 + 61 * S, labels={"dir": "out"}, values={"lat_us": 50}),
-    rec(ts=T0 + 119 * S, labels={"dir": "out"}, values={"lat_us": 60}),
-    rec(ts=T0 + 70 * S, labels={"dir": "out"}, values={"lat_us": "n/a"}),  # a string: not aggregated
-    rec(ts=T0 + 71 * S, labels={"dir": "out"}, values={"other": 1}),       # no such field
-    rec("proc", "lifecycle", ts=T0 + 5 * S, values={"lat_us": 1000}),      # filtered out by domain
-]
-M0, M1 = T0 // 10**6, (T0 + 60 * S) // 10**6
 
 
 @pytest.mark.parametrize("agg, expected", [

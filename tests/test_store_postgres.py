@@ -15,7 +15,7 @@ import pytest
 
 from bpfscope.schema import validate_records
 from bpfscope.storage import Store, StoreError
-from collector_records import S, T0, dataset, rec, ts_of
+from collector_records import M0, M1, SERIES, S, T0, dataset, rec, ts_of
 from conftest import pg_server  # noqa: F401  (the fixture)
 
 _db_counter = iter(range(1_000_000))
@@ -80,18 +80,6 @@ def test_a_failing_batch_stores_nothing(store_url):
         store.close()
 
 
-SERIES = [
-    rec(ts=T0 + 1 * S, labels={"dir": "in"}, values={"lat_us": 10}),
-    rec(ts=T0 + 20 * S, labels={"dir": "in"}, values={"lat_us": 20}),
-    rec(ts=T0 + 59 * S, labels={"dir": "out"}, values={"lat_us": 30}),
-    rec(ts=T0 + 60 * S, labels={"dir": "in"}, values={"lat_us": 40.0}),
-    rec(ts=T0 + 61 * S, labels={"dir": "out"}, values={"lat_us": 50}),
-    rec(ts=T0 + 119 * S, labels={"dir": "out"}, values={"lat_us": 60}),
-    rec(ts=T0 + 70 * S, labels={"dir": "out"}, values={"lat_us": "n/a"}),  # never CAST: skipped
-    rec(ts=T0 + 71 * S, labels={"dir": "out"}, values={"other": 1}),
-    rec("proc", "lifecycle", ts=T0 + 5 * S, values={"lat_us": 1000}),
-]
-M0, M1 = T0 // 10**6, (T0 + 60 * S) // 10**6
 
 
 def test_series(store_url):
