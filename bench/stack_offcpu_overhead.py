@@ -39,7 +39,12 @@ DEFAULT = "bpfscope stack offcpu"
 # the default --min-block (10 us) leaves the ping-pong's blocks (~3 us) uncounted: they cost
 # the hook and a cached user stack only; --min-block 0 counts (and walks) every one
 VARIANTS = {DEFAULT: [], "stack offcpu --kernel-only": ["--kernel-only"],
-            "stack offcpu --min-block 0": ["--min-block", "0"]}
+            "stack offcpu --min-block 0": ["--min-block", "0"],
+            "stack offcpu, user frames as addrs": [], "--min-block 0, user frames as addrs": ["--min-block", "0"]}
+# user stacks as plain addresses (BPFSCOPE_STACK_BUILD_ID=0) against the default
+# (build id + file offset per frame, BPF_F_STACK_BUILD_ID): what the build-id walk costs
+VARIANT_ENV = {"stack offcpu, user frames as addrs": {"BPFSCOPE_STACK_BUILD_ID": "0"},
+               "--min-block 0, user frames as addrs": {"BPFSCOPE_STACK_BUILD_ID": "0"}}
 
 
 def build(tmp: Path) -> tuple[Path, Path]:
@@ -90,7 +95,7 @@ def attached(name: str, noop: Path):
         return
     proc = subprocess.Popen([sys.executable, "-m", "bpfscope", "stack", "offcpu", "--json", "--interval", "1",
                              *VARIANTS[name]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src"), **VARIANT_ENV.get(name, {})})
     try:
         if not wait_for_links(proc, timeout_s=60):
             raise SystemExit(f"bpfscope stack offcpu failed: {proc.stderr.read().decode()}")

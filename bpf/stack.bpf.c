@@ -68,6 +68,9 @@ const volatile __u64 libc_mmap_vaddr = 0;	/* mmap's link-time address in libc */
 const volatile __u64 libc_text_lo = 0;		/* libc's executable segment, link-time */
 const volatile __u64 libc_text_hi = 0;		/* 0: unknown, every mmap is the program's */
 const volatile __u64 page_size = 4096;
+/* user stacks as (build id, file offset) frames, in `ustacks`: named after the process
+ * exited (its /proc/PID/maps gone before the interval's read) */
+const volatile bool user_build_id = false;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -75,6 +78,32 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, STACK_MAX_DEPTH * sizeof(__u64));
 } stack_traces SEC(".maps");
+
+/* user stacks with user_build_id: each frame the kernel resolved to its file's GNU build
+ * id and the file offset (status VALID), or left as an address (status IP: anonymous
+ * memory, a file without a build id, a page of its headers not in the page cache) */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(map_flags, BPF_F_STACK_BUILD_ID);
+	__uint(max_entries, STACK_TRACES / 4);	/* 4 KiB a stack: sized by user space */
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, STACK_MAX_DEPTH * sizeof(struct bpf_stack_build_id));
+} ustacks SEC(".maps");
+
+/* the file each process exec'd (tgid -> path), for user space to find a build id in */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct exec_path);
+} execs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_path);
+} exec_buf SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -229,7 +258,10 @@ static __always_inline __s32 stack_id(void *ctx, bool on, __u64 flags)
 
 	if (!on)
 		return -1;
-	id = bpf_get_stackid(ctx, &stack_traces, flags);
+	if (user_build_id && (flags & BPF_F_USER_STACK))
+		id = bpf_get_stackid(ctx, &ustacks, flags);
+	else
+		id = bpf_get_stackid(ctx, &stack_traces, flags);
 	if (id < 0 && id != -EFAULT)	/* -EFAULT: no such stack (a kernel thread's user side) */
 		stat_inc(STAT_STACK_ERRORS);
 	return id;
@@ -282,6 +314,23 @@ int cpu_sample(struct bpf_perf_event_data *ctx)
 	key.kernel_stack_id = stack_id(ctx, kernel_stacks, 0);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	add(&key, 0);
+	return 0;
+}
+
+/* every mode with user_build_id: the file a process exec'd (one hash update per exec) */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(stack_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, zero = 0;
+	struct exec_path *buf;
+
+	if (!wanted(tgid))	/* the new comm: set before the tracepoint */
+		return 0;
+	buf = bpf_map_lookup_elem(&exec_buf, &zero);
+	if (!buf)
+		return 0;
+	if (bpf_probe_read_kernel_str(buf->path, sizeof(buf->path), BPF_CORE_READ(bprm, filename)) > 0)
+		bpf_map_update_elem(&execs, &tgid, buf, BPF_ANY);
 	return 0;
 }
 

@@ -257,3 +257,24 @@ def test_names_follow_the_maps_when_a_process_execs(built, tmp_path):
     assert sym.user_frame(4242, addr) == "prog_function"  # same interval: maps read once
     sym.refresh()
     assert sym.user_frame(4242, addr2) == "lib_function"
+
+
+def test_build_id_frames_of_a_process_never_seen_are_named_through_its_exec_path(built):
+    """(build id, file offset) frames: the build id leads to the file the process exec'd
+    (the kernel side's record) without /proc/PID; an unknown build id keeps it and the
+    offset, never a bare address."""
+    prog = built / "prog"
+    syms = read_elf(str(prog))
+    vaddr = _nm(prog)["prog_function"]
+    off = next(o + vaddr - v for o, size, v in syms.segments if v <= vaddr < v + size)
+    bid = read_build_id(str(prog))
+    if not bid:
+        pytest.skip("linker wrote no build id")
+    gone = 2**22 + 12345  # above pid_max's default: no such process
+    sym = Symbolizer()
+    assert sym.build_id_frame(gone, bid, off) == f"[build-id {bid[:16]}]+0x{off:x}"
+    sym.refresh()
+    sym.note_exec(gone, str(prog))
+    # leaf first: the leaf's offset as is, a return address one byte back
+    assert sym.user_stack_build_id(gone, [(1, bid, off), (1, bid, off + 1)]) == ["prog_function"] * 2
+    assert sym.build_id_frame(gone, "ab" * 20, 0x1234) == f"[build-id {'ab' * 8}]+0x1234"

@@ -111,6 +111,14 @@ struct load_gate {
 	__u32 load;			/* the load it was opened at (run-queue length or PSI %) */
 };
 
+/* the file a process exec'd, as execve() was given it (absolute when a shell or
+ * execvp() found it on PATH): where user space looks for the build id of the main
+ * binary's frames once the process has exited */
+#define EXEC_PATH_LEN 256
+struct exec_path {
+	char path[EXEC_PATH_LEN];
+};
+
 /* indexes of the per-CPU `stats` array */
 #define STAT_STACK_ERRORS 0		/* bpf_get_stackid failed (hash collision, map full) */
 #define STAT_MAP_FULL 1			/* a sample fit nowhere in `counts` */

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
@@ -48,6 +49,10 @@ LOST = "[lost stack]"  # the kernel could not store this stack (hash collision o
  STAT_USER_UNVERIFIED, STAT_UNSEEN_SWITCH_IN) = range(8)
 STAT_N = 8  # stack.h
 SRC_MAIN, SRC_BLOCK, SRC_KMEM = 0, 1, 2  # stack_key.source (STACK_SRC_* of stack.h)
+# modes whose user stacks are taken as (build id, file offset) frames, nameable after the
+# process exited (mem drops the rows of exited processes: it keeps plain addresses)
+BUILD_ID_MODES = ("cpu", "load", "offcpu", "io", "block")
+BUILD_ID_STATUS_VALID = 1  # BPF_STACK_BUILD_ID_VALID (status IP: the frame is an address)
 COMM_LEN = 15  # TASK_COMM_LEN less its NUL: the kernel keeps no more of a name
 
 
@@ -235,7 +240,7 @@ class StackExporter(Exporter):
                  include_idle: bool = False, min_block_us: float = 10.0, max_block_us: float | None = None,
                  top: int = 20, stack_traces: int = 16384, max_entries: int = 16384, outputs=None,
                  symbolizer: Symbolizer | None = None, sample_every: int = 1, threshold: float | None = None,
-                 load_source: str = "auto", kernel_mem: bool = False):
+                 load_source: str = "auto", kernel_mem: bool = False, build_id: bool | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown stack mode {mode!r}")
         self.mode = MODES[mode]
@@ -262,6 +267,15 @@ class StackExporter(Exporter):
         # in `kstacks` (stack.bpf.c); the other modes use stack_traces
         self.kstacks_interned = self.kernel_stacks and self.mode.name in ("offcpu", "mem", "block", "io")
         self.stack_traces = stack_traces
+        # user stacks as (build id, file offset): `ustacks`, a quarter as many entries
+        # (a frame is 32 bytes, not 8)
+        # (BPFSCOPE_STACK_BUILD_ID=0: plain addresses, as before; for a kernel where the
+        # build-id walk misbehaves, and to measure what it costs)
+        if build_id is None:
+            build_id = os.environ.get("BPFSCOPE_STACK_BUILD_ID", "1") != "0"
+        self.user_build_id = build_id and self.user_stacks and self.mode.name in BUILD_ID_MODES
+        self.ustacks = max(stack_traces // 4, 256)
+        self._user_ids = 0  # ids of ustacks read since the last clear
         self.max_entries = max_entries
         self.outputs = outputs
         self.sym = symbolizer or Symbolizer()
@@ -287,15 +301,21 @@ class StackExporter(Exporter):
                   "target_cgroup_level": cg_level, "user_stacks": self.user_stacks,
                   "kernel_stacks": self.kernel_stacks, "include_idle": self.include_idle,
                   "min_block_ns": self.min_block_ns, "max_block_ns": self.max_block_ns,
-                  "sample_every": self.sample_every, "gated": self.mode.name == "load"}
+                  "sample_every": self.sample_every, "gated": self.mode.name == "load",
+                  "user_build_id": self.user_build_id}
         if self.comm:  # in the kernel: other tasks never fill `counts` or stack_traces
             rodata.update(comm_filter=True, target_comm=self.comm.encode()[:COMM_LEN])
         if self.libc_mem:
             rodata.update(self._libc_mmap_layout())
         # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
         # under kmalloc): sized only where kernel stacks are interned by content
-        sizes = {"stack_traces": self.stack_traces, "kstacks": self.stack_traces if self.kstacks_interned else 1,
-                 "counts": self.max_entries}
+        # stack_traces: kernel stacks of cpu and load, user stacks without build ids; the
+        # other modes with build ids need none of it (their kernel stacks go to kstacks)
+        plain = not self.user_build_id or self.mode.name in ("cpu", "load")
+        sizes = {"stack_traces": self.stack_traces if plain else 1,
+                 "kstacks": self.stack_traces if self.kstacks_interned else 1,
+                 "counts": self.max_entries, "ustacks": self.ustacks if self.user_build_id else 1,
+                 "execs": 4096 if self.user_build_id else 1}
         if self.mode.name == "mem":
             only = [p for pair in MEM_PROBES.values() for p in pair if p] if self.libc_mem else []
             only += list(KMEM_PROGRAMS) if self.kernel_mem else []
@@ -305,7 +325,11 @@ class StackExporter(Exporter):
             only = list(BLOCK_PROGRAMS)
         else:
             only = [self.mode.program]
+        if self.user_build_id:
+            only.append("stack_exec")
         self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
+        if self.user_build_id:
+            self.obj.programs["stack_exec"].attach()
         if self.mode.name == "load":
             self.gate = LoadGate(self.obj.maps["gate"], self.threshold, self.load_source)
             self.gate.start()
@@ -319,7 +343,8 @@ class StackExporter(Exporter):
                 self._attach_mem()
         else:
             for name in only:
-                self.obj.programs[name].attach()
+                if name != "stack_exec":
+                    self.obj.programs[name].attach()
 
     def _libc_mmap_layout(self) -> dict:
         """Where libc's mmap and code are, so that the kernel side can skip libc's own
@@ -361,10 +386,32 @@ class StackExporter(Exporter):
             self._ips[cache_key] = ips
         return ips
 
+    def _build_id_stack(self, stack_id: int) -> tuple[tuple[int, str, int], ...]:
+        """A user stack of `ustacks`, leaf first: (status, build id hex, file offset or
+        address) per frame."""
+        cache_key = ("b", stack_id)
+        frames = self._ips.get(cache_key)
+        if frames is None:
+            raw = self.obj.maps["ustacks"].lookup(stack_id)
+            if raw is None:
+                return ()
+            frames = []
+            # struct bpf_stack_build_id {s32 status; u8 build_id[20]; u64 offset or ip},
+            # status 0 (EMPTY) after the last frame
+            for status, build_id, value in struct.iter_unpack("<i20sQ", bytes(raw)):
+                if not status:
+                    break
+                frames.append((status, build_id.hex(), value))
+            frames = self._ips[cache_key] = tuple(frames)
+            self._user_ids += 1
+        return frames
+
     def frames(self, pid: int, user_id: int, kernel_id: int) -> list[str]:
         """The stack root first: user frames (outermost first), then kernel frames."""
         out: list[str] = []
-        if user_id >= 0:
+        if user_id >= 0 and self.user_build_id:
+            out.extend(reversed(self.sym.user_stack_build_id(pid, self._build_id_stack(user_id))))
+        elif user_id >= 0:
             out.extend(reversed(self.sym.user_stack(pid, self._stack(user_id))))
         elif user_id in (-EEXIST, -ENOMEM):
             out.append(LOST)
@@ -387,9 +434,10 @@ class StackExporter(Exporter):
         # out again meanwhile, another stack: rare (the map must fill up), and counted.
         if self.mode.name == "mem":
             return
-        if len(self._ips) < self.stack_traces // 2 and not errors_grew:
+        if len(self._ips) - self._user_ids < self.stack_traces // 2 and not errors_grew and \
+                self._user_ids < self.ustacks // 2:
             return
-        for name in ("stack_traces", "kstacks"):
+        for name in ("stack_traces", "kstacks", "ustacks"):
             m = self.obj.maps[name]
             for key in list(m.keys()):
                 m.delete(key)
@@ -397,6 +445,7 @@ class StackExporter(Exporter):
         gen.update(0, gen.lookup(0).value + 1)
         self._ips.clear()
         self._kframes.clear()
+        self._user_ids = 0
         self.stacks_cleared += 1
 
     def _drop_exited(self, rows: list) -> list:
@@ -445,6 +494,11 @@ class StackExporter(Exporter):
         if self.libc_mem:
             rows = self._drop_exited(rows)
         self.sym.refresh()
+        if self.user_build_id:  # where the build ids of exited processes' programs are
+            for tgid, path in self.obj.maps["execs"].batch():
+                raw = path.path
+                self.sym.note_exec(int(getattr(tgid, "value", tgid)),
+                                   c_string(raw if isinstance(raw, bytes) else list(raw)))
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
             comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))

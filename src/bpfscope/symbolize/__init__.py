@@ -5,9 +5,16 @@ libraries; files inside containers through /proc/PID/root; deleted files through
 file (device, inode, size, mtime) and per GNU build id, so one library mapped by many
 processes, or by many containers, is read once.
 
+User stacks taken as (GNU build id, file offset) frames (BPF_F_STACK_BUILD_ID: the
+kernel resolves each frame while the process runs) are named without the process: the
+build id leads to a file already read (any process's, this one's own libraries), to the
+files the process maps while it lives, or to the file it exec'd (recorded by the kernel
+side), so the frames of a process that exited before its maps were read are named too.
+
 A frame that cannot be named is `module+0xoffset` (file offset in that module), never a
-bare address: `[anon]+0x...` for anonymous executable memory, `[unknown]+0x...` for an
-address no mapping covers (the process had exited before its maps were read).
+bare address: `[anon]+0x...` for anonymous executable memory, `[build-id <id>]+0x...` for
+a file no process showed us, `[unknown]+0x...` for an address no mapping covers (a
+plain-address frame of a process that had exited before its maps were read).
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ class Symbolizer:
         self._frames: dict[int, dict[int, str]] = {}  # pid -> addr -> frame, while its maps are unchanged
         self._mapping_files: dict[tuple, tuple] = {}  # (pid, start, inode) -> (file id, symbols), this interval
         self._named: dict[tuple, str] = {}  # (file id, file offset) -> frame, kept across intervals
+        self._by_build_id_file: dict[str, tuple[str, tuple]] = {}  # build id -> (module name, (file id, symbols))
+        self._execs: dict[int, str] = {}  # pid -> the file it exec'd (from the kernel side)
+        self._learned: set[int] = set()  # pids whose files were searched for build ids, this interval
         self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
 
     # ---- kernel -------------------------------------------------------------------------
@@ -79,6 +89,9 @@ class Symbolizer:
         self._maps.clear()
         self._perf_maps.clear()
         self._mapping_files.clear()
+        self._learned.clear()
+        if len(self._execs) > 65536:
+            self._execs.clear()
 
     def process_maps(self, pid: int) -> ProcessMaps | None:
         if pid not in self._maps:
@@ -107,7 +120,10 @@ class Symbolizer:
         """The symbols of an ELF file, cached per (dev, inode, size, mtime) and per build id."""
         return self._elf_keyed(path)[1]
 
-    def _elf_keyed(self, path: str) -> tuple[int | None, ElfSymbols | None]:
+    def _elf_keyed(self, path: str, name: str | None = None) -> tuple[int | None, ElfSymbols | None]:
+        """(small file id, symbols) of the file at path; its build id, when it has one,
+        then leads to it (under `name`, the module's name in frames: the path's basename
+        by default)."""
         try:
             st = os.stat(path)
         except OSError:
@@ -129,6 +145,8 @@ class Symbolizer:
             if syms is not None and syms.build_id:
                 self._by_build_id[syms.build_id] = syms
         hit = self._files[key] = (len(self._files), syms)
+        if build_id and build_id not in self._by_build_id_file:
+            self._by_build_id_file[build_id] = (name or os.path.basename(path), hit)
         return hit
 
     def _mapping_elf(self, pid: int, maps: ProcessMaps, m: Mapping) -> tuple[int | None, ElfSymbols | None]:
@@ -136,7 +154,7 @@ class Symbolizer:
         mkey = (pid, m.start, m.inode)
         hit = self._mapping_files.get(mkey)
         if hit is None:
-            hit = self._elf_keyed(maps.open_path(m))
+            hit = self._elf_keyed(maps.open_path(m), os.path.basename(m.path))
             if hit[1] is None and not m.deleted:
                 # the process has exited: the same file seen from here, if it is the same inode
                 try:
@@ -193,3 +211,64 @@ class Symbolizer:
     def user_stack(self, pid: int, ips: Iterable[int]) -> list[str]:
         """Frames leaf first; return addresses are looked up one byte back (the call)."""
         return [self.user_frame(pid, ip - 1 if i else ip) for i, ip in enumerate(ips)]
+
+    # ---- user, build-id frames ----------------------------------------------------------
+    def note_exec(self, pid: int, path: str) -> None:
+        """The file process pid exec'd (as execve() was given it)."""
+        self._execs[pid] = path
+
+    def _learn_build_ids(self, pid: int) -> None:
+        """Read the build ids of the files that might hold pid's frames (once per interval
+        per pid): the files it maps (live, or its last maps), the file it exec'd, and this
+        process's own (libc, ld.so: the libraries most processes share)."""
+        if pid in self._learned:
+            return
+        self._learned.add(pid)
+        for who in (pid, os.getpid()):
+            maps = self.process_maps(who)
+            for m in maps.mappings if maps else ():
+                if m.is_file:
+                    self._mapping_elf(who, maps, m)
+        path = self._execs.get(pid)
+        if path:
+            if not os.path.isabs(path):  # relative to its working directory, while it lives
+                path = os.path.join(f"{self.proc}/{pid}/cwd", path)
+            self._elf_keyed(path)
+
+    def build_id_frame(self, pid: int, build_id: str, off: int) -> str:
+        """The frame at file offset `off` of the file with this GNU build id."""
+        hit = self._by_build_id_file.get(build_id)
+        if hit is None:
+            self._learn_build_ids(pid)
+            hit = self._by_build_id_file.get(build_id)
+        if hit is None:
+            return f"[build-id {build_id[:16]}]+0x{off:x}"
+        module, (fkey, syms) = hit
+        named = self._named.get((fkey, off))
+        if named is not None:
+            return named
+        frame = None
+        if syms is not None:
+            vaddr = syms.file_offset_to_vaddr(off)
+            hit = syms.lookup(vaddr) if vaddr is not None else None
+            if hit:
+                frame = hit[0]
+        if frame is None:
+            frame = f"{module}+0x{off:x}"
+        if len(self._named) > 2_000_000:
+            self._named.clear()
+        self._named[(fkey, off)] = frame
+        return frame
+
+    def user_stack_build_id(self, pid: int, frames: Iterable[tuple[int, str, int]]) -> list[str]:
+        """Frames leaf first from (status, build id, file offset or address) entries; a
+        status other than VALID (1) carries an address, named through the process's maps.
+        Return addresses are looked up one byte back (the call)."""
+        out = []
+        for i, (status, build_id, value) in enumerate(frames):
+            value = value - 1 if i else value
+            if status == 1:
+                out.append(self.build_id_frame(pid, build_id, value))
+            else:
+                out.append(self.user_frame(pid, value))
+        return out
