@@ -329,6 +329,9 @@ int BPF_PROG(stack_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	buf = bpf_map_lookup_elem(&exec_buf, &zero);
 	if (!buf)
 		return 0;
+	buf->vdso = 0;	/* mapped by now (the binary's loader ran); x86 and arm64 keep it here */
+	if (bpf_core_field_exists(p->mm->context.vdso))
+		buf->vdso = (__u64)BPF_CORE_READ(p, mm, context.vdso);
 	if (bpf_probe_read_kernel_str(buf->path, sizeof(buf->path), BPF_CORE_READ(bprm, filename)) > 0)
 		bpf_map_update_elem(&execs, &tgid, buf, BPF_ANY);
 	return 0;

@@ -16,13 +16,14 @@ from bpfscope.exporters.stack import StackExporter
 
 pytestmark = pytest.mark.bpf
 
-# ~0.5 s on the CPU in burn_here(), 10 sleeps of 20 ms, 100 writes of 4 KiB, then exit.
-# The burn ends on a timer signal, not by reading the clock: clock_gettime() runs in the
-# vDSO, which has no file and so no build id (such a frame stays an address).
+# ~0.5 s on the CPU in burn_here(), ~0.3 s reading the clock (in the vDSO), 10 sleeps of
+# 20 ms, 100 writes of 4 KiB, then exit. The burn ends on a timer signal, not by reading
+# the clock, so that its samples stay in burn_here().
 SHORTLIVED = r"""
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t done;
@@ -42,6 +43,16 @@ __attribute__((noinline)) unsigned long burn_here(long usec)
 	while (!done)
 		x++;
 	return x;
+}
+
+__attribute__((noinline)) void clock_here(long nsec)
+{
+	struct timespec start, now;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	while ((now.tv_sec - start.tv_sec) * 1000000000L + now.tv_nsec - start.tv_nsec < nsec);
 }
 
 __attribute__((noinline)) void nap_here(int times)
@@ -66,6 +77,7 @@ __attribute__((noinline)) void write_here(int times)
 int main(void)
 {
 	burn_here(500000);
+	clock_here(300000000);
 	nap_here(10);
 	write_here(100);
 	return 0;
@@ -103,6 +115,10 @@ def test_cpu_names_the_function_an_exited_process_burned_cpu_in(shortlived):
     # ~100 samples in 0.5 s at 199 Hz; most of them in burn_here (main -> burn_here)
     assert sum(r["values"]["count"] for r in burning) >= 40, records
     assert all(user_frames(r)[-2:] == ["main", "burn_here"] for r in burning), [r["stack"] for r in burning]
+    # the vDSO has no file, so no build id: named through the vDSO address the kernel side
+    # recorded at exec and this kernel's vDSO image (the same in every process)
+    clock = [r for r in records if any(f == "clock_gettime" or f.startswith("[vdso]") for f in user_frames(r))]
+    assert sum(r["values"]["count"] for r in clock) >= 10, [r["stack"] for r in records]
     for r in records:
         assert not any(f.startswith("[unknown]") for f in r["stack"]), r["stack"]
 

@@ -116,6 +116,7 @@ struct load_gate {
  * binary's frames once the process has exited */
 #define EXEC_PATH_LEN 256
 struct exec_path {
+	__u64 vdso;			/* where the vDSO was mapped (0: unknown): it has no file */
 	char path[EXEC_PATH_LEN];
 };
 

@@ -498,7 +498,7 @@ class StackExporter(Exporter):
             for tgid, path in self.obj.maps["execs"].batch():
                 raw = path.path
                 self.sym.note_exec(int(getattr(tgid, "value", tgid)),
-                                   c_string(raw if isinstance(raw, bytes) else list(raw)))
+                                   c_string(raw if isinstance(raw, bytes) else list(raw)), path.vdso)
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
             comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))

@@ -23,7 +23,7 @@ import os
 import struct
 from collections.abc import Iterable
 
-from .elf import ElfError, ElfSymbols, read_build_id, read_elf
+from .elf import ElfError, ElfSymbols, _finish, _parse, read_build_id, read_elf
 from .kallsyms import Kallsyms
 from .procmaps import Mapping, PerfMap, ProcessMaps, ns_pid
 
@@ -48,6 +48,8 @@ class Symbolizer:
         self._named: dict[tuple, str] = {}  # (file id, file offset) -> frame, kept across intervals
         self._by_build_id_file: dict[str, tuple[str, tuple]] = {}  # build id -> (module name, (file id, symbols))
         self._execs: dict[int, str] = {}  # pid -> the file it exec'd (from the kernel side)
+        self._vdsos: dict[int, int] = {}  # pid -> where its vDSO was mapped (from the kernel side)
+        self._vdso: tuple[int, ElfSymbols | None] | None = None  # (size, symbols) of this kernel's vDSO
         self._learned: set[int] = set()  # pids whose files were searched for build ids, this interval
         self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
 
@@ -92,6 +94,7 @@ class Symbolizer:
         self._learned.clear()
         if len(self._execs) > 65536:
             self._execs.clear()
+            self._vdsos.clear()
 
     def process_maps(self, pid: int) -> ProcessMaps | None:
         if pid not in self._maps:
@@ -213,9 +216,41 @@ class Symbolizer:
         return [self.user_frame(pid, ip - 1 if i else ip) for i, ip in enumerate(ips)]
 
     # ---- user, build-id frames ----------------------------------------------------------
-    def note_exec(self, pid: int, path: str) -> None:
-        """The file process pid exec'd (as execve() was given it)."""
+    def note_exec(self, pid: int, path: str, vdso: int = 0) -> None:
+        """The file process pid exec'd (as execve() was given it), and where its vDSO is."""
         self._execs[pid] = path
+        if vdso:
+            self._vdsos[pid] = vdso
+
+    def _own_vdso(self) -> tuple[int, ElfSymbols | None]:
+        """(size, symbols) of the vDSO, read from this process's own copy (the kernel maps
+        one image into every process)."""
+        if self._vdso is None:
+            self._vdso = (0, None)
+            try:
+                with open(f"{self.proc}/self/maps") as f:
+                    line = next(ln for ln in f if ln.rstrip().endswith("[vdso]"))
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                with open(f"{self.proc}/self/mem", "rb") as mem:
+                    mem.seek(lo)
+                    data = mem.read(hi - lo)
+                self._vdso = (hi - lo, None)
+                info, syms, _ = _parse(data)
+                self._vdso = (hi - lo, _finish(info, syms))
+            except (OSError, StopIteration, ValueError, ElfError, struct.error):
+                pass
+        return self._vdso
+
+    def _vdso_frame(self, pid: int, addr: int) -> str | None:
+        """A frame in the vDSO of a process whose maps are gone, or None."""
+        base = self._vdsos.get(pid)
+        if base is None or addr < base:
+            return None
+        size, syms = self._own_vdso()
+        if addr - base >= size:
+            return None
+        hit = syms.lookup(addr - base) if syms else None
+        return hit[0] if hit else f"[vdso]+0x{addr - base:x}"
 
     def _learn_build_ids(self, pid: int) -> None:
         """Read the build ids of the files that might hold pid's frames (once per interval
@@ -269,6 +304,9 @@ class Symbolizer:
             value = value - 1 if i else value
             if status == 1:
                 out.append(self.build_id_frame(pid, build_id, value))
-            else:
-                out.append(self.user_frame(pid, value))
+                continue
+            frame = self.user_frame(pid, value)
+            if frame.startswith("[unknown]"):  # the maps are gone: the vDSO has no build id
+                frame = self._vdso_frame(pid, value) or frame
+            out.append(frame)
         return out
