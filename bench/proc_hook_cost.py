@@ -4,10 +4,14 @@ The pipe ping-pong of bench/proc_overhead.py (pinned to CPU 1; every hop a block
 wake-up and a context switch) runs under each variant below; a followed process
 (sleep_loop, 1,000 naps/s) runs on CPU 0 throughout. Variants, in a rotating order each
 round, each compared with the baseline of its own round:
-  - empty tp_btf sched_switch program; the same as raw_tp; empty tp_btf sched_switch +
-    sched_wakeup + sched_wakeup_new (what --pid attaches): the price of the hook alone;
-  - proc.bpf.o in follow mode loaded by this process, nothing followed: the filter;
-  - the same with the napper followed (its spans, stacks, reasons), ring buffer unread;
+  - A/A control: nothing attached, measured as a variant (its spread is the noise);
+  - an empty BPF program on a context-switches perf event of the napper's threads
+    (inherited): the price of the hook --pid attaches, paid by the others;
+  - empty tp_btf sched_switch program (the hook --pid attached before); the same as
+    raw_tp; empty tp_btf sched_switch + sched_wakeup + sched_wakeup_new;
+  - proc.bpf.o in follow mode loaded by this process, nothing followed;
+  - the same with the napper followed (its spans, stacks, reasons), ring buffer unread,
+    with the perf_event hook and with the tp_btf sched_switch hook;
   - `bpfscope proc --pid NAPPER` in its steady state (the exporter, its ring-buffer
     thread and interval work);
   - the same with the exporter pinned to CPU 0 (away from the ping-pong).
@@ -57,6 +61,26 @@ def build_bpf(tmp: Path) -> Path:
     return out
 
 
+PERF_EVENT_BPF = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+SEC("perf_event")
+int e_perf_switch(void *ctx) { return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def build_perf_bpf(tmp: Path) -> Path:
+    """An empty program for a perf_event (written here: bench/workloads/ holds the others)."""
+    src, out = tmp / "empty_perf.bpf.c", tmp / "empty_perf.bpf.o"
+    src.write_text(PERF_EVENT_BPF)
+    arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    clang = next((c for c in ("clang-19", "clang") if subprocess.run(["which", c], capture_output=True).returncode == 0))
+    subprocess.run([clang, "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{arch}", f"-I{REPO / 'bpf/include'}",
+                    "-c", str(src), "-o", str(out)], check=True)
+    return out
+
+
 def run_workload(prog: Path) -> tuple[float, float]:
     """(context switches per second, CPU ns per switch). The CPU time of the two ping-pong
     processes (wait4's rusage: the parent and the child it reaped) includes what the hooks
@@ -91,13 +115,43 @@ def empty(obj_path: Path, names: tuple[str, ...]):
 
 
 @contextlib.contextmanager
-def proc_object(roots: tuple[int, ...]):
+def proc_object(roots: tuple[int, ...], hook: str = "perf"):
     from bpfscope.exporters.proc import open_object
 
-    obj = open_object(follow=True, roots=roots)
+    obj = open_object(follow=True, roots=roots, switch_hook=hook)
     try:
         yield
     finally:
+        obj.close()
+
+
+@contextlib.contextmanager
+def nothing():
+    """A/A control: the baseline again, as a variant (the spread of its ratio is the noise)."""
+    yield
+
+
+@contextlib.contextmanager
+def perf_bpf_task_event(obj_path: Path, pid: int):
+    """An empty BPF program on a per-thread, inherited software context-switches event of
+    each thread of pid (sample_period 1: it runs at every switch-out of those threads only)."""
+    from bpfscope.bpf import libbpf as L
+    from bpfscope.bpf.perf import perf_event_open_task_switches
+
+    obj = BpfObject.open(str(obj_path), only=["e_perf_switch"])
+    links = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            fd = perf_event_open_task_switches(int(tid))
+            link = L.bpf_program__attach_perf_event(obj.programs["e_perf_switch"].ptr, fd)
+            if not link:
+                os.close(fd)
+                raise SystemExit(f"attach to perf event of {tid}: errno {L.errno()}")
+            links.append(link)
+        yield
+    finally:
+        for link in links:
+            L.bpf_link__destroy(link)
         obj.close()
 
 
@@ -142,12 +196,15 @@ def main() -> None:
         prog = build(tmp, "pipe_pingpong")
         napper_bin = build(tmp, "sleep_loop")
         eobj = build_bpf(tmp)
+        pobj = build_perf_bpf(tmp)
         napper = subprocess.Popen(["taskset", "-c", "0", str(napper_bin), "10000000", "1"], stdin=subprocess.PIPE)
         napper.stdin.write(b"go\n")
         napper.stdin.flush()
         cpu_full: list[float] = []
         cpu_pinned: list[float] = []
         variants = {
+            "A/A: nothing attached (control)": nothing,
+            "perf_event switches+BPF on napper (empty)": lambda: perf_bpf_task_event(pobj, napper.pid),
             "tp_btf switch (empty)": lambda: empty(eobj, ("e_switch_btf",)),
             "raw_tp switch (empty)": lambda: empty(eobj, ("e_switch_raw",)),
             "tp_btf switch+wakeups (empty)": lambda: empty(eobj, ("e_switch_btf", "e_wakeup_btf",
@@ -155,6 +212,7 @@ def main() -> None:
             "perf stat -e context-switches -p napper": lambda: perf_task_event(napper.pid),
             "proc.bpf.o follow, nothing followed": lambda: proc_object(()),
             "proc.bpf.o follow, napper followed": lambda: proc_object((napper.pid,)),
+            "  same, tp_btf sched_switch hook": lambda: proc_object((napper.pid,), "tp_btf"),
             "bpfscope proc --pid napper": lambda: exporter(napper.pid, None, cpu_full),
             "  same, exporter on CPU 0": lambda: exporter(napper.pid, 0, cpu_pinned),
         }

@@ -9,9 +9,10 @@ wake-up and a context switch (> 100k switches/s here). Interleaved ROUNDS times:
   - `perf sched record -a` on the same workload, for comparison (its own ratio);
   - `bpfscope proc --pid P` following one busy process (sleep_loop, 1,000 naps/s, on the
     other CPU, with its timeline and stacks) while the ping-pong, not followed, is
-    measured: the cost on the others; target >= 0.98x. Every context switch on the host
-    still runs the tp_btf sched_switch program (to test a bitmap of followed tgids);
-    bench/proc_hook_cost.py breaks that cost down.
+    measured: the cost on the others; target >= 0.98x. Only the napper's own switch-outs
+    run a program (on its context-switches perf event); every other switch on the host
+    pays perf's check for per-task events; bench/proc_hook_cost.py breaks that cost down
+    (and compares the tp_btf sched_switch hook it replaced).
 The best switches/s of each variant are compared (other load only slows a run down: on
 this VM the same baseline run varies by up to 20% from run to run); the ratio of every
 round to that round's baseline is printed too. bpfscope is measured in its steady state

@@ -1,23 +1,28 @@
 // SPDX-License-Identifier: GPL-2.0
 /* bpfscope proc: a process's life: time per state, switch reasons, locks, lifecycle.
  *
- * Hooks: tp_btf sched_switch, sched_process_fork/exec/exit,
- * lock:contention_begin/end, tracepoints syscalls:sys_enter/exit_futex, and an iter/task
- * that dumps every thread's accounting in one read.
+ * Hooks: a perf_event program on the followed threads' own software context-switches
+ * events (or, as a fallback, tp_btf sched_switch for the whole host),
+ * sched_process_fork/exec/exit, lock:contention_begin/end, tracepoints
+ * syscalls:sys_enter/exit_futex, and an iter/task that dumps every thread's accounting in
+ * one read.
  *
  * Per-thread accounting lives in task storage (no hash lookup on the hot path; freed
  * with the task). A thread is in one state at a time (proc.h PROC_*); every transition
  * adds the time since the last one to the state it leaves:
  *   switch-out -> runnable (preempted or still TASK_RUNNING), sleep, iowait, disk, stopped;
- *   switch-in  -> running; a sleep ends, as runnable, when the kernel queued the thread:
- *                 its own sched_info (run_delay, last_queued) says how long it waited for
- *                 the CPU, so no wake-up hook runs on every wake-up of the host.
+ *   switch-in  -> running; a sleep ends, as runnable, when the kernel queued the thread.
+ * Only switch-outs are hooked: the switch-in since the previous one is read from what the
+ * kernel recorded at it (sched_info.last_arrival, and run_delay's growth: how long it
+ * waited for the CPU), so no hook runs on every wake-up or switch-in of the host.
  * Only threads of the processes in `follow_bits` (the --pid tree; fork adds children, so
- * they are followed from their first instruction) have task storage in follow mode:
- * for every other task the hooks cost one bitmap test. For followed threads the
- * kernel also counts the kernel and user stacks at switch-out per reason (`reasons`),
- * sends every state span through the ring buffer (the timeline) and fork/exec/exit
- * events, and counts futex waits per address and kernel lock contention per lock.
+ * they are followed from their first instruction) have task storage in follow mode, and
+ * only they carry the perf event (inherited by the threads and children they create):
+ * every other task pays perf's own check of each switch, no BPF program. For followed
+ * threads the kernel also counts the kernel and user stacks at switch-out per reason
+ * (`reasons`), sends every state span through the ring buffer (the timeline) and
+ * fork/exec/exit events, and counts futex waits per address and kernel lock contention
+ * per lock.
  *
  * System-wide (follow = false) the scheduler hooks are not attached at all: the table
  * needs time on CPU, run-queue wait and switch counts, which the kernel keeps per task
@@ -294,32 +299,150 @@ static __always_inline __u64 runnable_since_out(struct task_struct *t, struct pr
 	return ns;
 }
 
-/* A thread switched out while not running by our account: first seen now (it was already
- * on a CPU when following began, or its storage could not be made at its switch-in), or
- * its switch-in passed no sched_switch tracepoint (seen on this VM's 6.18 kernel: a switch
- * to another task, then the next switch-out of this one with no switch back in between,
- * while /proc/PID/schedstat shows no wait). It has been running since it last arrived on
- * a CPU (sched_info.last_arrival, the run queue's clock): the time before that stays in
- * the state it was in; an arrival before that state began means the switch-out that began
- * it never took the CPU away, so the whole stretch was running. */
-static __always_inline void running_since_arrival(struct task_struct *t, struct proc_task *s, __u64 now)
+/* A thread is back on a CPU: its futex wait (if any) ends and its last switch-out's reason
+ * gets the time it was off the CPU, both at `at` (its switch-in). */
+static __always_inline void back_on_cpu(struct task_struct *t, struct proc_task *s, __u64 at)
+{
+	if (follow && s->futex_begin) {		/* a futex wait ends: the thread runs again */
+		__u64 ns = at > s->futex_begin ? at - s->futex_begin : 0;
+
+		s->futex_begin = 0;
+		s->futex_ns += ns;
+		s->futex_count++;
+		add_wait(&futexes, t, s->futex_uaddr, 0, ns);
+	}
+	if (follow && stacks && s->out_ts) {
+		struct proc_reason_key key = {
+			.tgid = t->tgid, .tid = t->pid, .kstack = s->kstack, .ustack = s->ustack,
+			.state = s->out_state, .preempt = s->preempt,
+		};
+		struct proc_reason_val *v = bpf_map_lookup_elem(&reasons, &key);
+
+		if (!v) {
+			struct proc_reason_val zero = {};
+
+			bpf_map_update_elem(&reasons, &key, &zero, BPF_NOEXIST);
+			v = bpf_map_lookup_elem(&reasons, &key);
+		}
+		if (v) {
+			v->count++;
+			v->ns += at > s->out_ts ? at - s->out_ts : 0;
+		}
+		s->out_ts = 0;
+	}
+}
+
+/* When t, running now, arrived on its CPU: sched_info.last_arrival in its run queue's clock,
+ * as a bpf_ktime_get_ns() time; 0 when not known. */
+static __always_inline __u64 arrival_of(struct task_struct *t, __u64 now)
 {
 	__u64 arrived = t->sched_info.last_arrival, clock = rq_clock_of(t);
-	bool known = arrived && clock > arrived && clock - arrived < now;
-	__u64 at = known ? now - (clock - arrived) : now;
-	__u64 exec_at = known ? t->se.prev_sum_exec_runtime : EXEC_UNKNOWN;	/* its CPU time when it arrived */
 
-	if (!s->since) {		/* first sight */
-		s->state = PROC_RUNNING;
-		s->since = at;
-		s->exec_since = exec_at;
-	} else if (known && at > s->since) {
+	return arrived && clock >= arrived && clock - arrived < now ? now - (clock - arrived) : 0;
+}
+
+/* A thread, running now (at its switch-out, or at its exit), not running by our account:
+ *  - follow mode's perf_event hook sees only switch-outs: the switch-in since the last one
+ *    is read here, from what the kernel recorded at that switch-in (sched_info);
+ *  - first seen now (it was already on a CPU when following began);
+ *  - with the tp_btf hook, a switch-in that passed no sched_switch tracepoint (seen on this
+ *    VM's 6.18 kernel: a switch to another task, then the next switch-out of this one with
+ *    no switch back in between, while /proc/PID/schedstat shows no wait).
+ * It has been running since it last arrived on a CPU (sched_info.last_arrival); before
+ * that it waited for the CPU for as long as its run_delay grew since its last switch-out
+ * (the kernel adds each wait at the switch-in that ends it); the rest of the time since
+ * then stays in the state it switched out into. An arrival before that state began means
+ * the switch-out that began it never took the CPU away: the whole stretch was running. */
+static __always_inline void running_since_arrival(struct task_struct *t, struct proc_task *s, __u64 now)
+{
+	__u64 at = arrival_of(t, now);
+	__u64 exec_at = at ? t->se.prev_sum_exec_runtime : EXEC_UNKNOWN;	/* its CPU time when it arrived */
+	__u64 waited = 0, rd = t->sched_info.run_delay;
+
+	if (!s->since && s->state == PROC_RUNNABLE && at && rd < at) {
+		/* a new child's first switch-out (proc_fork made its storage): it waited for its
+		 * first CPU as long as its run_delay says, then ran */
+		s->since = at - rd;
 		enter_state(t, s, PROC_RUNNING, at);
 		s->exec_since = exec_at;
-	} else if (known) {		/* never taken off the CPU: wall time (no CPU time at since) */
+	} else if (!s->since) {		/* first sight */
+		s->state = PROC_RUNNING;
+		s->since = at ?: now;
+		s->exec_since = exec_at;
+	} else if (at > s->since) {
+		if (s->run_delay_out && rd > s->run_delay_out)
+			waited = rd - s->run_delay_out;
+		if (s->state != PROC_RUNNABLE && waited && at - waited > s->since)
+			enter_state(t, s, PROC_RUNNABLE, at - waited);	/* woken, then queued */
+		enter_state(t, s, PROC_RUNNING, at);
+		s->exec_since = exec_at;
+		back_on_cpu(t, s, at);
+	} else if (at) {		/* never taken off the CPU: wall time (no CPU time at since) */
 		s->state = PROC_RUNNING;
 		s->exec_since = EXEC_UNKNOWN;
+		back_on_cpu(t, s, s->since);
 	}
+}
+
+/* The switch-out of prev, running now: what state it leaves for, its counts and stacks.
+ * preempt: the kernel counted it as involuntary (nivcsw). */
+static __always_inline void switch_out(void *ctx, struct task_struct *prev, struct proc_task *s, bool preempt,
+				       unsigned int prev_state, __u64 now)
+{
+	__u32 state = state_at_switch_out(prev, preempt, prev_state);
+
+	if (!s->since || (s->state != PROC_RUNNING && s->state != PROC_OTHER))	/* OTHER: exited */
+		running_since_arrival(prev, s, now);
+	enter_state(prev, s, state, now);
+	s->run_delay_out = prev->sched_info.run_delay;
+	s->csw_out = prev->nvcsw + prev->nivcsw;
+	s->nivcsw_out = prev->nivcsw;
+	if (preempt)
+		s->nivcsw++;
+	else
+		s->nvcsw++;
+	if (follow && !preempt && prev_state)
+		futex_sleep(prev, s, now);
+	if (follow && stacks) {
+		s->kstack = bpf_get_stackid(ctx, &stack_traces, 0);
+		s->ustack = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
+		s->out_state = state;
+		s->preempt = preempt;
+		s->out_ts = now;
+	}
+}
+
+/* follow (the default hook): the switch-out of a followed thread, from a software
+ * context-switches perf event of that thread (perf_event_open pid = the thread,
+ * sample_period 1, inherit: its new threads and children get a copy of the event and of
+ * this program). It runs in the thread's own context (current is the thread switching
+ * out) and only for followed threads: every other task of the host pays perf's own check
+ * of each switch, not a BPF program (bench/proc_hook_cost.py). The switch-in is read at the
+ * next switch-out (running_since_arrival). */
+SEC("perf_event")
+int proc_switch_out(struct bpf_perf_event_data *ctx)
+{
+	struct task_struct *prev = bpf_get_current_task_btf();
+	struct proc_task *s;
+	__u64 csw = prev->nvcsw + prev->nivcsw;
+	bool preempt;
+
+	if (!prev->pid || !(s = task_of(prev)))
+		return 0;
+	if (s->csw_out == csw)		/* one thread, two events (opened on it and inherited): once */
+		return 0;
+	/* The kernel counted this switch-out already (nvcsw or nivcsw, in __schedule before
+	 * the event): whichever grew since the last one says voluntary or involuntary, as
+	 * /proc/PID/status counts them. First seen: still on the run queue (not blocked, nor
+	 * dequeue-delayed) means preempted. */
+	if (s->csw_out && csw == s->csw_out + 1)
+		preempt = prev->nivcsw != s->nivcsw_out;
+	else if (bpf_core_field_exists(prev->se.sched_delayed))
+		preempt = prev->on_rq && !prev->se.sched_delayed;
+	else
+		preempt = prev->on_rq;
+	switch_out(ctx, prev, s, preempt, prev->__state, bpf_ktime_get_ns());
+	return 0;
 }
 
 SEC("tp_btf/sched_switch")
@@ -330,27 +453,8 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 	struct proc_task *s;
 
 	if (prev->pid && (s = task_of(prev))) {
-		__u32 state = state_at_switch_out(prev, preempt, prev_state);
-
 		now = bpf_ktime_get_ns();
-		if (!s->since || (s->state != PROC_RUNNING && s->state != PROC_OTHER))	/* OTHER: exited */
-			running_since_arrival(prev, s, now);
-		enter_state(prev, s, state, now);
-		s->run_delay_out = prev->sched_info.run_delay;
-		/* as the kernel counts nvcsw/nivcsw in __schedule */
-		if (!preempt && prev_state)
-			s->nvcsw++;
-		else
-			s->nivcsw++;
-		if (follow && !preempt && prev_state)
-			futex_sleep(prev, s, now);
-		if (follow && stacks) {
-			s->kstack = bpf_get_stackid(ctx, &stack_traces, 0);
-			s->ustack = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
-			s->out_state = state;
-			s->preempt = preempt;
-			s->out_ts = now;
-		}
+		switch_out(ctx, prev, s, preempt || !prev_state, prev_state, now);
 	}
 	if (!next->pid || !(s = task_of(next)))
 		return 0;
@@ -368,33 +472,7 @@ int BPF_PROG(proc_switch, bool preempt, struct task_struct *prev, struct task_st
 		enter_state(next, s, PROC_RUNNABLE, now - queued);
 	}
 	enter_state(next, s, PROC_RUNNING, now);
-	if (follow && s->futex_begin) {		/* a futex wait ends: the thread runs again */
-		__u64 ns = now - s->futex_begin;
-
-		s->futex_begin = 0;
-		s->futex_ns += ns;
-		s->futex_count++;
-		add_wait(&futexes, next, s->futex_uaddr, 0, ns);
-	}
-	if (follow && stacks && s->out_ts) {
-		struct proc_reason_key key = {
-			.tgid = next->tgid, .tid = next->pid, .kstack = s->kstack, .ustack = s->ustack,
-			.state = s->out_state, .preempt = s->preempt,
-		};
-		struct proc_reason_val *v = bpf_map_lookup_elem(&reasons, &key);
-
-		if (!v) {
-			struct proc_reason_val zero = {};
-
-			bpf_map_update_elem(&reasons, &key, &zero, BPF_NOEXIST);
-			v = bpf_map_lookup_elem(&reasons, &key);
-		}
-		if (v) {
-			v->count++;
-			v->ns += now - s->out_ts;
-		}
-		s->out_ts = 0;
-	}
+	back_on_cpu(next, s, now);
 	return 0;
 }
 
@@ -675,19 +753,45 @@ int proc_dump(struct bpf_iter__task *ctx)
 		if (s->since && now > s->since) {
 			/* a sleeping thread already queued (woken, not on a CPU yet): runnable
 			 * since then, by its run queue's clock (up to a tick behind) */
-			__u64 queued = t->sched_info.last_queued, waiting = 0, clock;
+			__u64 queued = t->sched_info.last_queued, waiting = 0, clock, at = 0;
 
-			if (s->state != PROC_RUNNING && s->state != PROC_RUNNABLE && queued) {
-				clock = rq_clock_of(t);
-				waiting = clock > queued ? clock - queued : 0;
+			/* on a CPU again since its last switch-out, which the perf_event hook
+			 * reads at the next one: running since it arrived, after waiting as long
+			 * as its run_delay grew (running_since_arrival) */
+			if (s->state != PROC_RUNNING && t->on_cpu)
+				at = arrival_of(t, now);
+			if (at > s->since) {
+				__u64 waited = 0, rd = t->sched_info.run_delay;
+
+				if (s->run_delay_out && rd > s->run_delay_out)
+					waited = rd - s->run_delay_out;
+				if (s->state == PROC_RUNNABLE || waited > at - s->since)
+					waited = at - s->since;
+				row.ns[s->state & (PROC_NSTATES - 1)] += at - s->since - waited;
+				row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += waited;
+				row.ns[PROC_RUNNING] += now - at;
+			} else {
+				if (s->state != PROC_RUNNING && s->state != PROC_RUNNABLE && queued) {
+					clock = rq_clock_of(t);
+					waiting = clock > queued ? clock - queued : 0;
+				}
+				if (waiting > now - s->since)
+					waiting = now - s->since;
+				if (s->state == PROC_RUNNING)	/* sum_exec_runtime: up to a tick behind */
+					row.ns[PROC_RUNNING] += running_ns(t, s, now - s->since);
+				else
+					row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since - waiting;
+				row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += waiting;
 			}
-			if (waiting > now - s->since)
-				waiting = now - s->since;
-			if (s->state == PROC_RUNNING)	/* sum_exec_runtime: up to a tick behind */
-				row.ns[PROC_RUNNING] += running_ns(t, s, now - s->since);
-			else
-				row.ns[s->state & (PROC_NSTATES - 1)] += now - s->since - waiting;
-			row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += waiting;
+		} else if (!s->since && s->state == PROC_RUNNABLE && t->on_cpu) {
+			/* a new child on its first CPU, not switched out yet: it waited for as
+			 * long as its run_delay says, then ran (running_since_arrival) */
+			__u64 at = arrival_of(t, now), rd = t->sched_info.run_delay;
+
+			if (at && rd < at) {
+				row.ns[PROC_RUNNABLE & (PROC_NSTATES - 1)] += rd;
+				row.ns[PROC_RUNNING] += now - at;
+			}
 		}
 		row.nvcsw = s->nvcsw;
 		row.nivcsw = s->nivcsw;

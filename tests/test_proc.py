@@ -429,6 +429,103 @@ def test_following_a_process_already_on_a_cpu_counts_its_running_stretch(bins):
     assert cpu_at_exit - cpu_at_attach - 1_000_000 <= running <= cpu_at_exit, (running, cpu_at_attach, cpu_at_exit)
 
 
+# threads that exist before bpfscope attaches, and a child forked after: each reports its
+# own switch counts (/proc/thread-self/status) as it ends, as "tid voluntary involuntary"
+EXISTING_THREADS_C = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+static int gate[2];
+
+static void report(void)
+{
+	char buf[256];
+	long v = -1, nv = -1;
+	FILE *f = fopen("/proc/thread-self/status", "r");
+
+	while (fgets(buf, sizeof(buf), f)) {
+		sscanf(buf, "voluntary_ctxt_switches: %ld", &v);
+		sscanf(buf, "nonvoluntary_ctxt_switches: %ld", &nv);
+	}
+	fclose(f);
+	printf("%ld %ld %ld\n", (long)syscall(SYS_gettid), v, nv);
+	fflush(stdout);
+}
+
+static void *worker(void *arg)
+{
+	struct timespec ms = { 0, 1000000 };
+	char c;
+
+	if (read(gate[0], &c, 1) != 1)
+		return NULL;
+	for (int i = 0; i < 300; i++)
+		nanosleep(&ms, NULL);
+	report();
+	return NULL;
+}
+
+int main(void)
+{
+	pthread_t t[2];
+	int a[2], b[2];
+	char c = 0;
+
+	if (pipe(gate) || pipe(a) || pipe(b))
+		return 1;
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, worker, NULL);
+	if (read(0, &c, 1) != 1 || write(gate[1], "gg", 2) != 2)
+		return 1;
+	pid_t child = fork();
+	if (child == 0) {
+		for (int i = 0; i < 20000; i++)
+			if (read(a[0], &c, 1) != 1 || write(b[1], &c, 1) != 1)
+				_exit(1);
+		report();
+		_exit(0);
+	}
+	for (int i = 0; i < 20000; i++)
+		if (write(a[1], &c, 1) != 1 || read(b[0], &c, 1) != 1)
+			return 1;
+	waitpid(child, NULL, 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	return 0;
+}
+"""
+
+
+def test_existing_threads_and_a_child_forked_after_have_the_kernels_switch_counts(tmp_path):
+    """--pid of a process whose two threads exist before bpfscope attaches (each needs its
+    own hook) that then forks a child ping-ponging 20,000 times with main over pipes
+    (followed from its fork: its hook is inherited): every thread's voluntary and
+    involuntary switch-outs match the kernel's counts, one by one, the fast ones too."""
+    src, exe = tmp_path / "threads_before.c", tmp_path / "threads_before"
+    src.write_text(EXISTING_THREADS_C)
+    subprocess.run(["cc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
+    w = start(exe, stdout=subprocess.PIPE)
+    while len(os.listdir(f"/proc/{w.pid}/task")) < 3:  # both threads exist before following
+        time.sleep(0.01)
+    records, [(_stat, status)] = portrait([w])
+    lines = w.stdout.read().decode().splitlines()
+    truth = {int(tid): (int(v), int(nv)) for tid, v, nv in (line.split() for line in lines)}
+    truth[w.pid] = (int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"]))
+    assert len(truth) == 4, truth  # the two threads, the child, main
+    ours = {r["tid"]: (r["values"]["vcsw"], r["values"]["ivcsw"]) for r in kinds(records, "thread_summary")}
+    for tid, (v, nv) in truth.items():
+        assert tid in ours, (tid, sorted(ours))
+        # a few switch-outs before following began (blocked on stdin or the gate pipe)
+        vcsw, ivcsw = ours[tid]
+        assert abs(vcsw - v) <= 0.05 * v + 5 and abs(ivcsw - nv) <= 0.05 * nv + 5, (tid, ours[tid], v, nv)
+    assert sum(truth[tid][0] + truth[tid][1] for tid in truth if tid != w.pid) > 10_000, truth
+
+
 def test_a_pid_that_already_exited_is_not_waited_for():
     # a zombie (exited, not reaped): its exit event will never come; the run once never ended
     z = subprocess.Popen(["true"])

@@ -50,6 +50,8 @@ struct proc_task {
 	__u32 preempt;			/* follow: the last switch-out was a preemption */
 	__u64 run_delay_out;		/* sched_info.run_delay at the last switch-out */
 	__u64 exec_since;		/* se.sum_exec_runtime when running began (~0: unknown) */
+	__u64 csw_out;			/* nvcsw + nivcsw at the last switch-out (0: none seen) */
+	__u64 nivcsw_out;		/* nivcsw at the last switch-out */
 };
 
 /* One row of the iter/task dump: a thread with its accounting so far. */

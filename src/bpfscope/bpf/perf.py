@@ -45,3 +45,19 @@ def perf_event_open_cpu_clock(cpu: int, freq_hz: int, pid: int = -1) -> int:
     if fd < 0:
         raise L.BpfError(L.errno() or 22, f"perf_event_open(cpu-clock, cpu {cpu})")
     return fd
+
+
+PERF_COUNT_SW_CONTEXT_SWITCHES = 3
+_INHERIT_BIT = 1 << 1  # perf_event_attr.inherit: threads and children created later get a copy
+
+
+def perf_event_open_task_switches(tid: int) -> int:
+    """A software context-switches event on one thread, sampling every switch-out
+    (sample_period 1: never throttled), inherited by the threads and processes it creates
+    afterwards (with the BPF program attached to it). Fires in the thread's own context."""
+    attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr),
+                         config=PERF_COUNT_SW_CONTEXT_SWITCHES, sample_freq=1, flags=_INHERIT_BIT)
+    fd = L.libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), tid, -1, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        raise L.BpfError(L.errno() or 22, f"perf_event_open(context-switches, tid {tid})")
+    return fd

@@ -17,7 +17,9 @@ Two modes share the object:
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -25,7 +27,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from rich.table import Table
 from rich.text import Text
 
-from ..bpf import BpfObject
+from ..bpf import BpfError, BpfObject
+from ..bpf import libbpf as L
+from ..bpf.perf import perf_event_open_task_switches
 from ..decode import c_string
 from ..schema import make_record
 from .base import Exporter
@@ -37,28 +41,85 @@ SORT_KEYS = {"cpu": "running_ns", "runq": "runnable_ns", "vcsw": "vcsw", "ivcsw"
 # system-wide: the kernel's own counters are read by the iterator; only waits are hooked
 TOP_PROGRAMS = ("proc_lock_begin", "proc_lock_end")
 FUTEX_PROGRAMS = ("proc_futex_enter", "proc_futex_exit")
-# follow: one scheduler hook (sched_switch); wake-ups are read from the kernel's sched_info
-FOLLOW_PROGRAMS = ("proc_switch", "proc_fork", "proc_exec", "proc_exit", "proc_lock_begin", "proc_lock_end")
+# follow: one scheduler hook, on the followed threads' own context-switch perf events
+# (proc_switch_out, attached per thread, last); wake-ups and switch-ins are read from the
+# kernel's sched_info. SWITCH_TP: the same on sched_switch for the whole host (the fallback)
+FOLLOW_PROGRAMS = ("proc_fork", "proc_exec", "proc_exit", "proc_lock_begin", "proc_lock_end", "proc_switch_out")
+SWITCH_TP = "proc_switch"
 
 
 def open_object(follow: bool, timeline: bool = True, stacks: bool = True, futex: bool = True,
-                roots: tuple[int, ...] = ()) -> BpfObject:
+                roots: tuple[int, ...] = (), switch_hook: str = "perf") -> BpfObject:
     """Load proc.bpf.o and attach what the mode needs. The iterators are run, not attached.
     futex (system-wide only): the futex syscall tracepoints; enabling any syscall tracepoint
     sends every system call on the host through the kernel's slower traced path (measured:
-    ~4%). Follow mode needs none: a followed thread's futex waits are read at switch-out."""
+    ~4%). Follow mode needs none: a followed thread's futex waits are read at switch-out.
+    switch_hook (follow): "perf", a perf event on each followed thread (inherited by the
+    threads and children they create); "tp_btf", sched_switch for every task of the host
+    (also used when this kernel refuses the perf events)."""
     obj = BpfObject.open("proc", rodata={"follow": follow, "timeline": timeline, "stacks": stacks,
                                          "self_tgid": os.getpid()},
                          max_entries={"follow_bits": pid_max() // 64 + 1})
     try:
         for tgid in roots:  # followed before any program is attached: a link means "following"
             follow_tgid(obj, tgid)
-        for name in FOLLOW_PROGRAMS if follow else TOP_PROGRAMS + (FUTEX_PROGRAMS if futex else ()):
+        if not follow:
+            for name in TOP_PROGRAMS + (FUTEX_PROGRAMS if futex else ()):
+                obj.programs[name].attach()
+            return obj
+        for name in FOLLOW_PROGRAMS[:-1]:
             obj.programs[name].attach()
+        if switch_hook == "perf":
+            try:
+                follow_switches(obj, set(roots))
+                return obj
+            except BpfError as e:
+                if obj.links[len(FOLLOW_PROGRAMS) - 1:]:
+                    raise
+                print(f"bpfscope proc: {e}; following with sched_switch for every task instead", file=sys.stderr)
+        obj.programs[SWITCH_TP].attach()
     except BaseException:
         obj.close()
         raise
     return obj
+
+
+def threads_of(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def follow_switches(obj: BpfObject, roots: set[int]) -> None:
+    """proc_switch_out on a context-switches perf event of every thread of the followed
+    processes (the roots and their descendants). Threads and processes they create from
+    now on inherit the event; one created while these were being opened is found by the
+    next scan of /proc (a thread given two events is counted once: proc.bpf.c)."""
+    from .proc_portrait import descendants
+
+    prog = obj.programs["proc_switch_out"]
+    opened: set[int] = set()
+    while True:
+        new = {tid for pid in descendants(roots) for tid in threads_of(pid)} - opened
+        if not new:
+            return
+        for tid in sorted(new):
+            opened.add(tid)
+            try:
+                fd = perf_event_open_task_switches(tid)
+            except BpfError as e:
+                if e.errno == errno.ESRCH:  # exited meanwhile
+                    continue
+                raise
+            ptr = L.bpf_program__attach_perf_event(prog.ptr, fd)
+            if not ptr:
+                err = L.errno() or errno.EINVAL
+                os.close(fd)
+                raise BpfError(err, f"attach proc_switch_out to the context-switches event of thread {tid}",
+                               L.take_log())
+            # the link owns the perf event's fd: destroying it (obj.close) closes the fd
+            prog._link(ptr, f"perf_event context-switches tid {tid}")
 
 
 def pid_max() -> int:

@@ -2,7 +2,9 @@
 
 The kernel follows the tree itself (bpf/proc.bpf.c, follow mode): user space sets the
 bits of the roots (and the descendants they already have) in `follow_bits`;
-sched_process_fork sets every new child's before it runs. For followed threads only, the kernel also sends fork,
+sched_process_fork sets every new child's before it runs. Their threads' switch-outs run
+a program on each thread's own context-switches perf event (proc.follow_switches), which
+threads and children created later inherit. For followed threads only, the kernel also sends fork,
 exec and exit events and every state span (the timeline) through the ring buffer, and
 counts switch-outs per (thread, kernel stack, user stack, state, preempted), futex waits
 per user address and kernel lock waits per lock. A thread here drains the ring buffer;
