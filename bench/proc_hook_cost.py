@@ -6,7 +6,8 @@ wake-up and a context switch) runs under each variant below; a followed process
 round, each compared with the baseline of its own round:
   - A/A control: nothing attached, measured as a variant (its spread is the noise);
   - an empty BPF program on a context-switches perf event of the napper's threads
-    (inherited): the price of the hook --pid attaches, paid by the others;
+    (inherited): the price of the hook --pid attaches, paid by the others; a task-clock
+    event instead (no program): perf's per-task work alone, without that event;
   - empty tp_btf sched_switch program (the hook --pid attached before); the same as
     raw_tp; empty tp_btf sched_switch + sched_wakeup + sched_wakeup_new;
   - proc.bpf.o in follow mode loaded by this process, nothing followed;
@@ -156,6 +157,32 @@ def perf_bpf_task_event(obj_path: Path, pid: int):
 
 
 @contextlib.contextmanager
+def task_clock_events(pid: int):
+    """A per-thread software task-clock event (counting, no program) on each napper thread:
+    perf's context switch of per-task events without the context-switches software event
+    (which every switch of the host also looks up): which of the two the others pay for."""
+    import ctypes
+
+    from bpfscope.bpf import libbpf as L
+    from bpfscope.bpf.perf import (_NR_PERF_EVENT_OPEN, PERF_FLAG_FD_CLOEXEC, PERF_TYPE_SOFTWARE,
+                                   PerfEventAttr)
+
+    fds = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr), config=1,  # TASK_CLOCK
+                                 flags=1 << 1)  # inherit
+            fd = L.libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), int(tid), -1, -1, PERF_FLAG_FD_CLOEXEC)
+            if fd < 0:
+                raise SystemExit(f"perf_event_open(task-clock, {tid}): errno {L.errno()}")
+            fds.append(fd)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
 def perf_task_event(pid: int):
     """A per-task software event (context-switches) on one process: what attaching a BPF
     program to the followed tasks' own perf events would put on every host switch."""
@@ -205,6 +232,7 @@ def main() -> None:
         variants = {
             "A/A: nothing attached (control)": nothing,
             "perf_event switches+BPF on napper (empty)": lambda: perf_bpf_task_event(pobj, napper.pid),
+            "task-clock event on napper (no BPF)": lambda: task_clock_events(napper.pid),
             "tp_btf switch (empty)": lambda: empty(eobj, ("e_switch_btf",)),
             "raw_tp switch (empty)": lambda: empty(eobj, ("e_switch_raw",)),
             "tp_btf switch+wakeups (empty)": lambda: empty(eobj, ("e_switch_btf", "e_wakeup_btf",
