@@ -81,7 +81,8 @@ struct {
 
 /* user stacks with user_build_id: each frame the kernel resolved to its file's GNU build
  * id and the file offset (status VALID), or left as an address (status IP: anonymous
- * memory, a file without a build id, a page of its headers not in the page cache) */
+ * memory, a file without a build id, a page of its headers not in the page cache).
+ * Taken once per (process, plain stack id): see `ubuild` */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(map_flags, BPF_F_STACK_BUILD_ID);
@@ -89,6 +90,19 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, STACK_MAX_DEPTH * sizeof(struct bpf_stack_build_id));
 } ustacks SEC(".maps");
+
+/* user_build_id: (tgid, plain user stack id) -> its build-id stack in `ustacks`. Every
+ * event takes the cheap plain stack (the key of `counts`); the kernel resolves build ids
+ * on every bpf_get_stackid() into ustacks, even for a stack it holds already (~8 us a
+ * user stack here), so that is done only when this lookup misses. LRU: bounded, the
+ * least used pairs go first; user space deletes the pairs of exited processes once their
+ * last rows were read, and all of them when it clears the stack maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STACK_MAX_ENTRIES);	/* sized by user space */
+	__type(key, struct ubuild_key);
+	__type(value, struct ubuild_val);
+} ubuild SEC(".maps");
 
 /* the file each process exec'd (tgid -> path), for user space to find a build id in */
 struct {
@@ -252,18 +266,46 @@ static __always_inline bool wanted(__u32 tgid)
 	return true;
 }
 
+/* user_build_id: make sure `ubuild` pairs the current process's plain user stack id with
+ * its build-id stack; the build-id walk (the expensive part) only on a miss: a new stack
+ * of this process, a pair from before user space cleared the stack maps (gen) or from
+ * before an exec (mm) */
+static __always_inline void ubuild_note(void *ctx, __s32 id, __u64 flags)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct ubuild_key k = { .tgid = bpf_get_current_pid_tgid() >> 32, .user_stack_id = id };
+	struct ubuild_val v = { .mm = (__u64)task->mm }, *old;
+	__u32 zero = 0, *g;
+
+	g = bpf_map_lookup_elem(&stack_gen, &zero);
+	if (g)
+		v.gen = *g;
+	old = bpf_map_lookup_elem(&ubuild, &k);
+	if (old && old->gen == v.gen && old->mm == v.mm)
+		return;
+	stat_inc(STAT_BUILD_ID_WALKS);
+	v.build_id_stack_id = bpf_get_stackid(ctx, &ustacks, flags);
+	/* a stack ustacks cannot hold is paired all the same (user space names it from its
+	 * addresses), not walked again at every event until the maps are cleared */
+	if (v.build_id_stack_id < 0 && v.build_id_stack_id != -EFAULT)
+		stat_inc(STAT_STACK_ERRORS);
+	bpf_map_update_elem(&ubuild, &k, &v, BPF_ANY);
+}
+
 static __always_inline __s32 stack_id(void *ctx, bool on, __u64 flags)
 {
 	long id;
 
 	if (!on)
 		return -1;
+	id = bpf_get_stackid(ctx, &stack_traces, flags);
+	if (id < 0) {
+		if (id != -EFAULT)	/* -EFAULT: no such stack (a kernel thread's user side) */
+			stat_inc(STAT_STACK_ERRORS);
+		return id;
+	}
 	if (user_build_id && (flags & BPF_F_USER_STACK))
-		id = bpf_get_stackid(ctx, &ustacks, flags);
-	else
-		id = bpf_get_stackid(ctx, &stack_traces, flags);
-	if (id < 0 && id != -EFAULT)	/* -EFAULT: no such stack (a kernel thread's user side) */
-		stat_inc(STAT_STACK_ERRORS);
+		ubuild_note(ctx, id, flags);
 	return id;
 }
 

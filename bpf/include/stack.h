@@ -111,6 +111,21 @@ struct load_gate {
 	__u32 load;			/* the load it was opened at (run-queue length or PSI %) */
 };
 
+/* user stacks with build ids: the plain-address stack id a process's event took (the
+ * aggregation key of `counts`) -> the same stack as (build id, file offset) frames in
+ * `ustacks`, resolved once per (process, stack), not per event. A plain id names the same
+ * addresses in every process, hence the tgid. */
+struct ubuild_key {
+	__u32 tgid;
+	__s32 user_stack_id;		/* of stack_traces */
+};
+
+struct ubuild_val {
+	__s32 build_id_stack_id;	/* of ustacks; negative: the kernel could not store it */
+	__u32 gen;			/* stack_gen when resolved: an older pair is stale */
+	__u64 mm;			/* the process's mm then: an exec maps other files there */
+};
+
 /* the file a process exec'd, as execve() was given it (absolute when a shell or
  * execvp() found it on PATH): where user space looks for the build id of the main
  * binary's frames once the process has exited */
@@ -131,6 +146,7 @@ struct exec_path {
 					 * registers alone (the site's previous block was not counted) */
 #define STAT_UNSEEN_SWITCH_IN 7		/* offcpu: blocks whose end passed no sched_switch tracepoint,
 					 * counted at the next switch-out (kernel stack lost) */
-#define STAT_N 8
+#define STAT_BUILD_ID_WALKS 8		/* user stacks taken with build ids (a new (process, stack) pair) */
+#define STAT_N 9
 
 #endif

@@ -46,8 +46,8 @@ STATES = {0: "running", 1: "sleep", 2: "disk", 3: "other"}  # STACK_STATE_* of s
 EEXIST, ENOMEM, EFAULT = 17, 12, 14
 LOST = "[lost stack]"  # the kernel could not store this stack (hash collision or map full)
 (STAT_STACK_ERRORS, STAT_MAP_FULL, STAT_SAMPLES, STAT_ALLOCS_FULL, STAT_USER_WALKS, STAT_KERNEL_WALKS,
- STAT_USER_UNVERIFIED, STAT_UNSEEN_SWITCH_IN) = range(8)
-STAT_N = 8  # stack.h
+ STAT_USER_UNVERIFIED, STAT_UNSEEN_SWITCH_IN, STAT_BUILD_ID_WALKS) = range(9)
+STAT_N = 9  # stack.h
 SRC_MAIN, SRC_BLOCK, SRC_KMEM = 0, 1, 2  # stack_key.source (STACK_SRC_* of stack.h)
 # modes whose user stacks are taken as (build id, file offset) frames, nameable after the
 # process exited (mem drops the rows of exited processes: it keeps plain addresses)
@@ -267,8 +267,8 @@ class StackExporter(Exporter):
         # in `kstacks` (stack.bpf.c); the other modes use stack_traces
         self.kstacks_interned = self.kernel_stacks and self.mode.name in ("offcpu", "mem", "block", "io")
         self.stack_traces = stack_traces
-        # user stacks as (build id, file offset): `ustacks`, a quarter as many entries
-        # (a frame is 32 bytes, not 8)
+        # user stacks as (build id, file offset) too: `ustacks`, a quarter as many entries
+        # (a frame is 32 bytes, not 8), taken once per (process, plain stack id) (`ubuild`)
         # (BPFSCOPE_STACK_BUILD_ID=0: plain addresses, as before; for a kernel where the
         # build-id walk misbehaves, and to measure what it costs)
         if build_id is None:
@@ -276,6 +276,10 @@ class StackExporter(Exporter):
         self.user_build_id = build_id and self.user_stacks and self.mode.name in BUILD_ID_MODES
         self.ustacks = max(stack_traces // 4, 256)
         self._user_ids = 0  # ids of ustacks read since the last clear
+        self._plain_ids: set[int] = set()  # ids of stack_traces seen since the last clear
+        self._pairs: dict[tuple[int, int], int] = {}  # (tgid, plain user id) -> ustacks id, this interval
+        self._gen = 0  # stack_gen: bumped at each clear of the stack maps
+        self._gone: set[int] = set()  # tgids of `ubuild` found exited at the last interval
         self.max_entries = max_entries
         self.outputs = outputs
         self.sym = symbolizer or Symbolizer()
@@ -309,12 +313,12 @@ class StackExporter(Exporter):
             rodata.update(self._libc_mmap_layout())
         # kstacks is preallocated (an allocation-free insert, even in a burst of new stacks
         # under kmalloc): sized only where kernel stacks are interned by content
-        # stack_traces: kernel stacks of cpu and load, user stacks without build ids; the
-        # other modes with build ids need none of it (their kernel stacks go to kstacks)
-        plain = not self.user_build_id or self.mode.name in ("cpu", "load")
-        sizes = {"stack_traces": self.stack_traces if plain else 1,
+        # stack_traces: kernel stacks of cpu and load, and every user stack as addresses
+        # (the key of `counts`); ubuild pairs those of each process with its build-id stack
+        sizes = {"stack_traces": self.stack_traces,
                  "kstacks": self.stack_traces if self.kstacks_interned else 1,
                  "counts": self.max_entries, "ustacks": self.ustacks if self.user_build_id else 1,
+                 "ubuild": max(self.max_entries, self.stack_traces) if self.user_build_id else 1,
                  "execs": 4096 if self.user_build_id else 1}
         if self.mode.name == "mem":
             only = [p for pair in MEM_PROBES.values() for p in pair if p] if self.libc_mem else []
@@ -376,6 +380,8 @@ class StackExporter(Exporter):
     def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
         in_kstacks = kernel and self.kstacks_interned
         cache_key = ("k", stack_id) if in_kstacks else stack_id
+        if not in_kstacks:
+            self._plain_ids.add(stack_id)
         ips = self._ips.get(cache_key)
         if ips is None:
             raw = self.obj.maps["kstacks" if in_kstacks else "stack_traces"].lookup(stack_id)
@@ -409,8 +415,13 @@ class StackExporter(Exporter):
     def frames(self, pid: int, user_id: int, kernel_id: int) -> list[str]:
         """The stack root first: user frames (outermost first), then kernel frames."""
         out: list[str] = []
-        if user_id >= 0 and self.user_build_id:
-            out.extend(reversed(self.sym.user_stack_build_id(pid, self._build_id_stack(user_id))))
+        # the build-id stack this process's plain stack was paired with, when there is one
+        # (a stack ustacks could not hold, or a pair lost to the LRU: named from the addresses)
+        bid = self._pairs.get((pid, user_id), -1) if user_id >= 0 and self.user_build_id else -1
+        bframes = self._build_id_stack(bid) if bid >= 0 else ()
+        if bframes:
+            self._plain_ids.add(user_id)
+            out.extend(reversed(self.sym.user_stack_build_id(pid, bframes)))
         elif user_id >= 0:
             out.extend(reversed(self.sym.user_stack(pid, self._stack(user_id))))
         elif user_id in (-EEXIST, -ENOMEM):
@@ -434,19 +445,48 @@ class StackExporter(Exporter):
         # out again meanwhile, another stack: rare (the map must fill up), and counted.
         if self.mode.name == "mem":
             return
-        if len(self._ips) - self._user_ids < self.stack_traces // 2 and not errors_grew and \
+        # ubuild pairs ids of both: cleared after them, then the generation is bumped (a
+        # pair the kernel makes meanwhile carries the old one: stale, walked again)
+        in_kstacks = sum(1 for k in self._ips if isinstance(k, tuple) and k[0] == "k")
+        if len(self._plain_ids) + in_kstacks < self.stack_traces // 2 and not errors_grew and \
                 self._user_ids < self.ustacks // 2:
             return
-        for name in ("stack_traces", "kstacks", "ustacks"):
+        for name in ("stack_traces", "kstacks", "ustacks", "ubuild"):
             m = self.obj.maps[name]
             for key in list(m.keys()):
                 m.delete(key)
         gen = self.obj.maps["stack_gen"]  # offcpu: user stack ids cached per task are stale now
-        gen.update(0, gen.lookup(0).value + 1)
+        self._gen = gen.lookup(0).value + 1
+        gen.update(0, self._gen)
         self._ips.clear()
         self._kframes.clear()
         self._user_ids = 0
+        self._plain_ids.clear()
+        self._pairs.clear()
+        self._gone.clear()
         self.stacks_cleared += 1
+
+    def _read_pairs(self) -> list:
+        """`ubuild` in one batch: self._pairs for this interval's rows (pairs of the current
+        generation only); the raw keys are returned for _forget_exited."""
+        entries = self.obj.maps["ubuild"].batch()
+        self._pairs = {(k.tgid, k.user_stack_id): v.build_id_stack_id for k, v in entries if v.gen == self._gen}
+        return [k for k, _ in entries]
+
+    def _forget_exited(self, keys: list) -> None:
+        """Delete the pairs of processes that had exited at the last interval already and
+        still have (their last rows, counted before the exit, were read by now: in that
+        interval or this one); a tgid given to a new process meanwhile keeps its pairs
+        (the kernel side walks again where the mm differs)."""
+        tgids = {k.tgid for k in keys}
+        gone = {t for t in tgids if not os.path.exists(f"/proc/{t}")}
+        stale = gone & self._gone
+        if stale:
+            m = self.obj.maps["ubuild"]
+            for k in keys:
+                if k.tgid in stale:
+                    m.delete(k)
+        self._gone = gone - stale
 
     def _drop_exited(self, rows: list) -> list:
         """mem: a process that exited freed everything; forget its rows, and (every tenth
@@ -499,6 +539,7 @@ class StackExporter(Exporter):
                 raw = path.path
                 self.sym.note_exec(int(getattr(tgid, "value", tgid)),
                                    c_string(raw if isinstance(raw, bytes) else list(raw)), path.vdso)
+            pair_keys = self._read_pairs()
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
             comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))
@@ -510,6 +551,8 @@ class StackExporter(Exporter):
             a[0] += val.count
             a[1] += val.ns
             a[2] += val.bytes
+        if self.user_build_id:
+            self._forget_exited(pair_keys)
         stats = self._read_stats()
         errors_grew = stats[STAT_STACK_ERRORS] > self._stats[STAT_STACK_ERRORS]
         self._stats = stats
@@ -632,6 +675,8 @@ class StackExporter(Exporter):
                                  ("allocs_untracked", STAT_ALLOCS_FULL, "mem: allocations not tracked (map full)"),
                                  ("user_unverified", STAT_USER_UNVERIFIED,
                                   "offcpu: counted blocks whose user stack was reused on the registers alone"),
+                                 ("build_id_walks", STAT_BUILD_ID_WALKS,
+                                  "User stacks taken with build ids (once per new process and stack)"),
                                  ("unseen_switch_ins", STAT_UNSEEN_SWITCH_IN,
                                   "offcpu: blocks whose end passed no sched_switch tracepoint (kernel stack lost)")):
             m = CounterMetricFamily(f"bpfscope_stack_{name}", help_, labels=["mode"])
