@@ -82,6 +82,12 @@ class Backends:
             else:
                 c.close()
 
+    def release(self) -> None:
+        """Stop holding: close the held connections and close new ones at once from now on."""
+        self.hold = False
+        for c in self.held:
+            c.close()
+
     def stop(self, i: int) -> None:
         """Stop one backend for real: shutdown wakes its accept() so the port is free again."""
         try:
