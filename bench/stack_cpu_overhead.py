@@ -5,6 +5,7 @@ rounds of work it finished (higher is faster). It runs
   1. with nothing attached (baseline),
   2. with `bpfscope stack cpu --freq 49` (the default) running system-wide,
   3. with `bpfscope stack cpu --freq 999`,
+  4. with nothing attached again (an A/A control: its ratio is the noise),
 interleaved, ROUNDS times each; the best rounds/s of each are compared (other load on
 the machine only ever slows a run down, so the best run is the least disturbed).
 Targets: 49 Hz >= 0.99x, 999 Hz >= 0.95x of the baseline.
@@ -71,6 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         prog = build(Path(d))
         base: list[float] = []
+        control: list[float] = []  # nothing attached again, last in the round: the noise
         runs: dict[int, list[float]] = {f: [] for f in TARGETS}
         samples: dict[int, int] = {f: 0 for f in TARGETS}
         for _ in range(ROUNDS):
@@ -79,14 +81,19 @@ def main() -> None:
                 speed, n = with_profiler(prog, freq)
                 runs[freq].append(speed)
                 samples[freq] += n
+            control.append(run_workload(prog))
     b = max(base)
     print(f"stack_hot (CPU-bound, {SECONDS:g} s per run), best of {ROUNDS} interleaved rounds; "
           f"profiler system-wide on {os.cpu_count()} CPUs")
     print(f"  {'baseline (nothing attached)':34s} {b:10.0f} rounds/s  speed 1.000x  (worst run {min(base) / b:.3f}x)")
+    print(f"  {'control (nothing attached again)':34s} {max(control):10.0f} rounds/s  speed "
+          f"{max(control) / b:.3f}x")
     for freq, target in TARGETS.items():
         s = max(runs[freq])
         print(f"  {f'bpfscope stack cpu --freq {freq}':34s} {s:10.0f} rounds/s  speed {s / b:.3f}x  "
               f"({samples[freq] / ROUNDS:,.0f} samples of the workload per run)")
+    ratios = [c / b0 for c, b0 in zip(control, base)]
+    print(f"  control: per-round ratios {' '.join(f'{x:.3f}' for x in ratios)} (median {statistics.median(ratios):.3f})")
     for freq in TARGETS:  # each round against that round's baseline
         ratios = [s / b0 for s, b0 in zip(runs[freq], base)]
         print(f"  --freq {freq}: per-round ratios {' '.join(f'{x:.3f}' for x in ratios)} "

@@ -4,7 +4,8 @@ bench/workloads/pipe_pingpong.c bounces a byte between two processes over pipes,
 pinned to one CPU (every hop is a block, a wake-up and a context switch). Each round runs
 it with nothing attached, with an empty sched_switch program (the floor: the hook alone,
 bench/workloads/sched_switch_noop.bpf.c) and with `bpfscope stack offcpu` in a few
-configurations, in a different order each round. Printed: each round's ratio to that
+configurations, and with nothing attached again (an A/A control: its ratios show the
+noise), in a different order each round. Printed: each round's ratio to that
 round's baseline, their median, and best against best (other load only slows a run
 down). Then one more run per program with BPF run-time statistics on (BPF_ENABLE_STATS,
 off again when its fd closes): the program's mean ns per call.
@@ -34,6 +35,7 @@ from bpfscope.bpf import wait_for_links  # noqa: E402
 HOPS = int(os.environ.get("BENCH_HOPS", 200_000))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 BASE = "baseline (nothing attached)"
+CONTROL = "control (nothing attached again)"  # an A/A variant: its ratios are the noise
 FLOOR = "empty sched_switch program"
 DEFAULT = "bpfscope stack offcpu"
 # the default --min-block (10 us) leaves the ping-pong's blocks (~3 us) uncounted: they cost
@@ -79,7 +81,7 @@ def run_workload(prog: Path) -> tuple[float, float]:
 @contextmanager
 def attached(name: str, noop: Path):
     """The variant `name` attached system-wide; yields the pid holding its programs."""
-    if name == BASE:
+    if name in (BASE, CONTROL):
         yield None
         return
     if name == FLOOR:
@@ -143,7 +145,7 @@ def main() -> None:
         raise SystemExit("bench/stack_offcpu_overhead.py needs root")
     from bpfscope.hostenv import ensure_mounts
     ensure_mounts()
-    names = [BASE, FLOOR, *VARIANTS]
+    names = [BASE, CONTROL, FLOOR, *VARIANTS]
     with tempfile.TemporaryDirectory() as d:
         prog, noop = build(Path(d))
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
@@ -152,7 +154,7 @@ def main() -> None:
                 with attached(name, noop):
                     runs[name].append(run_workload(prog))
         costs = {}
-        for name in names[1:]:
+        for name in names[2:]:
             with attached(name, noop) as pid, bpf_stats():
                 speed = run_workload(prog)[0]
                 costs[name] = (speed, program_costs(pid))
