@@ -161,21 +161,12 @@ def task_clock_events(pid: int):
     """A per-thread software task-clock event (counting, no program) on each napper thread:
     perf's context switch of per-task events without the context-switches software event
     (which every switch of the host also looks up): which of the two the others pay for."""
-    import ctypes
-
-    from bpfscope.bpf import libbpf as L
-    from bpfscope.bpf.perf import (_NR_PERF_EVENT_OPEN, PERF_FLAG_FD_CLOEXEC, PERF_TYPE_SOFTWARE,
-                                   PerfEventAttr)
+    from bpfscope.bpf.perf import PERF_COUNT_SW_TASK_CLOCK, perf_event_open_software
 
     fds = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr), config=1,  # TASK_CLOCK
-                                 flags=1 << 1)  # inherit
-            fd = L.libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), int(tid), -1, -1, PERF_FLAG_FD_CLOEXEC)
-            if fd < 0:
-                raise SystemExit(f"perf_event_open(task-clock, {tid}): errno {L.errno()}")
-            fds.append(fd)
+            fds.append(perf_event_open_software(PERF_COUNT_SW_TASK_CLOCK, int(tid), inherit=True))
         yield
     finally:
         for fd in fds:

@@ -1,4 +1,4 @@
-"""perf_event_open for the software cpu-clock (no hardware PMU is needed)."""
+"""perf_event_open for software events (cpu-clock, context switches: no hardware PMU is needed)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from . import libbpf as L
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
+PERF_COUNT_SW_TASK_CLOCK = 1
+PERF_COUNT_SW_CONTEXT_SWITCHES = 3
 PERF_FLAG_FD_CLOEXEC = 8
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}[os.uname().machine]
 _FREQ_BIT = 1 << 10  # perf_event_attr.freq: sample_freq instead of sample_period
+_INHERIT_BIT = 1 << 1  # perf_event_attr.inherit
 
 
 class PerfEventAttr(ctypes.Structure):
@@ -38,26 +41,28 @@ def online_cpus() -> list[int]:
     return cpus
 
 
-def perf_event_open_cpu_clock(cpu: int, freq_hz: int, pid: int = -1) -> int:
-    attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr),
-                         config=PERF_COUNT_SW_CPU_CLOCK, sample_freq=freq_hz, flags=_FREQ_BIT)
+def perf_event_open_software(config: int, pid: int, cpu: int = -1, sample: int = 0, freq: bool = False,
+                             inherit: bool = False, what: str = "") -> int:
+    """A software perf event (PERF_COUNT_SW_*) on a task (pid, cpu -1) or a CPU; sample is
+    the period, or the frequency with freq; inherit: threads and processes the task
+    creates afterwards get a copy (with the BPF program attached to it). what names the
+    event in the error."""
+    attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr), config=config,
+                         sample_freq=sample, flags=(_FREQ_BIT if freq else 0) | (_INHERIT_BIT if inherit else 0))
     fd = L.libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
-        raise L.BpfError(L.errno() or 22, f"perf_event_open(cpu-clock, cpu {cpu})")
+        raise L.BpfError(L.errno() or 22, f"perf_event_open({what or f'software event {config}'})")
     return fd
 
 
-PERF_COUNT_SW_CONTEXT_SWITCHES = 3
-_INHERIT_BIT = 1 << 1  # perf_event_attr.inherit: threads and children created later get a copy
+def perf_event_open_cpu_clock(cpu: int, freq_hz: int, pid: int = -1) -> int:
+    return perf_event_open_software(PERF_COUNT_SW_CPU_CLOCK, pid, cpu, freq_hz, freq=True,
+                                    what=f"cpu-clock, cpu {cpu}")
 
 
 def perf_event_open_task_switches(tid: int) -> int:
     """A software context-switches event on one thread, sampling every switch-out
     (sample_period 1: never throttled), inherited by the threads and processes it creates
-    afterwards (with the BPF program attached to it). Fires in the thread's own context."""
-    attr = PerfEventAttr(type=PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr),
-                         config=PERF_COUNT_SW_CONTEXT_SWITCHES, sample_freq=1, flags=_INHERIT_BIT)
-    fd = L.libc.syscall(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), tid, -1, -1, PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        raise L.BpfError(L.errno() or 22, f"perf_event_open(context-switches, tid {tid})")
-    return fd
+    afterwards. Fires in the thread's own context."""
+    return perf_event_open_software(PERF_COUNT_SW_CONTEXT_SWITCHES, tid, sample=1, inherit=True,
+                                    what=f"context-switches, tid {tid}")
