@@ -23,7 +23,7 @@ import os
 import struct
 from collections.abc import Iterable
 
-from .elf import ElfError, ElfSymbols, _finish, _parse, read_build_id, read_elf
+from .elf import ElfError, ElfSymbols, elf_from_bytes, read_build_id, read_elf
 from .kallsyms import Kallsyms
 from .procmaps import Mapping, PerfMap, ProcessMaps, ns_pid
 
@@ -235,8 +235,7 @@ class Symbolizer:
                     mem.seek(lo)
                     data = mem.read(hi - lo)
                 self._vdso = (hi - lo, None)
-                info, syms, _ = _parse(data)
-                self._vdso = (hi - lo, _finish(info, syms))
+                self._vdso = (hi - lo, elf_from_bytes(data))
             except (OSError, StopIteration, ValueError, ElfError, struct.error):
                 pass
         return self._vdso

@@ -182,6 +182,12 @@ def read_elf(path: str) -> ElfSymbols:
     return _finish(info, syms)
 
 
+def elf_from_bytes(data) -> ElfSymbols:
+    """Symbols of an ELF image already in memory (the vDSO; raises ElfError or struct.error)."""
+    info, syms, _ = _parse(data)
+    return _finish(info, syms)
+
+
 def read_build_id(path: str) -> str | None:
     try:
         m = _map(path)
