@@ -13,6 +13,7 @@ import pytest
 from test_stack_mem import build_source
 
 from bpfscope.exporters.stack import StackExporter
+from bpfscope.symbolize.elf import read_build_id, read_elf
 
 pytestmark = pytest.mark.bpf
 
@@ -90,7 +91,7 @@ def shortlived(tmp_path_factory):
     return build_source(tmp_path_factory.mktemp("exited"), "shortlived", SHORTLIVED)
 
 
-def profile_exited(mode: str, prog, **kw) -> list[dict]:
+def profile_exited(mode: str, prog, before_read=None, **kw) -> list[dict]:
     """The records of one interval read after `prog` ran to its end and exited."""
     exporter = StackExporter(mode, comm="shortlived", **kw)
     exporter.open()
@@ -98,6 +99,8 @@ def profile_exited(mode: str, prog, **kw) -> list[dict]:
         work = subprocess.run([str(prog)], timeout=30)
         assert work.returncode == 0
         time.sleep(0.2)  # reaped: /proc/PID is gone before the read
+        if before_read:
+            before_read(exporter)
         records = exporter.collect(1.0)
     finally:
         exporter.close()
@@ -119,6 +122,39 @@ def test_cpu_names_the_function_an_exited_process_burned_cpu_in(shortlived):
     # recorded at exec and this kernel's vDSO image (the same in every process)
     clock = [r for r in records if any(f == "clock_gettime" or f.startswith("[vdso]") for f in user_frames(r))]
     assert sum(r["values"]["count"] for r in clock) >= 10, [r["stack"] for r in records]
+    for r in records:
+        assert not any(f.startswith("[unknown]") for f in r["stack"]), r["stack"]
+
+
+def test_a_stack_without_build_ids_is_named_through_the_process_s_other_stacks(shortlived):
+    """The kernel gives a whole stack as plain addresses when it cannot take the process's
+    mmap lock without waiting (khugepaged, a reader of /proc/PID/maps), and that
+    (process, stack) pair is not walked again. Here the pairs of burn_here's stacks are
+    deleted before the read, so those stacks come as addresses only: they are named
+    through where the process's other stacks, taken both ways, show its files were."""
+    bid = read_build_id(str(shortlived))
+    if not bid:
+        pytest.skip("linker wrote no build id")
+    out = subprocess.run(["nm", "-S", "--defined-only", str(shortlived)], capture_output=True, text=True,
+                         check=True).stdout
+    addr, size = next((int(a, 16), int(n, 16)) for a, n, _t, name in (ln.split() for ln in out.splitlines()
+                                                                       if ln.count(" ") == 3) if name == "burn_here")
+    lo = next(o + addr - v for o, n, v in read_elf(str(shortlived)).segments if v <= addr < v + n)
+
+    def lose_burn_here_pairs(exporter):
+        pairs = exporter.obj.maps["ubuild"]
+        lost = 0
+        for k, v in pairs.batch():
+            leaf = exporter._build_id_stack(v.build_id_stack_id)[:1] if v.build_id_stack_id >= 0 else ()
+            if leaf and leaf[0][:2] == (1, bid) and lo <= leaf[0][2] < lo + size:
+                pairs.delete(k)
+                lost += 1
+        assert lost, "no build-id stack with burn_here as its leaf"
+
+    records = profile_exited("cpu", shortlived, before_read=lose_burn_here_pairs, freq=199)
+    burning = [r for r in records if "burn_here" in r["stack"]]
+    assert sum(r["values"]["count"] for r in burning) >= 40, [r["stack"] for r in records]
+    assert all(user_frames(r)[-2:] == ["main", "burn_here"] for r in burning), [r["stack"] for r in burning]
     for r in records:
         assert not any(f.startswith("[unknown]") for f in r["stack"]), r["stack"]
 

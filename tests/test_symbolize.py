@@ -278,3 +278,31 @@ def test_build_id_frames_of_a_process_never_seen_are_named_through_its_exec_path
     # leaf first: the leaf's offset as is, a return address one byte back
     assert sym.user_stack_build_id(gone, [(1, bid, off), (1, bid, off + 1)]) == ["prog_function"] * 2
     assert sym.build_id_frame(gone, "ab" * 20, 0x1234) == f"[build-id {'ab' * 8}]+0x1234"
+
+
+def test_plain_addresses_of_an_exited_process_are_named_through_bases_its_build_id_stacks_showed(built):
+    """The kernel gives a stack as plain addresses when it cannot resolve build ids (it
+    does not wait for the process's mmap lock): once the process's maps are gone, those
+    addresses are named through where its other stacks, taken both ways, put each file."""
+    prog = built / "prog"
+    bid = read_build_id(str(prog))
+    if not bid:
+        pytest.skip("linker wrote no build id")
+    syms = read_elf(str(prog))
+    nm = _nm(prog)
+    off = {name: next(o + nm[name] - v for o, size, v in syms.segments if v <= nm[name] < v + size)
+           for name in ("main", "prog_function")}
+    gone = 2**22 + 23456  # above pid_max's default: no such process
+    base = 0x5555_5555_4000  # where this (imaginary) process mapped prog
+    sym = Symbolizer()
+    sym.note_exec(gone, str(prog))
+    ips = [base + off["prog_function"], base + off["main"] + 1]
+    assert sym.user_stack(gone, ips) == [f"[unknown]+0x{ips[0]:x}", f"[unknown]+0x{ips[1] - 1:x}"]
+    # one stack taken both ways: the leaf in prog_function (status 1, VALID: build id and offset)
+    sym.note_file_bases(gone, ips[:1], [(1, bid, off["prog_function"])])
+    assert sym.user_stack(gone, ips) == ["prog_function", "main"]
+    # the same way inside a build-id stack whose frames came back as addresses (status 2, IP)
+    assert sym.user_stack_build_id(gone, [(2, "", ips[0]), (2, "", ips[1])]) == ["prog_function", "main"]
+    # an address past the file's loaded segments is in no file we know: unknown still
+    far = base + 0x4000_0000
+    assert sym.user_frame(gone, far) == f"[unknown]+0x{far:x}"

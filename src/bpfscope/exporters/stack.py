@@ -473,6 +473,23 @@ class StackExporter(Exporter):
         self._pairs = {(k.tgid, k.user_stack_id): v.build_id_stack_id for k, v in entries if v.gen == self._gen}
         return [k for k, _ in entries]
 
+    def _note_file_bases(self, rows: list) -> None:
+        """Before any row is named: where the files of processes that have exited were
+        mapped, from their stacks taken both ways (plain and build-id), so that their
+        stacks the kernel gave as addresses only are named too."""
+        gone: dict[int, bool] = {}
+        seen = set()
+        for key, _ in rows:
+            pair = (key.pid, key.user_stack_id)
+            bid = self._pairs.get(pair, -1)
+            if bid < 0 or pair in seen:
+                continue
+            seen.add(pair)
+            if key.pid not in gone:
+                gone[key.pid] = not os.path.exists(f"/proc/{key.pid}")
+            if gone[key.pid]:
+                self.sym.note_file_bases(key.pid, self._stack(key.user_stack_id), self._build_id_stack(bid))
+
     def _forget_exited(self, keys: list) -> None:
         """Delete the pairs of processes that had exited at the last interval already and
         still have (their last rows, counted before the exit, were read by now: in that
@@ -540,6 +557,7 @@ class StackExporter(Exporter):
                 self.sym.note_exec(int(getattr(tgid, "value", tgid)),
                                    c_string(raw if isinstance(raw, bytes) else list(raw)), path.vdso)
             pair_keys = self._read_pairs()
+            self._note_file_bases(rows)
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
             comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))

@@ -9,7 +9,9 @@ User stacks taken as (GNU build id, file offset) frames (BPF_F_STACK_BUILD_ID: t
 kernel resolves each frame while the process runs) are named without the process: the
 build id leads to a file already read (any process's, this one's own libraries), to the
 files the process maps while it lives, or to the file it exec'd (recorded by the kernel
-side), so the frames of a process that exited before its maps were read are named too.
+side), so the frames of a process that exited before its maps were read are named too;
+its frames the kernel gave as addresses only are named through where its build-id
+stacks showed each file was mapped.
 
 A frame that cannot be named is `module+0xoffset` (file offset in that module), never a
 bare address: `[anon]+0x...` for anonymous executable memory, `[build-id <id>]+0x...` for
@@ -51,6 +53,7 @@ class Symbolizer:
         self._vdsos: dict[int, int] = {}  # pid -> where its vDSO was mapped (from the kernel side)
         self._vdso: tuple[int, ElfSymbols | None] | None = None  # (size, symbols) of this kernel's vDSO
         self._learned: set[int] = set()  # pids whose files were searched for build ids, this interval
+        self._bases: dict[int, dict[tuple[str, int], None]] = {}  # pid -> {(build id, address - file offset)}
         self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
 
     # ---- kernel -------------------------------------------------------------------------
@@ -95,6 +98,8 @@ class Symbolizer:
         if len(self._execs) > 65536:
             self._execs.clear()
             self._vdsos.clear()
+        if len(self._bases) > 65536:
+            self._bases.clear()
 
     def process_maps(self, pid: int) -> ProcessMaps | None:
         if pid not in self._maps:
@@ -187,8 +192,8 @@ class Symbolizer:
             name = perf.lookup(addr) if perf else None
             if name:
                 return name
-            if m is None:
-                return f"[unknown]+0x{addr:x}"
+            if m is None:  # the maps are gone
+                return self._frame_of_known_base(pid, addr) or self._vdso_frame(pid, addr) or f"[unknown]+0x{addr:x}"
             return f"{m.path or '[anon]'}+0x{m.file_offset(addr):x}"
         off = m.file_offset(addr)
         fkey, syms = self._mapping_elf(pid, maps, m)
@@ -304,8 +309,35 @@ class Symbolizer:
             if status == 1:
                 out.append(self.build_id_frame(pid, build_id, value))
                 continue
-            frame = self.user_frame(pid, value)
-            if frame.startswith("[unknown]"):  # the maps are gone: the vDSO has no build id
-                frame = self._vdso_frame(pid, value) or frame
-            out.append(frame)
+            out.append(self.user_frame(pid, value))
         return out
+
+    def note_file_bases(self, pid: int, ips: Iterable[int], frames: Iterable[tuple[int, str, int]]) -> None:
+        """One user stack of pid taken both ways at the same moment (plain addresses, and
+        (status, build id, file offset) frames) tells where each file was mapped: address -
+        file offset. A frame that came back as a plain address only (the kernel could not
+        resolve it: it does not wait for the process's mmap lock, and then gives addresses
+        for the whole stack), or a stack without a build-id twin, is then named through
+        those bases once the process has exited and its maps are gone."""
+        bases = self._bases.setdefault(pid, {})
+        new = False
+        for ip, (status, build_id, off) in zip(ips, frames):
+            if status == 1 and (build_id, ip - off) not in bases:
+                bases[(build_id, ip - off)] = None
+                new = True
+        if new:
+            self._frames.pop(pid, None)  # frames named [unknown] before may be named now
+
+    def _frame_of_known_base(self, pid: int, addr: int) -> str | None:
+        """A frame of pid (maps gone) in a file whose base note_file_bases() learned, when
+        the offset falls in one of that file's loaded segments; None otherwise."""
+        bases = self._bases.get(pid)
+        if bases:
+            self._learn_build_ids(pid)  # the files of those build ids (once per interval)
+        for build_id, base in bases or ():
+            off = addr - base
+            hit = self._by_build_id_file.get(build_id) if off >= 0 else None
+            syms = hit[1][1] if hit else None
+            if syms is not None and syms.file_offset_to_vaddr(off) is not None:
+                return self.build_id_frame(pid, build_id, off)
+        return None
