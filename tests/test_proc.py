@@ -52,12 +52,13 @@ def zombie_stat(pid: int, timeout_s: float = 60) -> tuple[list[str], dict[str, s
 
 
 def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 90,
-             links: int = len(FOLLOW_PROGRAMS), during=None) -> tuple[list[dict], list]:
+             links: int = len(FOLLOW_PROGRAMS), during=None, env: dict | None = None) -> tuple[list[dict], list]:
     """Follow the (waiting) workloads, release them, and return bpfscope's records and each
-    workload's zombie /proc truth; `during()`, if given, runs once they are released."""
+    workload's zombie /proc truth; `during(bpfscope's Popen)`, if given, runs once they are
+    released; `env` is added to bpfscope's environment."""
     args = [a for w in workloads for a in ("--pid", str(w.pid))]
     p = subprocess.Popen(BPFSCOPE + ["proc", *args, "--json", "--interval", "0.5", *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     try:
         # every link up (they are attached after the followed bits are set): following now
         assert wait_for_links(p, links), p.stderr.read() if p.poll() is not None else "no links"
@@ -66,7 +67,7 @@ def portrait(workloads: list[subprocess.Popen], *extra: str, timeout_s: float = 
             w.stdin.flush()
             w.stdin.close()
         if during is not None:
-            during()
+            during(p)
         truth = [zombie_stat(w.pid) for w in workloads]
         out, err = p.communicate(timeout=timeout_s)
     finally:
@@ -173,7 +174,7 @@ def test_a_stopped_process_is_stopped_for_as_long_as_it_was(bins):
     w = start(bins["block"], "stop", stdout=subprocess.PIPE)
     held: list[float] = []
 
-    def stop_and_continue():
+    def stop_and_continue(_bpfscope):
         assert w.stdout.readline() == b"ready\n"
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -501,18 +502,31 @@ int main(void)
 """
 
 
-def test_existing_threads_and_a_child_forked_after_have_the_kernels_switch_counts(tmp_path):
+@pytest.mark.parametrize("hook", ["perf", "tp_btf"])
+def test_existing_threads_and_a_child_forked_after_have_the_kernels_switch_counts(tmp_path, hook):
     """--pid of a process whose two threads exist before bpfscope attaches (each needs its
     own hook) that then forks a child ping-ponging 20,000 times with main over pipes
     (followed from its fork: its hook is inherited): every thread's voluntary and
-    involuntary switch-outs match the kernel's counts, one by one, the fast ones too."""
+    involuntary switch-outs match the kernel's counts, one by one, the fast ones too.
+    tp_btf: the fallback for a kernel that refuses the per-thread perf events (sched_switch
+    of every task, the followed ones picked out in the program)."""
     src, exe = tmp_path / "threads_before.c", tmp_path / "threads_before"
     src.write_text(EXISTING_THREADS_C)
     subprocess.run(["cc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
     w = start(exe, stdout=subprocess.PIPE)
     while len(os.listdir(f"/proc/{w.pid}/task")) < 3:  # both threads exist before following
         time.sleep(0.01)
-    records, [(_stat, status)] = portrait([w])
+    link_types: list[str] = []
+
+    def note_link_types(bpfscope):
+        for fd in os.listdir(f"/proc/{bpfscope.pid}/fd"):
+            if os.readlink(f"/proc/{bpfscope.pid}/fd/{fd}") == "anon_inode:bpf_link":
+                info = dict(ln.split(":", 1) for ln in Path(f"/proc/{bpfscope.pid}/fdinfo/{fd}").read_text().splitlines())
+                link_types.append(info["link_type"].strip())
+
+    records, [(_stat, status)] = portrait([w], during=note_link_types, env={"BPFSCOPE_PROC_SWITCH_HOOK": hook})
+    # the hook asked for is the one attached: one perf-event link per followed thread, or none
+    assert (link_types.count("perf") >= 3) == (hook == "perf"), link_types
     lines = w.stdout.read().decode().splitlines()
     truth = {int(tid): (int(v), int(nv)) for tid, v, nv in (line.split() for line in lines)}
     truth[w.pid] = (int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"]))

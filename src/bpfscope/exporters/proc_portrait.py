@@ -183,7 +183,12 @@ class ProcPortrait(Exporter):
         for pid in followed:  # their threads get their accounting at their next event
             self.alive.add(pid)
             self.procs.setdefault(pid, ProcessInfo(pid=pid))
-        self.obj = open_object(follow=True, timeline=self.timeline, stacks=self.stacks, roots=tuple(followed))
+        # BPFSCOPE_PROC_SWITCH_HOOK=tp_btf: the fallback hook (sched_switch for every task
+        # of the host) on a kernel that takes the per-thread perf events too: to test it
+        # and to measure what the per-thread hook saves
+        hook = "tp_btf" if os.environ.get("BPFSCOPE_PROC_SWITCH_HOOK") == "tp_btf" else "perf"
+        self.obj = open_object(follow=True, timeline=self.timeline, stacks=self.stacks, roots=tuple(followed),
+                               switch_hook=hook)
         if self.pthread:
             self._attach_pthread()
         self._rb = RingBuffer(self.obj.maps["events"], self._on_event)
