@@ -119,6 +119,13 @@ struct {
 	__type(value, struct exec_path);
 } exec_buf SEC(".maps");
 
+/* the tgids that exec'd a relative path (./prog): user space resolves it at once, through
+ * /proc/PID/exe while the process lives (later the path means nothing without its cwd) */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 4096);
+} relative_execs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, STACK_MAX_ENTRIES);
@@ -374,8 +381,11 @@ int BPF_PROG(stack_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	buf->vdso = 0;	/* mapped by now (the binary's loader ran); x86 and arm64 keep it here */
 	if (bpf_core_field_exists(p->mm->context.vdso))
 		buf->vdso = (__u64)BPF_CORE_READ(p, mm, context.vdso);
-	if (bpf_probe_read_kernel_str(buf->path, sizeof(buf->path), BPF_CORE_READ(bprm, filename)) > 0)
-		bpf_map_update_elem(&execs, &tgid, buf, BPF_ANY);
+	if (bpf_probe_read_kernel_str(buf->path, sizeof(buf->path), BPF_CORE_READ(bprm, filename)) <= 0)
+		return 0;
+	bpf_map_update_elem(&execs, &tgid, buf, BPF_ANY);
+	if (buf->path[0] != '/')
+		bpf_ringbuf_output(&relative_execs, &tgid, sizeof(tgid), 0);
 	return 0;
 }
 

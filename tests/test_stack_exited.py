@@ -91,12 +91,12 @@ def shortlived(tmp_path_factory):
     return build_source(tmp_path_factory.mktemp("exited"), "shortlived", SHORTLIVED)
 
 
-def profile_exited(mode: str, prog, before_read=None, **kw) -> list[dict]:
+def profile_exited(mode: str, prog, before_read=None, cwd=None, **kw) -> list[dict]:
     """The records of one interval read after `prog` ran to its end and exited."""
     exporter = StackExporter(mode, comm="shortlived", **kw)
     exporter.open()
     try:
-        work = subprocess.run([str(prog)], timeout=30)
+        work = subprocess.run([str(prog)], timeout=30, cwd=cwd)
         assert work.returncode == 0
         time.sleep(0.2)  # reaped: /proc/PID is gone before the read
         if before_read:
@@ -124,6 +124,18 @@ def test_cpu_names_the_function_an_exited_process_burned_cpu_in(shortlived):
     assert sum(r["values"]["count"] for r in clock) >= 10, [r["stack"] for r in records]
     for r in records:
         assert not any(f.startswith("[unknown]") for f in r["stack"]), r["stack"]
+
+
+def test_a_program_started_by_a_relative_path_is_named_after_it_exited(shortlived):
+    """execve("./shortlived") in its own directory: the kernel side records the path as
+    given, which names no file once the process (and its cwd) is gone; user space is woken
+    at such an exec and reads /proc/PID/exe while the process lives."""
+    records = profile_exited("cpu", "./shortlived", cwd=shortlived.parent, freq=199)
+    burning = [r for r in records if "burn_here" in r["stack"]]
+    assert sum(r["values"]["count"] for r in burning) >= 40, [r["stack"] for r in records]
+    assert all(user_frames(r)[-2:] == ["main", "burn_here"] for r in burning), [r["stack"] for r in burning]
+    for r in records:
+        assert not any(f.startswith(("[unknown]", "[build-id")) for f in r["stack"]), r["stack"]
 
 
 def test_a_stack_without_build_ids_is_named_through_the_process_s_other_stacks(shortlived):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from prometheus_client.core import CounterMetricFamily
 from rich.table import Table
 from rich.text import Text
 
-from ..bpf import BpfObject, online_cpus
+from ..bpf import BpfObject, RingBuffer, online_cpus
 from ..decode import c_string
 from ..schema import make_record
 from ..symbolize import Symbolizer
@@ -280,6 +281,10 @@ class StackExporter(Exporter):
         self._pairs: dict[tuple[int, int], int] = {}  # (tgid, plain user id) -> ustacks id, this interval
         self._gen = 0  # stack_gen: bumped at each clear of the stack maps
         self._gone: set[int] = set()  # tgids of `ubuild` found exited at the last interval
+        self._exe_paths: dict[int, str] = {}  # tgid -> its /proc/PID/exe, for a relative exec
+        self._exe_rb: RingBuffer | None = None
+        self._exe_thread: threading.Thread | None = None
+        self._exe_stop = threading.Event()
         self.max_entries = max_entries
         self.outputs = outputs
         self.sym = symbolizer or Symbolizer()
@@ -333,6 +338,10 @@ class StackExporter(Exporter):
             only.append("stack_exec")
         self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
         if self.user_build_id:
+            self._exe_rb = RingBuffer(self.obj.maps["relative_execs"], self._on_relative_exec)
+            self._exe_thread = threading.Thread(target=self._watch_relative_execs, name="bpfscope-stack-execs",
+                                                daemon=True)
+            self._exe_thread.start()
             self.obj.programs["stack_exec"].attach()
         if self.mode.name == "load":
             self.gate = LoadGate(self.obj.maps["gate"], self.threshold, self.load_source)
@@ -376,6 +385,22 @@ class StackExporter(Exporter):
             except BpfError:
                 if i < 2:  # malloc and free are required; the rest may be missing from a libc
                     raise
+
+    def _watch_relative_execs(self) -> None:
+        # woken by the kernel side at each exec of a relative path (rare: ./prog)
+        while not self._exe_stop.is_set():
+            self._exe_rb.poll(100)
+
+    def _on_relative_exec(self, raw: bytes) -> None:
+        """A process exec'd a relative path: where it is, read now while the process lives
+        (it may exit before the interval's read, and the path alone names no file)."""
+        tgid = int.from_bytes(raw[:4], "little")
+        if len(self._exe_paths) > 65536:
+            self._exe_paths = {}
+        try:
+            self._exe_paths[tgid] = os.readlink(f"/proc/{tgid}/exe")
+        except OSError:
+            pass  # gone already
 
     def _stack(self, stack_id: int, kernel: bool = False) -> tuple[int, ...]:
         in_kstacks = kernel and self.kstacks_interned
@@ -553,9 +578,11 @@ class StackExporter(Exporter):
         self.sym.refresh()
         if self.user_build_id:  # where the build ids of exited processes' programs are
             for tgid, path in self.obj.maps["execs"].batch():
-                raw = path.path
-                self.sym.note_exec(int(getattr(tgid, "value", tgid)),
-                                   c_string(raw if isinstance(raw, bytes) else list(raw)), path.vdso)
+                raw, tgid = path.path, int(getattr(tgid, "value", tgid))
+                exe = c_string(raw if isinstance(raw, bytes) else list(raw))
+                if not exe.startswith("/"):
+                    exe = self._exe_paths.get(tgid, exe)
+                self.sym.note_exec(tgid, exe, path.vdso)
             pair_keys = self._read_pairs()
             self._note_file_bases(rows)
         agg: dict[tuple, list[int]] = {}
@@ -704,6 +731,13 @@ class StackExporter(Exporter):
     def close(self) -> None:
         if self.gate:
             self.gate.stop()
+        self._exe_stop.set()
+        if self._exe_thread:
+            self._exe_thread.join(2)
+            self._exe_thread = None
+        if self._exe_rb:
+            self._exe_rb.close()
+            self._exe_rb = None
         if self.obj:
             self.obj.close()
             self.obj = None
