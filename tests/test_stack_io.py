@@ -142,7 +142,7 @@ def test_direct_writes_show_syscall_bytes_on_the_user_stack_and_block_requests_o
     reqs = [r for r in records if r["kind"] == "block_stack" and r["labels"]["op"] == "write"]
     direct = [r for r in reqs if any(f.startswith(("iomap_dio_rw", "__iomap_dio_rw", "__blkdev_direct_IO"))
                                      for f in r["stack"])]
-    assert sum(r["values"]["bytes"] for r in direct) == 8 * MIB, reqs
+    assert sum(r["values"]["bytes"] for r in direct) == 8 * MIB, [(r["values"], r["stack"]) for r in reqs]
     assert all("main" in r["stack"] and "vfs_write_[k]" in r["stack"] for r in direct), direct[0]["stack"]
     assert sum(r["values"]["count"] for r in direct) >= 8 and all(r["values"]["ns"] > 0 for r in direct)
     # the folded file keeps the two apart under their own head frames, weighted by bytes

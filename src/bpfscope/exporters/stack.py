@@ -339,9 +339,6 @@ class StackExporter(Exporter):
         self.obj = BpfObject.open("stack", rodata=rodata, max_entries=sizes, only=only)
         if self.user_build_id:
             self._exe_rb = RingBuffer(self.obj.maps["relative_execs"], self._on_relative_exec)
-            self._exe_thread = threading.Thread(target=self._watch_relative_execs, name="bpfscope-stack-execs",
-                                                daemon=True)
-            self._exe_thread.start()
             self.obj.programs["stack_exec"].attach()
         if self.mode.name == "load":
             self.gate = LoadGate(self.obj.maps["gate"], self.threshold, self.load_source)
@@ -358,6 +355,10 @@ class StackExporter(Exporter):
             for name in only:
                 if name != "stack_exec":
                     self.obj.programs[name].attach()
+        if self._exe_rb:  # last: nothing is left running when an attach above fails
+            self._exe_thread = threading.Thread(target=self._watch_relative_execs, name="bpfscope-stack-execs",
+                                                daemon=True)
+            self._exe_thread.start()
 
     def _libc_mmap_layout(self) -> dict:
         """Where libc's mmap and code are, so that the kernel side can skip libc's own
