@@ -151,7 +151,7 @@ def test_a_stack_without_build_ids_is_named_through_the_process_s_other_stacks(s
                          check=True).stdout
     addr, size = next((int(a, 16), int(n, 16)) for a, n, _t, name in (ln.split() for ln in out.splitlines()
                                                                        if ln.count(" ") == 3) if name == "burn_here")
-    lo = next(o + addr - v for o, n, v in read_elf(str(shortlived)).segments if v <= addr < v + n)
+    lo = read_elf(str(shortlived)).vaddr_to_file_offset(addr)
 
     def lose_burn_here_pairs(exporter):
         pairs = exporter.obj.maps["ubuild"]

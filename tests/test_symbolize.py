@@ -266,7 +266,7 @@ def test_build_id_frames_of_a_process_never_seen_are_named_through_its_exec_path
     prog = built / "prog"
     syms = read_elf(str(prog))
     vaddr = _nm(prog)["prog_function"]
-    off = next(o + vaddr - v for o, size, v in syms.segments if v <= vaddr < v + size)
+    off = syms.vaddr_to_file_offset(vaddr)
     bid = read_build_id(str(prog))
     if not bid:
         pytest.skip("linker wrote no build id")
@@ -290,8 +290,7 @@ def test_plain_addresses_of_an_exited_process_are_named_through_bases_its_build_
         pytest.skip("linker wrote no build id")
     syms = read_elf(str(prog))
     nm = _nm(prog)
-    off = {name: next(o + nm[name] - v for o, size, v in syms.segments if v <= nm[name] < v + size)
-           for name in ("main", "prog_function")}
+    off = {name: syms.vaddr_to_file_offset(nm[name]) for name in ("main", "prog_function")}
     gone = 2**22 + 23456  # above pid_max's default: no such process
     base = 0x5555_5555_4000  # where this (imaginary) process mapped prog
     sym = Symbolizer()

@@ -756,10 +756,9 @@ def symbol_offsets(path: str, names: set[str]) -> dict[str, int]:
     for vaddr, name in zip(elf.addrs, elf.names):
         name = name.split("@", 1)[0]
         if name in wanted and name not in out:
-            for p_off, p_filesz, p_vaddr in elf.segments:
-                if p_vaddr <= vaddr < p_vaddr + p_filesz:
-                    out[name] = vaddr - p_vaddr + p_off
-                    break
+            off = elf.vaddr_to_file_offset(vaddr)
+            if off is not None:
+                out[name] = off
     if "pthread_spin_unlock" in names and "pthread_spin_unlock" not in out and "pthread_spin_init" in out:
         out["pthread_spin_unlock"] = out["pthread_spin_init"]  # a uprobe there also sees inits: harmless
     return {k: v for k, v in out.items() if k in names}

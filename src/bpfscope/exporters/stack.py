@@ -492,37 +492,28 @@ class StackExporter(Exporter):
         self._gone.clear()
         self.stacks_cleared += 1
 
-    def _read_pairs(self) -> list:
+    def _read_pairs(self) -> tuple[list, set[int]]:
         """`ubuild` in one batch: self._pairs for this interval's rows (pairs of the current
-        generation only); the raw keys are returned for _forget_exited."""
+        generation only); returns the raw keys, and the tgids among them that have exited."""
         entries = self.obj.maps["ubuild"].batch()
         self._pairs = {(k.tgid, k.user_stack_id): v.build_id_stack_id for k, v in entries if v.gen == self._gen}
-        return [k for k, _ in entries]
+        keys = [k for k, _ in entries]
+        return keys, {t for t in {k.tgid for k in keys} if not os.path.exists(f"/proc/{t}")}
 
-    def _note_file_bases(self, rows: list) -> None:
-        """Before any row is named: where the files of processes that have exited were
-        mapped, from their stacks taken both ways (plain and build-id), so that their
+    def _note_file_bases(self, rows: list, gone: set[int]) -> None:
+        """Before any row is named: where the files of processes that have exited (`gone`)
+        were mapped, from their stacks taken both ways (plain and build-id), so that their
         stacks the kernel gave as addresses only are named too."""
-        gone: dict[int, bool] = {}
-        seen = set()
-        for key, _ in rows:
-            pair = (key.pid, key.user_stack_id)
+        for pair in {(key.pid, key.user_stack_id) for key, _ in rows if key.pid in gone}:
             bid = self._pairs.get(pair, -1)
-            if bid < 0 or pair in seen:
-                continue
-            seen.add(pair)
-            if key.pid not in gone:
-                gone[key.pid] = not os.path.exists(f"/proc/{key.pid}")
-            if gone[key.pid]:
-                self.sym.note_file_bases(key.pid, self._stack(key.user_stack_id), self._build_id_stack(bid))
+            if bid >= 0:
+                self.sym.note_file_bases(pair[0], self._stack(pair[1]), self._build_id_stack(bid))
 
-    def _forget_exited(self, keys: list) -> None:
+    def _forget_exited(self, keys: list, gone: set[int]) -> None:
         """Delete the pairs of processes that had exited at the last interval already and
         still have (their last rows, counted before the exit, were read by now: in that
         interval or this one); a tgid given to a new process meanwhile keeps its pairs
         (the kernel side walks again where the mm differs)."""
-        tgids = {k.tgid for k in keys}
-        gone = {t for t in tgids if not os.path.exists(f"/proc/{t}")}
         stale = gone & self._gone
         if stale:
             m = self.obj.maps["ubuild"]
@@ -584,8 +575,8 @@ class StackExporter(Exporter):
                 if not exe.startswith("/"):
                     exe = self._exe_paths.get(tgid, exe)
                 self.sym.note_exec(tgid, exe, path.vdso)
-            pair_keys = self._read_pairs()
-            self._note_file_bases(rows)
+            pair_keys, gone = self._read_pairs()
+            self._note_file_bases(rows, gone)
         agg: dict[tuple, list[int]] = {}
         for key, val in rows:
             comm = c_string(key.comm.value if hasattr(key.comm, "value") else bytes(key.comm))
@@ -598,7 +589,7 @@ class StackExporter(Exporter):
             a[1] += val.ns
             a[2] += val.bytes
         if self.user_build_id:
-            self._forget_exited(pair_keys)
+            self._forget_exited(pair_keys, gone)
         stats = self._read_stats()
         errors_grew = stats[STAT_STACK_ERRORS] > self._stats[STAT_STACK_ERRORS]
         self._stats = stats

@@ -53,7 +53,7 @@ class Symbolizer:
         self._vdsos: dict[int, int] = {}  # pid -> where its vDSO was mapped (from the kernel side)
         self._vdso: tuple[int, ElfSymbols | None] | None = None  # (size, symbols) of this kernel's vDSO
         self._learned: set[int] = set()  # pids whose files were searched for build ids, this interval
-        self._bases: dict[int, dict[tuple[str, int], None]] = {}  # pid -> {(build id, address - file offset)}
+        self._bases: dict[int, set[tuple[str, int]]] = {}  # pid -> {(build id, address - file offset)}
         self.elf_reads = 0  # files whose symbol tables were parsed (cache misses)
 
     # ---- kernel -------------------------------------------------------------------------
@@ -319,13 +319,10 @@ class Symbolizer:
         resolve it: it does not wait for the process's mmap lock, and then gives addresses
         for the whole stack), or a stack without a build-id twin, is then named through
         those bases once the process has exited and its maps are gone."""
-        bases = self._bases.setdefault(pid, {})
-        new = False
-        for ip, (status, build_id, off) in zip(ips, frames):
-            if status == 1 and (build_id, ip - off) not in bases:
-                bases[(build_id, ip - off)] = None
-                new = True
-        if new:
+        bases = self._bases.setdefault(pid, set())
+        known = len(bases)
+        bases.update((build_id, ip - off) for ip, (status, build_id, off) in zip(ips, frames) if status == 1)
+        if len(bases) > known:
             self._frames.pop(pid, None)  # frames named [unknown] before may be named now
 
     def _frame_of_known_base(self, pid: int, addr: int) -> str | None:
@@ -336,8 +333,7 @@ class Symbolizer:
             self._learn_build_ids(pid)  # the files of those build ids (once per interval)
         for build_id, base in bases or ():
             off = addr - base
-            hit = self._by_build_id_file.get(build_id) if off >= 0 else None
-            syms = hit[1][1] if hit else None
-            if syms is not None and syms.file_offset_to_vaddr(off) is not None:
+            _module, (_fkey, syms) = self._by_build_id_file.get(build_id, (None, (None, None)))
+            if off >= 0 and syms is not None and syms.file_offset_to_vaddr(off) is not None:
                 return self.build_id_frame(pid, build_id, off)
         return None

@@ -55,6 +55,12 @@ class ElfSymbols:
                 return off - p_off + p_vaddr
         return None
 
+    def vaddr_to_file_offset(self, vaddr: int) -> int | None:
+        for p_off, p_filesz, p_vaddr in self.segments:
+            if p_vaddr <= vaddr < p_vaddr + p_filesz:
+                return vaddr - p_vaddr + p_off
+        return None
+
     def lookup(self, vaddr: int) -> tuple[str, int] | None:
         """(function name, offset into it) of a link-time address, or None."""
         i = bisect.bisect_right(self.addrs, vaddr) - 1
