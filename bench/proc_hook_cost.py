@@ -136,23 +136,15 @@ def nothing():
 def perf_bpf_task_event(obj_path: Path, pid: int):
     """An empty BPF program on a per-thread, inherited software context-switches event of
     each thread of pid (sample_period 1: it runs at every switch-out of those threads only)."""
-    from bpfscope.bpf import libbpf as L
     from bpfscope.bpf.perf import perf_event_open_task_switches
 
     obj = BpfObject.open(str(obj_path), only=["e_perf_switch"])
-    links = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            fd = perf_event_open_task_switches(int(tid))
-            link = L.bpf_program__attach_perf_event(obj.programs["e_perf_switch"].ptr, fd)
-            if not link:
-                os.close(fd)
-                raise SystemExit(f"attach to perf event of {tid}: errno {L.errno()}")
-            links.append(link)
-        yield
+            obj.programs["e_perf_switch"].attach_perf_fd(perf_event_open_task_switches(int(tid)),
+                                                         f"the context-switches event of thread {tid}")
+        yield  # the links own the events' fds: obj.close() closes them
     finally:
-        for link in links:
-            L.bpf_link__destroy(link)
         obj.close()
 
 

@@ -158,17 +158,18 @@ class Program:
 
     def attach_perf_event(self, freq_hz: int, cpus: list[int] | None = None) -> list[Link]:
         """Sample with the software cpu-clock at freq_hz on every online CPU (works without a PMU)."""
-        links = []
-        for cpu in cpus if cpus is not None else online_cpus():
-            pfd = perf_event_open_cpu_clock(cpu, freq_hz)
-            ptr = L.bpf_program__attach_perf_event(self.ptr, pfd)
-            if not ptr:
-                err = L.errno()
-                os.close(pfd)
-                raise L.BpfError(err or 22, f"attach {self.name} to perf_event on cpu {cpu}", L.take_log())
-            # the link owns the perf fd now: destroying it closes the fd
-            links.append(self._link(ptr, f"perf_event cpu{cpu}"))
-        return links
+        return [self.attach_perf_fd(perf_event_open_cpu_clock(cpu, freq_hz), f"perf_event on cpu {cpu}")
+                for cpu in (cpus if cpus is not None else online_cpus())]
+
+    def attach_perf_fd(self, pfd: int, what: str) -> Link:
+        """Attach to an open perf event; the link owns its fd from then on (destroying the
+        link, or closing the object, closes it). On failure the fd is closed here."""
+        ptr = L.bpf_program__attach_perf_event(self.ptr, pfd)
+        if not ptr:
+            err = L.errno()
+            os.close(pfd)
+            raise L.BpfError(err or 22, f"attach {self.name} to {what}", L.take_log())
+        return self._link(ptr, what)
 
     def attach_cgroup(self, cgroup_path: str) -> Link:
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)

@@ -28,7 +28,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bpf import BpfError, BpfObject
-from ..bpf import libbpf as L
 from ..bpf.perf import perf_event_open_task_switches
 from ..decode import c_string
 from ..schema import make_record
@@ -112,14 +111,7 @@ def follow_switches(obj: BpfObject, roots: set[int]) -> None:
                 if e.errno == errno.ESRCH:  # exited meanwhile
                     continue
                 raise
-            ptr = L.bpf_program__attach_perf_event(prog.ptr, fd)
-            if not ptr:
-                err = L.errno() or errno.EINVAL
-                os.close(fd)
-                raise BpfError(err, f"attach proc_switch_out to the context-switches event of thread {tid}",
-                               L.take_log())
-            # the link owns the perf event's fd: destroying it (obj.close) closes the fd
-            prog._link(ptr, f"perf_event context-switches tid {tid}")
+            prog.attach_perf_fd(fd, f"the context-switches event of thread {tid}")
 
 
 def pid_max() -> int:
